@@ -1,0 +1,289 @@
+//! The connector's TOML configuration, its defaults, and where the cluster's
+//! `rpc_secret` comes from (the one place several sources are merged).
+//!
+//! `cluster-config/connector.toml` is the annotated example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variable that may hold the cluster's `rpc_secret`.
+pub const RPC_SECRET_ENV: &str = "GARAGE_IPFS_RPC_SECRET";
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// No secret, several secrets, or one that is not 32 hex-encoded bytes.
+    #[error("rpc_secret: {0}")]
+    Secret(String),
+    /// A value is out of its range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The connector's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where the connector keeps its node key and its copy of the layout.
+    /// Relative paths are taken from the config file's directory.
+    pub state_dir: PathBuf,
+    /// Address the connector's RPC peer listens on; storage nodes connect
+    /// back to it to push layout changes.
+    pub rpc_bind_addr: SocketAddr,
+    /// Address advertised to the storage nodes (default: `rpc_bind_addr`).
+    #[serde(default)]
+    pub rpc_public_addr: Option<SocketAddr>,
+    /// The cluster's `rpc_secret`, hex; prefer `rpc_secret_file` or the
+    /// `GARAGE_IPFS_RPC_SECRET` environment variable.
+    #[serde(default)]
+    pub rpc_secret: Option<String>,
+    /// A file holding the cluster's `rpc_secret`.
+    #[serde(default)]
+    pub rpc_secret_file: Option<PathBuf>,
+    /// Storage nodes to contact first, as `<node id>@<host>:<port>`.
+    pub bootstrap_peers: Vec<String>,
+    /// Must equal the cluster's replication factor.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: usize,
+    /// `consistent` (the default), `degraded` or `dangerous`, as in Garage.
+    #[serde(default = "default_consistency_mode")]
+    pub consistency_mode: String,
+    /// Deadlines.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+/// Deadlines of the connector's operations, in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Joining the cluster: layout probe plus waiting for a quorum of nodes.
+    pub connect_ms: u64,
+    /// One table or K2V request.
+    pub rpc_ms: u64,
+    /// One block transfer to or from one node.
+    pub block_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: 30_000,
+            rpc_ms: 10_000,
+            block_ms: 15_000,
+        }
+    }
+}
+
+impl Timeouts {
+    /// Deadline for joining.
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    /// Deadline for one metadata request.
+    pub fn rpc(&self) -> Duration {
+        Duration::from_millis(self.rpc_ms)
+    }
+    /// Deadline for one block transfer.
+    pub fn block(&self) -> Duration {
+        Duration::from_millis(self.block_ms)
+    }
+}
+
+fn default_replication_factor() -> usize {
+    3
+}
+
+fn default_consistency_mode() -> String {
+    "consistent".to_string()
+}
+
+/// Reads and validates a config file.
+pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut config = parse_config(&text).map_err(|e| match e {
+        ConfigError::Parse { message, .. } => ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        },
+        other => other,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    if config.state_dir.is_relative() {
+        config.state_dir = base.join(&config.state_dir);
+    }
+    if let Some(f) = &config.rpc_secret_file {
+        if f.is_relative() {
+            config.rpc_secret_file = Some(base.join(f));
+        }
+    }
+    Ok(config)
+}
+
+/// Parses and validates a config from TOML text.
+pub fn parse_config(text: &str) -> Result<Config, ConfigError> {
+    let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: PathBuf::from("<text>"),
+        message: e.to_string(),
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl Config {
+    /// A config for the given cluster, with defaults for everything else.
+    pub fn new(
+        state_dir: impl Into<PathBuf>,
+        rpc_bind_addr: SocketAddr,
+        rpc_secret: impl Into<String>,
+        bootstrap_peers: Vec<String>,
+    ) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            rpc_bind_addr,
+            rpc_public_addr: None,
+            rpc_secret: Some(rpc_secret.into()),
+            rpc_secret_file: None,
+            bootstrap_peers,
+            replication_factor: default_replication_factor(),
+            consistency_mode: default_consistency_mode(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Sets the replication factor the connector expects of the cluster.
+    pub fn with_replication_factor(mut self, rf: usize) -> Self {
+        self.replication_factor = rf;
+        self
+    }
+
+    /// Sets the deadlines.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.bootstrap_peers.is_empty() {
+            return Err(ConfigError::Invalid(
+                "bootstrap_peers is empty: name at least one storage node as <node id>@<host>:<port>"
+                    .into(),
+            ));
+        }
+        if !(1..=7).contains(&self.replication_factor) {
+            return Err(ConfigError::Invalid(format!(
+                "replication_factor {} is out of range (Garage allows 1 to 7)",
+                self.replication_factor
+            )));
+        }
+        if !["consistent", "degraded", "dangerous"].contains(&self.consistency_mode.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "consistency_mode {:?}: expected consistent, degraded or dangerous",
+                self.consistency_mode
+            )));
+        }
+        Ok(())
+    }
+
+    /// The address advertised to storage nodes.
+    pub fn public_addr(&self) -> SocketAddr {
+        self.rpc_public_addr.unwrap_or(self.rpc_bind_addr)
+    }
+
+    /// The secret, from exactly one of: `rpc_secret`, `rpc_secret_file`,
+    /// or the `GARAGE_IPFS_RPC_SECRET` environment variable (used only when
+    /// the file names neither). Never logged.
+    pub fn resolve_secret(&self) -> Result<[u8; 32], ConfigError> {
+        let text = match (&self.rpc_secret, &self.rpc_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Secret(
+                    "both rpc_secret and rpc_secret_file are set: keep one".into(),
+                ))
+            }
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => read_secret_file(f)?,
+            (None, None) => std::env::var(RPC_SECRET_ENV).map_err(|_| {
+                ConfigError::Secret(format!(
+                    "not configured: set rpc_secret or rpc_secret_file, or {RPC_SECRET_ENV}"
+                ))
+            })?,
+        };
+        parse_secret(&text)
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ConfigError::Secret(format!("cannot read {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            "rpc_secret_file is readable by other users; chmod 600 it"
+        );
+    }
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Secret(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Parses a secret: 32 bytes, hex-encoded (what `openssl rand -hex 32` gives).
+pub fn parse_secret(text: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = hex::decode(text.trim())
+        .map_err(|_| ConfigError::Secret("not hex: expected 64 hex digits".into()))?;
+    bytes.try_into().map_err(|b: Vec<u8>| {
+        ConfigError::Secret(format!(
+            "{} bytes long: expected 32 (64 hex digits)",
+            b.len()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../cluster-config/connector.toml");
+
+    #[test]
+    fn example_parses() {
+        let c = parse_config(EXAMPLE).unwrap();
+        assert_eq!(c.replication_factor, 3);
+        assert_eq!(c.bootstrap_peers.len(), 3);
+        assert_eq!(c.timeouts.rpc_ms, 10_000);
+        c.resolve_secret().unwrap();
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let bad = EXAMPLE.replace("replication_factor = 3", "replication_factor = 9");
+        assert!(parse_config(&bad).unwrap_err().to_string().contains("out of range"));
+        let typo = format!("{EXAMPLE}\nreplicaton_factor = 3\n");
+        assert!(parse_config(&typo).is_err());
+        assert!(parse_secret("abcd").unwrap_err().to_string().contains("2 bytes"));
+        assert!(parse_secret("zz").unwrap_err().to_string().contains("not hex"));
+    }
+}

@@ -1,0 +1,279 @@
+//! The cluster layer: a roleless `System` peer that joins a Garage 2.5
+//! cluster, and the raw operations the store builds on (block transfers,
+//! table reads and writes, K2V inserts).
+//!
+//! Joining follows `docs/DESIGN.md`: probe the layout first and refuse a
+//! replication-factor mismatch, keep a stable node key in the state
+//! directory, listen so that storage nodes connect back, pull the layout
+//! periodically, and give every operation its own deadline.
+
+mod block;
+pub mod error;
+pub mod k2v;
+pub mod probe;
+pub mod tables;
+
+use std::path::Path;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use garage_block::manager::BlockRpc;
+use garage_db as db;
+use garage_net::NetworkKey;
+use garage_rpc::replication_mode::{ConsistencyMode, ReplicationFactor};
+use garage_rpc::system::{ClusterHealthStatus, System};
+use garage_rpc::Endpoint;
+use garage_table::replication::TableShardedReplication;
+use garage_table::Table;
+use tokio::sync::watch;
+
+pub use error::Error;
+use probe::Probe;
+use tables::{BlockRefSchema, K2VItemSchema, ObjectSchema, VersionSchema};
+
+use crate::config::Config;
+
+/// RPC path of Garage's block manager.
+const BLOCK_RPC_PATH: &str = "garage_block/manager.rs/Rpc";
+
+/// How often the connector pulls the layout itself.
+pub const LAYOUT_PULL_INTERVAL: Duration = Duration::from_secs(60);
+
+type Sharded<S> = Arc<Table<S, TableShardedReplication>>;
+
+/// A live connection to a Garage cluster.
+pub struct Connector {
+    /// Garage's membership manager for this peer.
+    pub system: Arc<System>,
+    pub(crate) config: Config,
+    pub(crate) consistency: ConsistencyMode,
+    pub(crate) block_ep: Arc<Endpoint<BlockRpc, ()>>,
+    pub(crate) k2v_ep: Arc<Endpoint<k2v::K2VRpc, ()>>,
+    pub(crate) block_ref: Sharded<BlockRefSchema>,
+    pub(crate) object: Sharded<ObjectSchema>,
+    pub(crate) version: Sharded<VersionSchema>,
+    pub(crate) k2v_item: Sharded<K2VItemSchema>,
+    exit: watch::Sender<bool>,
+    _db: db::Db,
+}
+
+/// One-time process set-up Garage needs: libsodium and the version string.
+pub(crate) fn init_process() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        sodiumoxide::init().expect("libsodium initialisation failed");
+        // Garage's status messages carry this string (`garage status` shows
+        // it in the Version column); System::new panics without it.
+        garage_util::version::init_version(concat!("garage-ipfs-", env!("CARGO_PKG_VERSION")));
+    });
+}
+
+impl Connector {
+    /// Joins the cluster described by `config` and waits until a quorum of
+    /// storage nodes is connected.
+    #[tracing::instrument(skip_all, fields(peers = config.bootstrap_peers.len()))]
+    pub async fn connect(config: Config) -> Result<Arc<Self>, Error> {
+        init_process();
+        let secret = config
+            .resolve_secret()
+            .map_err(|e| Error::State(e.to_string()))?;
+        let network_key = NetworkKey::from_slice(&secret).expect("32-byte key");
+        let peers = probe::parse_peers(&config.bootstrap_peers)?;
+        let limit = config.timeouts.connect();
+
+        // 1. Learn the layout over a side channel; refuse a mismatch before
+        //    our System ever advertises a replication factor.
+        let attempts = peers.iter().map(|p| p.addrs.len()).sum::<usize>().max(1) as u32;
+        let probe = Probe::new(network_key.clone(), peers);
+        let layout = probe
+            .rpc_pull_layout((limit / attempts).max(Duration::from_secs(1)))
+            .await?;
+        probe::check_layout(&layout, config.replication_factor)?;
+
+        // 2. Start the peer.
+        let consistency = ConsistencyMode::parse(&config.consistency_mode)
+            .ok_or_else(|| Error::State(format!("bad consistency_mode {}", config.consistency_mode)))?;
+        let garage_config = garage_config(&config)?;
+        std::net::TcpListener::bind(config.rpc_bind_addr)
+            .map_err(|e| Error::Bind(config.rpc_bind_addr, e))?;
+        let rf = ReplicationFactor::new(config.replication_factor).expect("validated");
+        let system = System::new(network_key, rf, consistency, &garage_config)
+            .map_err(|e| Error::State(e.to_string()))?;
+        system
+            .layout_manager
+            .update_cluster_layout(&layout)
+            .await
+            .map_err(Error::from)?;
+
+        let db_path = garage_config.metadata_dir.join("db.sqlite");
+        let db = db::open_db(&db_path, db::Engine::Sqlite, &db::OpenOpt::default())
+            .map_err(|e| Error::State(format!("{}: {e}", db_path.display())))?;
+        let replication = TableShardedReplication {
+            layout_manager: system.layout_manager.clone(),
+            consistency_mode: consistency,
+        };
+        let block_ref = Table::new(BlockRefSchema, replication.clone(), system.clone(), &db);
+        let object = Table::new(ObjectSchema, replication.clone(), system.clone(), &db);
+        let version = Table::new(VersionSchema, replication.clone(), system.clone(), &db);
+        let k2v_item = Table::new(K2VItemSchema, replication, system.clone(), &db);
+        let block_ep = system.netapp.endpoint::<BlockRpc, ()>(BLOCK_RPC_PATH.into());
+        let k2v_ep = system.netapp.endpoint::<k2v::K2VRpc, ()>(k2v::K2V_RPC_PATH.into());
+
+        let (exit, exit_rx) = watch::channel(false);
+        tokio::spawn(system.clone().run(exit_rx.clone()));
+        let conn = Arc::new(Self {
+            system,
+            config,
+            consistency,
+            block_ep,
+            k2v_ep,
+            block_ref,
+            object,
+            version,
+            k2v_item,
+            exit,
+            _db: db,
+        });
+        conn.wait_ready(limit).await?;
+        tokio::spawn(layout_pull_loop(Arc::downgrade(&conn), probe, exit_rx));
+        tracing::info!(
+            node = %hex::encode(&conn.system.id.as_slice()[..8]),
+            layout = conn.layout_version(),
+            "joined the cluster"
+        );
+        Ok(conn)
+    }
+
+    async fn wait_ready(&self, limit: Duration) -> Result<(), Error> {
+        let start = tokio::time::Instant::now();
+        // Quorum is enough to work; all nodes is better, so give them a
+        // moment more before settling for a degraded start.
+        let mut quorum_since = None;
+        loop {
+            let health = self.system.health();
+            match health.status {
+                ClusterHealthStatus::Healthy => return Ok(()),
+                ClusterHealthStatus::Degraded => {
+                    let since = *quorum_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > Duration::from_secs(3) {
+                        tracing::warn!(
+                            up = health.storage_nodes_ok,
+                            of = health.storage_nodes,
+                            "joined a degraded cluster"
+                        );
+                        return Ok(());
+                    }
+                }
+                ClusterHealthStatus::Unavailable => quorum_since = None,
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout(
+                    limit,
+                    "waiting for a quorum of storage nodes to connect",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The current layout version.
+    pub fn layout_version(&self) -> u64 {
+        self.system
+            .cluster_layout()
+            .current()
+            .map(|l| l.version)
+            .unwrap_or(0)
+    }
+
+    /// Write quorum of the current layout.
+    pub fn write_quorum(&self) -> Result<usize, Error> {
+        Ok(self
+            .system
+            .cluster_layout()
+            .current()?
+            .write_quorum(self.consistency))
+    }
+
+    /// The connector's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Stops the peer's background tasks. Operations in flight may fail.
+    pub fn shutdown(&self) {
+        let _ = self.exit.send(true);
+    }
+}
+
+impl Drop for Connector {
+    fn drop(&mut self) {
+        let _ = self.exit.send(true);
+    }
+}
+
+/// The Garage `Config` our `System` needs, under `state_dir`.
+fn garage_config(config: &Config) -> Result<garage_util::config::Config, Error> {
+    let state = &config.state_dir;
+    let meta = state.join("meta");
+    let data = state.join("data");
+    for dir in [&meta, &data] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::State(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let text = format!(
+        r#"
+        metadata_dir = {meta:?}
+        data_dir = {data:?}
+        db_engine = "sqlite"
+        replication_factor = {rf}
+        consistency_mode = {cm:?}
+        rpc_bind_addr = "{bind}"
+        rpc_public_addr = "{public}"
+        rpc_timeout_msec = {timeout}
+        bootstrap_peers = {peers:?}
+        [s3_api]
+        s3_region = "garage"
+        "#,
+        meta = path_str(&meta)?,
+        data = path_str(&data)?,
+        rf = config.replication_factor,
+        cm = config.consistency_mode,
+        bind = config.rpc_bind_addr,
+        public = config.public_addr(),
+        timeout = config.timeouts.rpc_ms,
+        peers = config.bootstrap_peers,
+    );
+    toml::from_str(&text).map_err(|e| Error::State(format!("internal Garage config: {e}")))
+}
+
+fn path_str(p: &Path) -> Result<&str, Error> {
+    p.to_str()
+        .ok_or_else(|| Error::State(format!("state_dir {} is not UTF-8", p.display())))
+}
+
+async fn layout_pull_loop(
+    conn: std::sync::Weak<Connector>,
+    probe: Probe,
+    mut exit: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LAYOUT_PULL_INTERVAL) => (),
+            _ = exit.changed() => return,
+        }
+        let Some(conn) = conn.upgrade() else { return };
+        let limit = conn.config.timeouts.rpc();
+        match probe.rpc_pull_layout(limit).await {
+            Ok(layout) if probe::check_layout(&layout, conn.config.replication_factor).is_ok() => {
+                if let Err(e) = conn.system.layout_manager.update_cluster_layout(&layout).await {
+                    tracing::warn!(cause = %e, "could not merge the pulled layout");
+                }
+            }
+            Ok(layout) => tracing::error!(
+                cluster_rf = layout.current().replication_factor,
+                "the cluster's layout changed replication factor; not merging it"
+            ),
+            Err(e) => tracing::warn!(cause = %e, "periodic layout pull failed"),
+        }
+    }
+}

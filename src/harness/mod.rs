@@ -1,0 +1,569 @@
+//! A local Garage cluster of three real `garage` server processes on
+//! 127.0.0.1, replication factor 3, one zone per node: the dev cluster of
+//! `garage-ipfs cluster up` and `garage-ipfs dev`, and the integration
+//! tests' cluster. The same code serves both.
+//!
+//! Node configs come from `cluster-config/` (compiled in), rendered into
+//! the cluster directory with absolute paths and, for tests, free ports.
+//! Node keys are generated here before the first start, so every node's
+//! config can name the others as `bootstrap_peers` and the nodes connect
+//! by themselves.
+
+mod binary;
+pub mod process;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use binary::{binary_version, garage_binary, GARAGE_VERSION};
+
+use crate::config::Config;
+use crate::garage::probe::{parse_peers, Probe};
+
+/// The node configs, as shipped in `cluster-config/`.
+pub const NODE_CONFIGS: [&str; 3] = [
+    include_str!("../../cluster-config/node1.toml"),
+    include_str!("../../cluster-config/node2.toml"),
+    include_str!("../../cluster-config/node3.toml"),
+];
+
+/// RPC port of the dev cluster's connector.
+pub const DEV_CONNECTOR_PORT: u16 = 3931;
+
+/// How long a node may take to open its RPC port, and the cluster to
+/// become healthy.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Harness errors.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The garage binary is missing, of the wrong version, or failed.
+    #[error("garage: {0}")]
+    Garage(String),
+    /// A file of the cluster directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A `garage` CLI command failed.
+    #[error("`{command}` failed ({status}):\n{output}")]
+    Command {
+        /// The command.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// Its stdout and stderr.
+        output: String,
+    },
+    /// The cluster did not come up in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
+    move |source| HarnessError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Which ports the nodes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ports {
+    /// Those in `cluster-config/` (3900…3923).
+    Configured,
+    /// Free ports picked now, so clusters never collide (tests).
+    Free,
+}
+
+/// Whether nodes outlive this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifetime {
+    /// Own session and PID files: `cluster down` stops them.
+    Detached,
+    /// Killed when this process ends, even on panic (tests).
+    Attached,
+}
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// The cluster directory.
+    pub dir: PathBuf,
+    /// Ports.
+    pub ports: Ports,
+    /// Lifetime.
+    pub lifetime: Lifetime,
+}
+
+/// One storage node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// 1, 2 or 3.
+    pub index: usize,
+    /// Full node id, hex.
+    pub id: String,
+    /// RPC address.
+    pub rpc: SocketAddr,
+    /// S3 API address.
+    pub s3: SocketAddr,
+    /// Admin API address (metrics).
+    pub admin: SocketAddr,
+    /// Rendered config file.
+    pub config: PathBuf,
+    /// Metadata directory.
+    pub meta_dir: PathBuf,
+    /// Data directory (block files).
+    pub data_dir: PathBuf,
+}
+
+impl Node {
+    /// `<id>@<rpc address>`, as `bootstrap_peers` and `garage -h` take it.
+    pub fn peer(&self) -> String {
+        format!("{}@{}", self.id, self.rpc)
+    }
+
+    fn pid_file(&self) -> PathBuf {
+        self.config.with_extension("pid")
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.config.with_extension("log")
+    }
+
+    /// Where Garage keeps a plain block on this node.
+    pub fn block_path(&self, hash: &[u8]) -> PathBuf {
+        let hex = hex::encode(hash);
+        self.data_dir.join(&hex[0..2]).join(&hex[2..4]).join(hex)
+    }
+}
+
+/// A local three-node cluster.
+pub struct Cluster {
+    /// The cluster directory.
+    pub dir: PathBuf,
+    /// The garage binary.
+    pub garage: PathBuf,
+    /// The nodes, in order.
+    pub nodes: Vec<Node>,
+    /// The cluster's rpc_secret, hex.
+    pub rpc_secret: String,
+    lifetime: Lifetime,
+    children: Mutex<Vec<Option<Child>>>,
+}
+
+impl Cluster {
+    /// Renders the configs, starts the nodes, applies a layout over three
+    /// zones if the cluster has none, and waits until it is healthy.
+    pub async fn start(opts: StartOptions) -> Result<Arc<Self>, HarnessError> {
+        crate::garage::init_process();
+        let garage = garage_binary()?;
+        std::fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
+        let dir = opts.dir.canonicalize().map_err(io_err(&opts.dir))?;
+        let (nodes, rpc_secret) = render_configs(&dir, opts.ports)?;
+        let cluster = Arc::new(Self {
+            dir,
+            garage,
+            nodes,
+            rpc_secret,
+            lifetime: opts.lifetime,
+            children: Mutex::new(vec![None, None, None]),
+        });
+        for i in 0..cluster.nodes.len() {
+            if cluster.node_pid(i).is_none() {
+                cluster.start_node(i)?;
+            }
+        }
+        cluster.wait_rpc_ports().await?;
+        cluster.ensure_layout().await?;
+        cluster.wait_healthy(START_TIMEOUT).await?;
+        cluster.write_connector_config()?;
+        Ok(cluster)
+    }
+
+    /// A cluster started earlier in `dir` (for `cluster down` and `status`).
+    pub fn open(dir: &Path) -> Result<Self, HarnessError> {
+        let dir = dir.canonicalize().map_err(io_err(dir))?;
+        let mut nodes = Vec::new();
+        let mut rpc_secret = String::new();
+        for index in 1..=3 {
+            let path = dir.join(format!("node{index}.toml"));
+            let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| HarnessError::Other(format!("{}: {e}", path.display())))?;
+            rpc_secret = str_at(&table, &["rpc_secret"])?.to_string();
+            nodes.push(node_from_table(index, &path, &table)?);
+        }
+        Ok(Self {
+            garage: garage_binary()?,
+            dir,
+            nodes,
+            rpc_secret,
+            lifetime: Lifetime::Detached,
+            children: Mutex::new(vec![None, None, None]),
+        })
+    }
+
+    /// Starts node `i` (0-based) again, with its existing data.
+    pub fn start_node(&self, i: usize) -> Result<(), HarnessError> {
+        let node = &self.nodes[i];
+        let log_path = node.log_file();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(&log_path))?;
+        let mut cmd = Command::new(&self.garage);
+        cmd.arg("-c")
+            .arg(&node.config)
+            .arg("server")
+            .env("RUST_LOG", "garage=info,garage_net=warn,garage_rpc=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io_err(&log_path))?)
+            .stderr(log);
+        let child = match self.lifetime {
+            Lifetime::Attached => process::spawn_attached(cmd),
+            Lifetime::Detached => process::spawn_detached(cmd),
+        }
+        .map_err(|e| HarnessError::Garage(format!("cannot start {}: {e}", self.garage.display())))?;
+        let pid_file = node.pid_file();
+        std::fs::write(&pid_file, child.id().to_string()).map_err(io_err(&pid_file))?;
+        self.children.lock().unwrap()[i] = Some(child);
+        Ok(())
+    }
+
+    /// The PID of node `i` if it runs.
+    pub fn node_pid(&self, i: usize) -> Option<u32> {
+        let node = &self.nodes[i];
+        let pid: u32 = std::fs::read_to_string(node.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        process::is_our_process(pid, &node.config).then_some(pid)
+    }
+
+    /// Kills node `i` with SIGKILL, as a crash would.
+    pub fn kill_node(&self, i: usize) {
+        if let Some(pid) = self.node_pid(i) {
+            let _ = process::signal(pid, libc::SIGKILL);
+        }
+        if let Some(mut child) = self.children.lock().unwrap()[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.nodes[i].pid_file());
+    }
+
+    /// Restarts node `i` and waits until the cluster is healthy again.
+    pub async fn restart_node(&self, i: usize) -> Result<(), HarnessError> {
+        self.kill_node(i);
+        self.start_node(i)?;
+        self.wait_rpc_ports().await?;
+        self.wait_healthy(START_TIMEOUT).await
+    }
+
+    /// Stops every node: SIGTERM, then SIGKILL after 10 s. Returns how many
+    /// were running.
+    pub fn stop(&self) -> usize {
+        let mut stopped = 0;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(pid) = self.node_pid(i) {
+                if process::stop_pid(pid, &node.config, Duration::from_secs(10)) {
+                    stopped += 1;
+                }
+            }
+            if let Some(mut child) = self.children.lock().unwrap()[i].take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let _ = std::fs::remove_file(node.pid_file());
+        }
+        stopped
+    }
+
+    /// Runs `garage -c <node i config> ARGS` and returns its output,
+    /// or an error carrying stdout and stderr if it failed.
+    pub fn garage_cli(&self, i: usize, args: &[&str]) -> Result<String, HarnessError> {
+        let out = self.garage_cli_raw(i, args)?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(HarnessError::Command {
+                command: format!("garage -c {} {}", self.nodes[i].config.display(), args.join(" ")),
+                status: out.status.to_string(),
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            })
+        }
+    }
+
+    fn garage_cli_raw(&self, i: usize, args: &[&str]) -> Result<Output, HarnessError> {
+        Command::new(&self.garage)
+            .arg("-c")
+            .arg(&self.nodes[i].config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| HarnessError::Garage(format!("cannot run {}: {e}", self.garage.display())))
+    }
+
+    async fn wait_rpc_ports(&self) -> Result<(), HarnessError> {
+        let start = Instant::now();
+        for (i, node) in self.nodes.iter().enumerate() {
+            while TcpStream::connect_timeout(&node.rpc, Duration::from_millis(200)).is_err() {
+                if self.node_pid(i).is_none() {
+                    return Err(HarnessError::Garage(format!(
+                        "node{} exited during start; see {}",
+                        node.index,
+                        node.log_file().display()
+                    )));
+                }
+                if start.elapsed() > START_TIMEOUT {
+                    return Err(HarnessError::Timeout(format!(
+                        "node{} did not open {} within {START_TIMEOUT:?}; see {}",
+                        node.index,
+                        node.rpc,
+                        node.log_file().display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current layout version, as a node reports it.
+    pub async fn layout_version(&self) -> Result<u64, HarnessError> {
+        let secret = crate::config::parse_secret(&self.rpc_secret)
+            .map_err(|e| HarnessError::Other(e.to_string()))?;
+        let peers = parse_peers(&self.peers()).map_err(|e| HarnessError::Other(e.to_string()))?;
+        let probe = Probe::new(garage_net::NetworkKey::from_slice(&secret).expect("32 bytes"), peers);
+        let layout = probe
+            .rpc_pull_layout(Duration::from_secs(5))
+            .await
+            .map_err(|e| HarnessError::Other(e.to_string()))?;
+        Ok(layout.current().version)
+    }
+
+    async fn ensure_layout(&self) -> Result<(), HarnessError> {
+        if self.layout_version().await? > 0 {
+            return Ok(());
+        }
+        for node in &self.nodes {
+            let zone = format!("dc{}", node.index);
+            self.garage_cli(0, &["layout", "assign", "-z", &zone, "-c", "1G", &node.id])?;
+        }
+        self.garage_cli(0, &["layout", "apply", "--version", "1"])?;
+        Ok(())
+    }
+
+    /// Waits until every running node reports the cluster healthy.
+    pub async fn wait_healthy(&self, limit: Duration) -> Result<(), HarnessError> {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            let mut all = true;
+            for i in 0..self.nodes.len() {
+                match self.garage_cli(i, &["health"]) {
+                    Ok(out) if out.contains("HEALTHY") => (),
+                    Ok(out) => {
+                        all = false;
+                        last = out;
+                    }
+                    Err(e) => {
+                        all = false;
+                        last = e.to_string();
+                    }
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(HarnessError::Timeout(format!(
+                    "cluster not healthy after {limit:?}; last answer:\n{last}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The nodes as `bootstrap_peers` entries.
+    pub fn peers(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::peer).collect()
+    }
+
+    /// A connector config for this cluster.
+    pub fn connector_config(&self, state_dir: impl Into<PathBuf>, rpc_port: u16) -> Config {
+        Config::new(
+            state_dir,
+            SocketAddr::from(([127, 0, 0, 1], rpc_port)),
+            self.rpc_secret.clone(),
+            self.peers(),
+        )
+    }
+
+    /// Path of the connector config written next to the node configs.
+    pub fn connector_config_path(&self) -> PathBuf {
+        self.dir.join("connector.toml")
+    }
+
+    fn write_connector_config(&self) -> Result<(), HarnessError> {
+        let peers = self
+            .peers()
+            .iter()
+            .map(|p| format!("  {p:?},"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!(
+            "# Written by `garage-ipfs cluster up` for the cluster in this directory.\n\
+             state_dir = \"connector\"\n\
+             rpc_bind_addr = \"127.0.0.1:{DEV_CONNECTOR_PORT}\"\n\
+             rpc_secret = {:?}\n\
+             bootstrap_peers = [\n{peers}\n]\n\
+             replication_factor = 3\n\
+             consistency_mode = \"consistent\"\n",
+            self.rpc_secret
+        );
+        let path = self.connector_config_path();
+        std::fs::write(&path, text).map_err(io_err(&path))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.lifetime == Lifetime::Attached {
+            self.stop();
+        }
+    }
+}
+
+/// Renders the node configs into `dir`, generating node keys as needed.
+fn render_configs(dir: &Path, ports: Ports) -> Result<(Vec<Node>, String), HarnessError> {
+    let mut tables = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, template) in NODE_CONFIGS.iter().enumerate() {
+        let index = i + 1;
+        let mut table: toml::Table = toml::from_str(template).expect("shipped node config parses");
+        let node_dir = dir.join(format!("node{index}"));
+        let meta = node_dir.join("meta");
+        let data = node_dir.join("data");
+        for d in [&meta, &data] {
+            std::fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        set(&mut table, &["metadata_dir"], meta.display().to_string());
+        set(&mut table, &["data_dir"], data.display().to_string());
+        if ports == Ports::Free {
+            let [rpc, s3, admin] = [free_port()?, free_port()?, free_port()?];
+            set(&mut table, &["rpc_bind_addr"], format!("127.0.0.1:{rpc}"));
+            set(&mut table, &["rpc_public_addr"], format!("127.0.0.1:{rpc}"));
+            set(&mut table, &["s3_api", "api_bind_addr"], format!("127.0.0.1:{s3}"));
+            set(&mut table, &["admin", "api_bind_addr"], format!("127.0.0.1:{admin}"));
+        }
+        ensure_node_key(&meta)?;
+        let path = dir.join(format!("node{index}.toml"));
+        nodes.push(node_from_table(index, &path, &table)?);
+        tables.push(table);
+    }
+    let secret = str_at(&tables[0], &["rpc_secret"])?.to_string();
+    for (node, mut table) in nodes.iter().zip(tables) {
+        let others: Vec<toml::Value> = nodes
+            .iter()
+            .filter(|n| n.index != node.index)
+            .map(|n| toml::Value::String(n.peer()))
+            .collect();
+        table.insert("bootstrap_peers".into(), toml::Value::Array(others));
+        let text = toml::to_string(&table).expect("serializable");
+        std::fs::write(&node.config, text).map_err(io_err(&node.config))?;
+    }
+    Ok((nodes, secret))
+}
+
+fn set(table: &mut toml::Table, path: &[&str], value: String) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut t = table;
+    for p in parents {
+        t = t
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .expect("config section is a table");
+    }
+    t.insert(last.to_string(), toml::Value::String(value));
+}
+
+fn str_at<'a>(table: &'a toml::Table, path: &[&str]) -> Result<&'a str, HarnessError> {
+    let mut v: Option<&toml::Value> = None;
+    let mut t = table;
+    for (n, p) in path.iter().enumerate() {
+        v = t.get(*p);
+        if n + 1 < path.len() {
+            t = v.and_then(|v| v.as_table()).ok_or_else(|| missing(path))?;
+        }
+    }
+    v.and_then(|v| v.as_str()).ok_or_else(|| missing(path))
+}
+
+fn missing(path: &[&str]) -> HarnessError {
+    HarnessError::Other(format!("node config lacks {}", path.join(".")))
+}
+
+fn node_from_table(index: usize, path: &Path, table: &toml::Table) -> Result<Node, HarnessError> {
+    let addr = |p: &[&str]| -> Result<SocketAddr, HarnessError> {
+        str_at(table, p)?
+            .parse()
+            .map_err(|e| HarnessError::Other(format!("{}: {}: {e}", path.display(), p.join("."))))
+    };
+    let meta_dir = PathBuf::from(str_at(table, &["metadata_dir"])?);
+    let pubkey_path = meta_dir.join("node_key.pub");
+    let pubkey = std::fs::read(&pubkey_path).map_err(io_err(&pubkey_path))?;
+    Ok(Node {
+        index,
+        id: hex::encode(pubkey),
+        rpc: addr(&["rpc_bind_addr"])?,
+        s3: addr(&["s3_api", "api_bind_addr"])?,
+        admin: addr(&["admin", "api_bind_addr"])?,
+        config: path.to_owned(),
+        data_dir: PathBuf::from(str_at(table, &["data_dir"])?),
+        meta_dir,
+    })
+}
+
+/// Writes a node key pair in Garage's format unless one exists.
+fn ensure_node_key(meta: &Path) -> Result<(), HarnessError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key_path = meta.join("node_key");
+    if key_path.exists() {
+        return Ok(());
+    }
+    let (pk, sk) = sodiumoxide::crypto::sign::ed25519::gen_keypair();
+    let pub_path = meta.join("node_key.pub");
+    std::fs::write(&pub_path, pk.as_ref()).map_err(io_err(&pub_path))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&key_path)
+        .map_err(io_err(&key_path))?;
+    std::io::Write::write_all(&mut f, sk.as_ref()).map_err(io_err(&key_path))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16, HarnessError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
+    Ok(l.local_addr().map_err(io_err(Path::new("127.0.0.1:0")))?.port())
+}

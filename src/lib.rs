@@ -1,0 +1,30 @@
+//! garage-ipfs keeps IPFS blocks durable in a Garage cluster.
+//!
+//! It joins the cluster as an RPC peer without a storage role and writes
+//! each block straight into Garage's content-addressed block manager
+//! (replicated on the layout's nodes, acknowledged once on a write quorum),
+//! with an index from multihash to block in Garage's K2V item table.
+//! `docs/DESIGN.md` explains the choices; `README.md` how to run it.
+//!
+//! # Layout
+//!
+//! - [`cid`]: CID parsing, multihash verification, index key forms.
+//! - [`config`]: the connector's TOML configuration and secret loading.
+//! - [`garage`]: the connector (a roleless `System` peer) and its raw
+//!   cluster operations: block transfers, table and K2V requests.
+//! - [`store`]: the [`store::BlockStore`] trait, the Garage-backed store
+//!   with namespaces, anchors and index, and an in-memory store for tests.
+//! - [`cli`]: the `garage-ipfs` command line, one file per noun.
+//! - [`harness`]: a local three-node Garage cluster of real `garage`
+//!   processes, for development and the integration tests.
+
+pub mod cid;
+pub mod cli;
+pub mod config;
+pub mod garage;
+pub mod harness;
+pub mod store;
+
+pub use config::Config;
+pub use garage::Connector;
+pub use store::{BlockStore, GarageStore, MemBlockStore, Namespace};

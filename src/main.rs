@@ -1,0 +1,19 @@
+//! The `garage-ipfs` binary: parse arguments, set up tracing, run.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = garage_ipfs::cli::Cli::parse();
+    garage_ipfs::cli::init_tracing(cli.verbose);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(cli.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Errors of the store layer, as users of the store see them.
+
+use cid::Cid;
+
+use crate::cid::CidError;
+use crate::garage;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A CID or the data given with it was refused; nothing was stored.
+    #[error(transparent)]
+    Cid(#[from] CidError),
+    /// A namespace name outside `[A-Za-z0-9._-]{1,64}`.
+    #[error("invalid namespace name {0:?}: use 1 to 64 characters among A-Z a-z 0-9 . _ -")]
+    BadNamespace(String),
+    /// The index names a block that no node could return intact.
+    #[error("block {cid} is indexed but no node returned a valid copy ({cause})")]
+    Unreadable {
+        /// The block.
+        cid: Cid,
+        /// The last failure.
+        cause: String,
+    },
+    /// An index entry that cannot be decoded.
+    #[error("corrupt index entry {key}: {reason}")]
+    BadIndexEntry {
+        /// The entry's sort key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Every anchor generation of this block's shard is used up (the block
+    /// was deleted and re-put too many times within a day).
+    #[error("block {0} was deleted and re-added too often recently; retry tomorrow")]
+    GenerationsExhausted(Cid),
+    /// Some blocks of a batch were not stored; the others were.
+    #[error("{} of {total} blocks were not stored: {}", failed.len(), summarize(failed))]
+    Partial {
+        /// The blocks that failed, with why.
+        failed: Vec<(Cid, String)>,
+        /// Blocks in the batch.
+        total: usize,
+    },
+    /// The cluster could not complete the operation (quorum lost, timeout…).
+    #[error(transparent)]
+    Cluster(#[from] garage::Error),
+}
+
+fn summarize(failed: &[(Cid, String)]) -> String {
+    let mut s = failed
+        .iter()
+        .take(3)
+        .map(|(c, e)| format!("{c}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failed.len() > 3 {
+        s.push_str(&format!("; and {} more", failed.len() - 3));
+    }
+    s
+}
+
+impl From<garage_util::error::Error> for Error {
+    fn from(e: garage_util::error::Error) -> Self {
+        Error::Cluster(e.into())
+    }
+}
+
+impl Error {
+    /// Whether the failure is the caller's input (as opposed to the cluster).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, Error::Cid(_) | Error::BadNamespace(_))
+    }
+}

@@ -1,0 +1,382 @@
+//! [`GarageStore`]: blocks in a Garage cluster's block manager, refs under
+//! anchors, the CID index in K2V.
+//!
+//! A put writes, in this order: the ref (so a block whose refcount is
+//! pending deletion after an earlier delete cannot be collected under us),
+//! the block (to a write quorum), then the index entry. A crash leaves at
+//! most a ref without an index entry, never an index entry for a block
+//! that is not stored. A delete goes the other way: index first, then refs.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cid::Cid;
+use futures::stream::BoxStream;
+use garage_model::k2v::causality::CausalContext;
+use garage_model::k2v::item_table::{DvvsValue, ItemFilter, K2VItem, K2VItemPartition};
+use garage_model::s3::block_ref_table::BlockRef;
+use garage_rpc::RequestStrategy;
+use garage_table::replication::TableReplication;
+use garage_table::{EnumerationOrder, PartitionKey};
+use garage_net::message::PRIO_NORMAL;
+use garage_util::crdt;
+use garage_util::data::{blake2sum, Hash, Uuid};
+use multihash::Multihash;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::anchor::{AnchorId, Anchors, MAX_GENERATIONS};
+use super::index::{self, Entry};
+use super::{check_namespace, BlockStore, Error};
+use crate::cid as cidutil;
+use crate::garage::k2v::{InsertedItem, K2VRpc};
+use crate::garage::{error::deadline, Connector};
+
+/// Index entries fetched per listing request.
+const LIST_PAGE: usize = 1000;
+
+/// The store: one connector, any number of namespaces.
+pub struct GarageStore {
+    conn: Arc<Connector>,
+    anchors: Anchors,
+}
+
+/// A namespace of a [`GarageStore`]; cheap to clone.
+#[derive(Clone)]
+pub struct Namespace {
+    store: Arc<GarageStore>,
+    name: Arc<str>,
+    id: Uuid,
+}
+
+impl GarageStore {
+    /// A store over a joined connector.
+    pub fn new(conn: Arc<Connector>) -> Arc<Self> {
+        Arc::new(Self {
+            conn,
+            anchors: Anchors::default(),
+        })
+    }
+
+    /// The connector underneath.
+    pub fn connector(&self) -> &Arc<Connector> {
+        &self.conn
+    }
+
+    /// A handle on one namespace. Namespaces need no creation: an empty one
+    /// is simply one with no entries.
+    pub fn namespace(self: &Arc<Self>, name: &str) -> Result<Namespace, Error> {
+        check_namespace(name)?;
+        Ok(Namespace {
+            store: self.clone(),
+            name: name.into(),
+            id: index::namespace_id(name),
+        })
+    }
+}
+
+impl Namespace {
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's id (its index bucket id).
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn conn(&self) -> &Connector {
+        &self.store.conn
+    }
+
+    /// The index item of a multihash, as read from a quorum.
+    async fn read_item(&self, mh: &Multihash<64>) -> Result<Option<K2VItem>, Error> {
+        let conn = self.conn();
+        let part = index::partition(self.id, mh);
+        let key = cidutil::dskey(mh);
+        Ok(deadline(
+            conn.config.timeouts.rpc(),
+            "reading the index",
+            conn.k2v_item.get(&part, &key),
+        )
+        .await?)
+    }
+
+    /// The live index entry of a multihash, with the item's causal context.
+    pub async fn entry(
+        &self,
+        mh: &Multihash<64>,
+    ) -> Result<(Option<Entry>, Option<CausalContext>), Error> {
+        let Some(item) = self.read_item(mh).await? else {
+            return Ok((None, None));
+        };
+        let entry = index::live_entry(&item).map_err(|e| Error::BadIndexEntry {
+            key: cidutil::dskey(mh),
+            reason: e.to_string(),
+        })?;
+        Ok((entry, Some(item.causal_context())))
+    }
+
+    async fn rpc_index_insert(
+        &self,
+        mh: &Multihash<64>,
+        context: Option<CausalContext>,
+        value: DvvsValue,
+    ) -> Result<(), Error> {
+        let conn = self.conn();
+        let partition = index::partition(self.id, mh);
+        let mut who = conn.k2v_item.data.replication.storage_nodes(&partition.hash())?;
+        who.sort();
+        let msg = K2VRpc::InsertItem(InsertedItem {
+            partition,
+            sort_key: cidutil::dskey(mh),
+            causal_context: context,
+            value,
+        });
+        let limit = conn.config.timeouts.rpc();
+        // Quorum 1 is right here: the receiving storage node makes its own
+        // quorum write to the item table before it answers.
+        deadline(
+            limit,
+            "writing the index",
+            conn.system.rpc_helper().try_call_many(
+                &conn.k2v_ep,
+                &who,
+                msg,
+                RequestStrategy::with_priority(PRIO_NORMAL)
+                    .with_quorum(1)
+                    .with_custom_timeout(limit),
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// All refs of a block, live and deleted, in every namespace.
+    async fn refs_of(&self, hash: &Hash) -> Result<Vec<BlockRef>, Error> {
+        let conn = self.conn();
+        Ok(deadline(
+            conn.config.timeouts.rpc(),
+            "reading block refs",
+            conn.block_ref
+                .get_range(hash, None, None, 10_000, EnumerationOrder::Forward),
+        )
+        .await?)
+    }
+
+    async fn write_ref(&self, hash: Hash, version: Uuid, deleted: bool) -> Result<(), Error> {
+        let conn = self.conn();
+        let r = BlockRef {
+            block: hash,
+            version,
+            deleted: crdt::Bool::new(deleted),
+        };
+        deadline(conn.config.timeouts.rpc(), "writing a block ref", conn.block_ref.insert(&r))
+            .await?;
+        Ok(())
+    }
+
+    /// Picks the generation whose ref will hold the block: one with a live
+    /// ref already (a put that crashed before its index write), else the
+    /// first whose ref was never written and whose anchor is alive.
+    /// Returns the generation and whether its ref must still be written.
+    async fn choose_generation(&self, cid: &Cid, hash: &Hash) -> Result<(u16, bool), Error> {
+        let refs = self.refs_of(hash).await?;
+        for g in 0..MAX_GENERATIONS {
+            let anchor = AnchorId::of(self.id, g, hash);
+            let uuid = anchor.version_uuid();
+            match refs.iter().find(|r| r.version == uuid) {
+                Some(r) if !r.deleted.get() => return Ok((g, false)),
+                Some(_) => continue,
+                None => {
+                    if self.store.anchors.ensure(self.conn(), anchor).await? {
+                        return Ok((g, true));
+                    }
+                }
+            }
+        }
+        Err(Error::GenerationsExhausted(*cid))
+    }
+
+    async fn put_verified(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
+        let mh = cid.hash();
+        let (existing, context) = self.entry(mh).await?;
+        if existing.is_some() {
+            return Ok(());
+        }
+        let hash = blake2sum(&data);
+        let (generation, new_ref) = self.choose_generation(cid, &hash).await?;
+        let anchor = AnchorId::of(self.id, generation, &hash).version_uuid();
+        if new_ref {
+            self.write_ref(hash, anchor, false).await?;
+        }
+        let size = data.len() as u32;
+        if let Err(e) = self.conn().rpc_put_block(hash, data).await {
+            if new_ref {
+                // Best effort: with the quorum gone this fails too, and
+                // `verify` finds the ref without an index entry later.
+                if let Err(e2) = self.write_ref(hash, anchor, true).await {
+                    tracing::warn!(cause = %e2, block = %cid, "could not retract the ref of a failed put");
+                }
+            }
+            return Err(e.into());
+        }
+        let entry = Entry {
+            hash,
+            size,
+            generation,
+            codec: cid.codec(),
+        };
+        self.rpc_index_insert(mh, context, DvvsValue::Value(entry.encode()))
+            .await
+    }
+
+    async fn get_verified(&self, cid: &Cid) -> Result<Option<Bytes>, Error> {
+        let (entry, _) = self.entry(cid.hash()).await?;
+        let Some(entry) = entry else { return Ok(None) };
+        let bytes = self
+            .conn()
+            .rpc_get_block(entry.hash, |b| cidutil::verify(cid, b).is_ok())
+            .await
+            .map_err(|e| Error::Unreadable {
+                cid: *cid,
+                cause: e.to_string(),
+            })?;
+        Ok(Some(bytes))
+    }
+
+    async fn delete_entry(&self, cid: &Cid) -> Result<bool, Error> {
+        let (entry, context) = self.entry(cid.hash()).await?;
+        let Some(entry) = entry else { return Ok(false) };
+        // Index first: an index entry must never outlive its block.
+        self.rpc_index_insert(cid.hash(), context, DvvsValue::Deleted)
+            .await?;
+        let refs = self.refs_of(&entry.hash).await?;
+        for g in 0..MAX_GENERATIONS {
+            let uuid = AnchorId::of(self.id, g, &entry.hash).version_uuid();
+            if refs.iter().any(|r| r.version == uuid && !r.deleted.get()) {
+                self.write_ref(entry.hash, uuid, true).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Streams the live entries of the namespace, shard by shard, as
+    /// (multihash, entry) pairs.
+    pub fn list_entries(&self) -> BoxStream<'static, Result<(Multihash<64>, Entry), Error>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(LIST_PAGE);
+        let ns = self.clone();
+        tokio::spawn(async move {
+            for shard in 0..index::INDEX_SHARDS {
+                if let Err(e) = ns.list_shard(shard, &tx).await {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+
+    async fn list_shard(
+        &self,
+        shard: usize,
+        tx: &tokio::sync::mpsc::Sender<Result<(Multihash<64>, Entry), Error>>,
+    ) -> Result<(), Error> {
+        let conn = self.conn();
+        let partition = K2VItemPartition {
+            bucket_id: self.id,
+            partition_key: index::shard_name(shard),
+        };
+        let filter = ItemFilter {
+            exclude_only_tombstones: true,
+            conflicts_only: false,
+        };
+        let mut start: Option<String> = None;
+        loop {
+            let page = deadline(
+                conn.config.timeouts.rpc(),
+                "listing the index",
+                conn.k2v_item.get_range(
+                    &partition,
+                    start.clone(),
+                    Some(filter.clone()),
+                    LIST_PAGE,
+                    EnumerationOrder::Forward,
+                ),
+            )
+            .await?;
+            let full = page.len() == LIST_PAGE;
+            for item in page {
+                // `start` is inclusive: skip the item that ended the last page.
+                if start.as_deref() == Some(item.sort_key.as_str()) {
+                    continue;
+                }
+                let bad = |reason: String| Error::BadIndexEntry {
+                    key: item.sort_key.clone(),
+                    reason,
+                };
+                let mh = cidutil::from_dskey(&item.sort_key).map_err(|e| bad(e.to_string()))?;
+                if let Some(entry) = index::live_entry(&item).map_err(|e| bad(e.to_string()))? {
+                    if tx.send(Ok((mh, entry))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                start = Some(item.sort_key);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl BlockStore for Namespace {
+    #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
+    async fn put(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
+        cidutil::verify(cid, &data)?;
+        if cidutil::is_identity(cid) {
+            return Ok(());
+        }
+        self.put_verified(cid, data).await
+    }
+
+    #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
+    async fn get(&self, cid: &Cid) -> Result<Option<Bytes>, Error> {
+        cidutil::check_supported(cid)?;
+        if cidutil::is_identity(cid) {
+            return Ok(Some(Bytes::copy_from_slice(cid.hash().digest())));
+        }
+        self.get_verified(cid).await
+    }
+
+    #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
+    async fn has(&self, cid: &Cid) -> Result<bool, Error> {
+        Ok(self.get_size(cid).await?.is_some())
+    }
+
+    #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
+    async fn get_size(&self, cid: &Cid) -> Result<Option<u64>, Error> {
+        cidutil::check_supported(cid)?;
+        if cidutil::is_identity(cid) {
+            return Ok(Some(cid.hash().size() as u64));
+        }
+        Ok(self.entry(cid.hash()).await?.0.map(|e| e.size as u64))
+    }
+
+    #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
+    async fn delete(&self, cid: &Cid) -> Result<bool, Error> {
+        cidutil::check_supported(cid)?;
+        if cidutil::is_identity(cid) {
+            return Ok(false);
+        }
+        self.delete_entry(cid).await
+    }
+
+    fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {
+        use futures::StreamExt;
+        Box::pin(self.list_entries().map(|r| r.map(|(mh, _)| mh)))
+    }
+}

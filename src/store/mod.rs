@@ -1,0 +1,89 @@
+//! The block store: IPFS blocks by CID, in namespaces.
+//!
+//! [`BlockStore`] is the seam the API layers are generic over.
+//! [`GarageStore`] keeps blocks in a Garage cluster; [`MemBlockStore`] keeps
+//! them in memory, for tests of the layers above.
+
+mod anchor;
+mod error;
+mod garage;
+pub mod index;
+mod memory;
+
+use std::future::Future;
+
+use bytes::Bytes;
+use cid::Cid;
+use futures::stream::{BoxStream, StreamExt};
+use multihash::Multihash;
+
+pub use self::garage::{GarageStore, Namespace};
+pub use anchor::{AnchorId, ANCHOR_SHARDS, MAX_GENERATIONS};
+pub use error::Error;
+pub use memory::MemBlockStore;
+
+/// How many puts of a `put_many` run at once by default.
+pub const PUT_MANY_CONCURRENCY: usize = 8;
+
+/// A store of IPFS blocks, bound to one namespace.
+///
+/// Every put verifies that the data hashes to its CID, every get verifies
+/// what it returns. Blocks are keyed by multihash: two CIDs with the same
+/// multihash and different codecs name the same stored block.
+pub trait BlockStore: Send + Sync + 'static {
+    /// Stores a block. Returns once it is durable (on a write quorum).
+    fn put(&self, cid: &Cid, data: Bytes) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Stores several blocks. Either all are stored, or the error is
+    /// [`Error::Partial`] and names exactly the blocks that were not.
+    fn put_many(
+        &self,
+        blocks: Vec<(Cid, Bytes)>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            let total = blocks.len();
+            let results: Vec<_> = futures::stream::iter(blocks)
+                .map(|(cid, data)| async move { (cid, self.put(&cid, data).await) })
+                .buffer_unordered(PUT_MANY_CONCURRENCY)
+                .collect()
+                .await;
+            let failed: Vec<(Cid, String)> = results
+                .into_iter()
+                .filter_map(|(cid, r)| r.err().map(|e| (cid, e.to_string())))
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::Partial { failed, total })
+            }
+        }
+    }
+
+    /// The block's bytes, verified against the CID, or `None` if absent.
+    fn get(&self, cid: &Cid) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
+
+    /// Whether the block is stored.
+    fn has(&self, cid: &Cid) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// The block's size in bytes, or `None` if absent.
+    fn get_size(&self, cid: &Cid) -> impl Future<Output = Result<Option<u64>, Error>> + Send;
+
+    /// Removes the block; returns whether it was there.
+    fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Every multihash stored, streamed.
+    fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>>;
+}
+
+/// Checks a namespace name.
+pub fn check_namespace(name: &str) -> Result<(), Error> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadNamespace(name.chars().take(100).collect()))
+    }
+}

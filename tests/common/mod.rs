@@ -1,0 +1,220 @@
+//! Shared set-up of the integration tests.
+//!
+//! Each test binary starts one real three-node Garage cluster (free ports,
+//! a fresh directory under the target dir) the first time a test asks for
+//! it. Its nodes are attached to the test process: they die with it, even
+//! when a test panics or the runner is killed. One tokio runtime serves all
+//! tests of a binary, so that a connector made by one test outlives it.
+//!
+//! Test names are prefixed by area: `store_`, `fault_`, `join_`.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cid::Cid;
+use futures::TryStreamExt;
+use garage_ipfs::harness::{free_port, Cluster, Lifetime, Ports, StartOptions};
+use garage_ipfs::store::{BlockStore, GarageStore};
+use garage_ipfs::{cid as cidutil, Connector};
+use rand::RngCore;
+
+/// The runtime every test of the binary runs on.
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
+}
+
+/// Runs a test body on the shared runtime.
+pub fn run<F: Future>(f: F) -> F::Output {
+    rt().block_on(f)
+}
+
+fn test_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("garage-ipfs-tests")
+}
+
+/// This binary's cluster, started on first use.
+pub fn cluster() -> &'static Arc<Cluster> {
+    static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let name = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "test".into());
+        let root = test_root();
+        remove_stale_dirs(&root);
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        let started = Instant::now();
+        let cluster = std::thread::spawn(move || {
+            run(Cluster::start(StartOptions {
+                dir,
+                ports: Ports::Free,
+                lifetime: Lifetime::Attached,
+            }))
+        })
+        .join()
+        .expect("cluster start panicked")
+        .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        eprintln!(
+            "test cluster up in {:.1?} at {}",
+            started.elapsed(),
+            cluster.dir.display()
+        );
+        cluster
+    })
+}
+
+/// Directories of earlier runs whose process is gone.
+fn remove_stale_dirs(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// A fresh connector state directory.
+pub fn state_dir(label: &str) -> PathBuf {
+    let dir = cluster()
+        .dir
+        .join(format!("connector-{label}-{}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A new connector with a fresh state directory and port.
+pub async fn new_connector(label: &str) -> Arc<Connector> {
+    let config = cluster().connector_config(state_dir(label), free_port().unwrap());
+    Connector::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("connector {label} cannot join: {e}"))
+}
+
+/// The store shared by the tests of this binary.
+pub async fn store() -> Arc<GarageStore> {
+    static STORE: tokio::sync::OnceCell<Arc<GarageStore>> = tokio::sync::OnceCell::const_new();
+    STORE
+        .get_or_init(|| async { GarageStore::new(new_connector("shared").await) })
+        .await
+        .clone()
+}
+
+/// A namespace name unique to this test run.
+pub fn unique_ns(label: &str) -> String {
+    format!("{label}-{:08x}", rand::random::<u32>())
+}
+
+/// `n` random bytes.
+pub fn random_bytes(n: usize) -> Bytes {
+    let mut v = vec![0u8; n];
+    rand::rng().fill_bytes(&mut v);
+    Bytes::from(v)
+}
+
+/// A random block of `n` bytes and its CID.
+pub fn random_block(codec: u64, hash: u64, n: usize) -> (Cid, Bytes) {
+    let data = random_bytes(n);
+    (cidutil::compute(codec, hash, &data).unwrap(), data)
+}
+
+/// `garage block info` on node `i`: the refcount and the full output.
+pub fn block_info(i: usize, data: &[u8]) -> (u64, String) {
+    let hash = hex::encode(garage_util::data::blake2sum(data).as_slice());
+    let out = cluster()
+        .garage_cli(i, &["block", "info", &hash])
+        .unwrap_or_else(|e| panic!("block info on node{}: {e}", i + 1));
+    let rc = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Refcount:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no refcount in:\n{out}"));
+    (rc, out)
+}
+
+/// Asserts the refcount of a block on every node, and that Garage sees no
+/// inconsistency in it.
+pub fn assert_refcount(data: &[u8], expected: u64) {
+    for i in 0..3 {
+        let (rc, out) = block_info(i, data);
+        assert_eq!(rc, expected, "refcount on node{}:\n{out}", i + 1);
+        if expected > 0 {
+            assert!(
+                !out.contains("inconsistencies") && !out.contains("Warning"),
+                "node{} reports a problem:\n{out}",
+                i + 1
+            );
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What every `BlockStore` must do, whatever its backend.
+pub async fn blockstore_suite(s: &impl BlockStore) {
+    let (cid, data) = random_block(cidutil::codec::RAW, 0x12, 1000);
+    assert!(!s.has(&cid).await.unwrap());
+    assert_eq!(s.get(&cid).await.unwrap(), None);
+    assert_eq!(s.get_size(&cid).await.unwrap(), None);
+    s.put(&cid, data.clone()).await.unwrap();
+    s.put(&cid, data.clone()).await.unwrap(); // idempotent
+    assert!(s.has(&cid).await.unwrap());
+    assert_eq!(s.get(&cid).await.unwrap(), Some(data.clone()));
+    assert_eq!(s.get_size(&cid).await.unwrap(), Some(1000));
+    // Same multihash, other codec: the same stored block.
+    let other = Cid::new_v1(cidutil::codec::DAG_PB, *cid.hash());
+    assert_eq!(s.get(&other).await.unwrap(), Some(data.clone()));
+    let listed: Vec<_> = s.list().try_collect().await.unwrap();
+    assert!(listed.contains(cid.hash()));
+    // Refused input stores nothing.
+    let (bad, _) = random_block(cidutil::codec::RAW, 0x12, 10);
+    assert!(s.put(&bad, random_bytes(10)).await.unwrap_err().is_bad_input());
+    assert!(!s.has(&bad).await.unwrap());
+    // Identity CIDs need no storage.
+    let id = cidutil::compute(cidutil::codec::RAW, cidutil::IDENTITY, b"tiny").unwrap();
+    s.put(&id, Bytes::from_static(b"tiny")).await.unwrap();
+    assert_eq!(s.get(&id).await.unwrap(), Some(Bytes::from_static(b"tiny")));
+    // Batches.
+    let batch: Vec<_> = (0..20)
+        .map(|i| random_block(cidutil::codec::RAW, 0x1e, 100 + i))
+        .collect();
+    s.put_many(batch.clone()).await.unwrap();
+    for (c, d) in &batch {
+        assert_eq!(s.get(c).await.unwrap().as_ref(), Some(d));
+    }
+    // Delete.
+    assert!(s.delete(&cid).await.unwrap());
+    assert!(!s.delete(&cid).await.unwrap());
+    assert!(!s.has(&cid).await.unwrap());
+    assert_eq!(s.get(&cid).await.unwrap(), None);
+    let listed: Vec<_> = s.list().try_collect().await.unwrap();
+    assert!(!listed.contains(cid.hash()));
+}

@@ -1,0 +1,125 @@
+//! Node failures and refused joins, against a real three-node cluster.
+//!
+//! These tests stop nodes, so they run one at a time (`SERIAL`) on a
+//! cluster of their own (this binary's), and each leaves it healthy.
+#![cfg(feature = "integration-tests")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::TryStreamExt;
+use garage_ipfs::cid::codec;
+use garage_ipfs::harness::free_port;
+use garage_ipfs::store::BlockStore;
+use garage_ipfs::Connector;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[test]
+fn fault_one_node_down_everything_still_works() {
+    run(async {
+        let _serial = SERIAL.lock().await;
+        let store = store().await;
+        let ns = store.namespace(&unique_ns("one-down")).unwrap();
+        let (old_cid, old_data) = random_block(codec::RAW, 0x12, 70_000);
+        ns.put(&old_cid, old_data.clone()).await.unwrap();
+
+        cluster().kill_node(2);
+        let (cid, data) = random_block(codec::RAW, 0x12, 300_000);
+        ns.put(&cid, data.clone()).await.expect("put with one node down");
+        assert_eq!(ns.get(&cid).await.unwrap(), Some(data.clone()));
+        assert_eq!(ns.get(&old_cid).await.unwrap(), Some(old_data));
+        assert!(ns.has(&cid).await.unwrap());
+        let listed: Vec<_> = ns.list().try_collect().await.unwrap();
+        assert_eq!(listed.len(), 2);
+
+        cluster().restart_node(2).await.expect("node restarts");
+        let conn = store.connector().clone();
+        eventually(Duration::from_secs(30), "connector sees all nodes up", || {
+            conn.system.health().storage_nodes_ok == 3
+        })
+        .await;
+        assert_eq!(ns.get(&cid).await.unwrap(), Some(data));
+    });
+}
+
+#[test]
+fn fault_two_nodes_down_put_fails_with_quorum_error() {
+    run(async {
+        let _serial = SERIAL.lock().await;
+        let store = store().await;
+        let ns = store.namespace(&unique_ns("two-down")).unwrap();
+        cluster().kill_node(1);
+        cluster().kill_node(2);
+        let (cid, data) = random_block(codec::RAW, 0x12, 10_000);
+        let start = Instant::now();
+        let err = ns.put(&cid, data.clone()).await.expect_err("put without quorum");
+        let took = start.elapsed();
+        assert!(took < Duration::from_secs(15), "failing took {took:?}");
+        assert!(err.to_string().contains("quorum"), "error does not say quorum: {err}");
+
+        cluster().restart_node(1).await.expect("node2 restarts");
+        cluster().restart_node(2).await.expect("node3 restarts");
+        let conn = store.connector().clone();
+        eventually(Duration::from_secs(30), "connector sees all nodes up", || {
+            conn.system.health().storage_nodes_ok == 3
+        })
+        .await;
+        // No index entry claims the block that was never written.
+        assert!(!ns.has(&cid).await.unwrap());
+        assert_eq!(ns.get(&cid).await.unwrap(), None);
+        let listed: Vec<_> = ns.list().try_collect().await.unwrap();
+        assert!(listed.is_empty());
+        // And the store serves again.
+        ns.put(&cid, data.clone()).await.unwrap();
+        assert_eq!(ns.get(&cid).await.unwrap(), Some(data));
+    });
+}
+
+#[test]
+fn join_wrong_rpc_secret_is_a_clear_error() {
+    run(async {
+        let _serial = SERIAL.lock().await;
+        let mut config = cluster().connector_config(state_dir("badsecret"), free_port().unwrap());
+        config.rpc_secret = Some(hex::encode([0x42u8; 32]));
+        config.timeouts.connect_ms = 6_000;
+        let err = Connector::connect(config).await.err().expect("join refused");
+        let msg = err.to_string();
+        assert!(msg.contains("rpc_secret"), "{msg}");
+        assert!(msg.contains("could not join the cluster"), "{msg}");
+    });
+}
+
+#[test]
+fn join_wrong_replication_factor_is_refused_and_nodes_stay_up() {
+    run(async {
+        let _serial = SERIAL.lock().await;
+        let pids: Vec<_> = (0..3).map(|i| cluster().node_pid(i).unwrap()).collect();
+        for rf in [2, 5] {
+            let config = cluster()
+                .connector_config(state_dir("badrf"), free_port().unwrap())
+                .with_replication_factor(rf);
+            let err = Connector::connect(config).await.err().expect("join refused");
+            let msg = err.to_string();
+            assert!(msg.contains("replication factor mismatch"), "{msg}");
+            assert!(msg.contains(&format!("configured with {rf}")), "{msg}");
+            assert!(msg.contains("cluster runs with 3"), "{msg}");
+        }
+        // A peer advertising rf 5 would make nodes exit within about 10 s.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        for (i, pid) in pids.iter().enumerate() {
+            assert_eq!(cluster().node_pid(i), Some(*pid), "node{} went down", i + 1);
+        }
+        cluster()
+            .wait_healthy(Duration::from_secs(10))
+            .await
+            .expect("cluster healthy");
+        // And the store still works.
+        let ns = store().await.namespace(&unique_ns("after-rf")).unwrap();
+        let (cid, data) = random_block(codec::RAW, 0x12, 1000);
+        ns.put(&cid, data.clone()).await.unwrap();
+        assert_eq!(ns.get(&cid).await.unwrap(), Some(data));
+    });
+}

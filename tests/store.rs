@@ -1,0 +1,275 @@
+//! The store against a real three-node Garage cluster.
+#![cfg(feature = "integration-tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cid::Cid;
+use common::*;
+use futures::TryStreamExt;
+use garage_ipfs::cid::{self as cidutil, codec, CidError, MAX_BLOCK_SIZE};
+use garage_ipfs::store::{BlockStore, Error, MemBlockStore};
+
+/// Sizes worth a round trip, each for a reason.
+const INTERESTING_SIZES: &[usize] = &[
+    0,               // the empty block
+    1,               // the smallest non-empty one
+    3071,            // Garage's inline threshold (3072) - 1
+    3072,            // the threshold itself
+    3073,            // threshold + 1
+    262_144,         // a typical UnixFS chunk (256 KiB)
+    1024 * 1024,     // the dev cluster's Garage block_size (1 MiB), ipfs-car's chunk
+    MAX_BLOCK_SIZE,  // kubo's 2 MiB limit
+];
+
+const SHA2_256: u64 = 0x12;
+const BLAKE3: u64 = 0x1e;
+
+#[test]
+fn store_suite_mem() {
+    run(blockstore_suite(&MemBlockStore::new()));
+}
+
+#[test]
+fn store_suite_garage() {
+    run(async {
+        let ns = store().await.namespace(&unique_ns("suite")).unwrap();
+        blockstore_suite(&ns).await;
+    });
+}
+
+#[test]
+fn store_round_trip_sizes_codecs_hashes() {
+    run(async {
+        let ns = store().await.namespace(&unique_ns("sizes")).unwrap();
+        let mut stored = Vec::new();
+        for &size in INTERESTING_SIZES {
+            for c in [codec::RAW, codec::DAG_PB, codec::DAG_CBOR] {
+                for h in [SHA2_256, BLAKE3] {
+                    let (cid, data) = random_block(c, h, size);
+                    ns.put(&cid, data.clone())
+                        .await
+                        .unwrap_or_else(|e| panic!("put {size} bytes {cid}: {e}"));
+                    stored.push((cid, data));
+                }
+            }
+        }
+        for (cid, data) in &stored {
+            let back = ns.get(cid).await.unwrap().expect("stored block readable");
+            assert_eq!(&back, data, "{cid}");
+            assert_eq!(ns.get_size(cid).await.unwrap(), Some(data.len() as u64));
+            assert!(ns.has(cid).await.unwrap());
+        }
+        let listed: Vec<_> = ns.list().try_collect().await.unwrap();
+        assert_eq!(listed.len(), stored.len());
+
+        // One byte over the limit: refused, nothing stored.
+        let (cid, data) = random_block(codec::RAW, SHA2_256, MAX_BLOCK_SIZE + 1);
+        let err = ns.put(&cid, data).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Cid(CidError::TooLarge { size, .. }) if size == MAX_BLOCK_SIZE + 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("over the 2097152-byte limit"), "{err}");
+        assert!(!ns.has(&cid).await.unwrap());
+    });
+}
+
+#[test]
+fn store_put_reaches_every_node_with_refcount_1() {
+    run(async {
+        let ns = store().await.namespace(&unique_ns("rc1")).unwrap();
+        let (cid, data) = random_block(codec::RAW, SHA2_256, 262_144);
+        ns.put(&cid, data.clone()).await.unwrap();
+        let hash = garage_util::data::blake2sum(&data);
+        // Quorum is 2 of 3; the third copy lands in the background.
+        eventually(Duration::from_secs(10), "block file on all three nodes", || {
+            cluster()
+                .nodes
+                .iter()
+                .all(|n| std::fs::read(n.block_path(hash.as_slice())).is_ok_and(|b| b == data))
+        })
+        .await;
+        assert_refcount(&data, 1);
+    });
+}
+
+#[test]
+fn store_dedup_across_namespaces() {
+    run(async {
+        let store = store().await;
+        let a = store.namespace(&unique_ns("dedup-a")).unwrap();
+        let b = store.namespace(&unique_ns("dedup-b")).unwrap();
+        let (cid, data) = random_block(codec::RAW, SHA2_256, 5000);
+        a.put(&cid, data.clone()).await.unwrap();
+        b.put(&cid, data.clone()).await.unwrap();
+        // One Garage block (content-addressed): one file per node, two refs.
+        let hash = garage_util::data::blake2sum(&data);
+        eventually(Duration::from_secs(10), "block file on all three nodes", || {
+            cluster().nodes.iter().all(|n| n.block_path(hash.as_slice()).exists())
+        })
+        .await;
+        assert_refcount(&data, 2);
+
+        assert!(a.delete(&cid).await.unwrap());
+        assert!(!a.has(&cid).await.unwrap());
+        assert_eq!(b.get(&cid).await.unwrap(), Some(data.clone()));
+        assert_refcount(&data, 1);
+
+        assert!(b.delete(&cid).await.unwrap());
+        assert!(!b.has(&cid).await.unwrap());
+        assert_refcount(&data, 0);
+    });
+}
+
+#[test]
+fn store_delete_then_put_again() {
+    run(async {
+        let ns = store().await.namespace(&unique_ns("reput")).unwrap();
+        let (cid, data) = random_block(codec::DAG_CBOR, BLAKE3, 40_000);
+        ns.put(&cid, data.clone()).await.unwrap();
+        assert!(ns.delete(&cid).await.unwrap());
+        assert_refcount(&data, 0);
+        ns.put(&cid, data.clone()).await.unwrap();
+        assert_eq!(ns.get(&cid).await.unwrap(), Some(data.clone()));
+        assert_refcount(&data, 1);
+        // And once more, to use a third anchor generation.
+        assert!(ns.delete(&cid).await.unwrap());
+        ns.put(&cid, data.clone()).await.unwrap();
+        assert_eq!(ns.get(&cid).await.unwrap(), Some(data.clone()));
+        assert_refcount(&data, 1);
+    });
+}
+
+#[test]
+fn store_second_connector_sees_everything() {
+    run(async {
+        let name = unique_ns("second");
+        let ns = store().await.namespace(&name).unwrap();
+        let mut blocks = Vec::new();
+        for i in 0..40 {
+            let (cid, data) = random_block(codec::RAW, SHA2_256, 100 * i + 1);
+            ns.put(&cid, data.clone()).await.unwrap();
+            blocks.push((cid, data));
+        }
+        let other = garage_ipfs::GarageStore::new(new_connector("second").await);
+        let ns2 = other.namespace(&name).unwrap();
+        let mut listed: Vec<_> = ns2.list().try_collect().await.unwrap();
+        let mut expected: Vec<_> = blocks.iter().map(|(c, _)| *c.hash()).collect();
+        listed.sort_by_key(|m| m.to_bytes());
+        expected.sort_by_key(|m| m.to_bytes());
+        assert_eq!(listed, expected);
+        for (cid, data) in &blocks {
+            assert_eq!(ns2.get(cid).await.unwrap().as_ref(), Some(data));
+        }
+        other.connector().shutdown();
+    });
+}
+
+#[test]
+fn store_bad_input_is_refused_and_stores_nothing() {
+    run(async {
+        let ns = store().await.namespace(&unique_ns("bad")).unwrap();
+        // Data that does not match its CID.
+        let (cid, data) = random_block(codec::RAW, SHA2_256, 4096);
+        let mut wrong = data.to_vec();
+        wrong[0] ^= 1;
+        let err = ns.put(&cid, Bytes::from(wrong.clone())).await.unwrap_err();
+        assert!(err.to_string().contains("does not match CID"), "{err}");
+        assert!(!ns.has(&cid).await.unwrap());
+        let hash = garage_util::data::blake2sum(&wrong);
+        for n in &cluster().nodes {
+            assert!(!n.block_path(hash.as_slice()).exists(), "mismatched data reached node{}", n.index);
+        }
+
+        // Malformed CID strings.
+        for s in ["", "bafy", "Qm123", "not a cid", "bafkreigh2akiscaildc@"] {
+            let err = cidutil::parse(s).unwrap_err().to_string();
+            assert!(err.starts_with("malformed CID"), "{s:?}: {err}");
+        }
+
+        // A hash function we do not verify (md5).
+        let md5 = Cid::new_v1(codec::RAW, multihash::Multihash::wrap(0xd5, &[1; 16]).unwrap());
+        for err in [
+            ns.put(&md5, Bytes::from_static(b"x")).await.unwrap_err(),
+            ns.get(&md5).await.unwrap_err(),
+            ns.has(&md5).await.unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("unsupported hash function 0xd5"), "{err}");
+        }
+
+        // Namespace names.
+        let store = store().await;
+        for bad in ["", "a/b", "x y", &"n".repeat(65)] {
+            assert!(matches!(store.namespace(bad), Err(Error::BadNamespace(_))), "{bad:?}");
+        }
+    });
+}
+
+/// Garage's own repair procedures must leave our refs, and so our blocks,
+/// alone (design: anchors).
+#[test]
+fn store_survives_garage_repairs() {
+    run(async {
+        let store = store().await;
+        let ns = store.namespace(&unique_ns("repair")).unwrap();
+        let mut blocks = Vec::new();
+        for i in 0..12 {
+            let (cid, data) = random_block(codec::RAW, SHA2_256, 1000 + 5000 * i);
+            ns.put(&cid, data.clone()).await.unwrap();
+            blocks.push((cid, data));
+        }
+        // A re-put after a delete lives under a second generation anchor.
+        let (cid, data) = &blocks[0];
+        ns.delete(cid).await.unwrap();
+        ns.put(cid, data.clone()).await.unwrap();
+
+        for what in ["tables", "blocks", "versions", "block-refs", "block-rc"] {
+            repair_to_completion(what).await;
+        }
+        for (cid, data) in &blocks {
+            assert_refcount(data, 1);
+            assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
+        }
+    });
+}
+
+/// Runs `garage repair -a --yes WHAT` and waits until every node's worker
+/// for it has finished.
+async fn repair_to_completion(what: &str) {
+    let c = cluster();
+    let worker = match what {
+        "tables" => " sync",
+        "blocks" => "Block repair worker",
+        "versions" => "version repair worker",
+        "block-refs" => "block_ref repair worker",
+        "block-rc" => "Block refcount repair worker",
+        other => panic!("unknown repair {other}"),
+    };
+    c.garage_cli(0, &["repair", "-a", "--yes", what]).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut done = true;
+        for i in 0..3 {
+            let list = c.garage_cli(i, &["worker", "list"]).unwrap();
+            let rows: Vec<&str> = list.lines().filter(|l| l.contains(worker)).collect();
+            let finished = if what == "tables" {
+                // Full syncs are the table sync workers; done when idle.
+                !rows.is_empty() && rows.iter().all(|r| !r.contains("Busy"))
+            } else {
+                !rows.is_empty() && rows.iter().all(|r| r.contains("Done"))
+            };
+            done &= finished;
+        }
+        if done {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "repair {what} did not finish in 180 s"
+        );
+    }
+}

@@ -280,10 +280,19 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         let bad = EXAMPLE.replace("replication_factor = 3", "replication_factor = 9");
-        assert!(parse_config(&bad).unwrap_err().to_string().contains("out of range"));
+        assert!(parse_config(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
         let typo = format!("{EXAMPLE}\nreplicaton_factor = 3\n");
         assert!(parse_config(&typo).is_err());
-        assert!(parse_secret("abcd").unwrap_err().to_string().contains("2 bytes"));
-        assert!(parse_secret("zz").unwrap_err().to_string().contains("not hex"));
+        assert!(parse_secret("abcd")
+            .unwrap_err()
+            .to_string()
+            .contains("2 bytes"));
+        assert!(parse_secret("zz")
+            .unwrap_err()
+            .to_string()
+            .contains("not hex"));
     }
 }

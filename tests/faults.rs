@@ -28,7 +28,9 @@ fn fault_one_node_down_everything_still_works() {
 
         cluster().kill_node(2);
         let (cid, data) = random_block(codec::RAW, 0x12, 300_000);
-        ns.put(&cid, data.clone()).await.expect("put with one node down");
+        ns.put(&cid, data.clone())
+            .await
+            .expect("put with one node down");
         assert_eq!(ns.get(&cid).await.unwrap(), Some(data.clone()));
         assert_eq!(ns.get(&old_cid).await.unwrap(), Some(old_data));
         assert!(ns.has(&cid).await.unwrap());
@@ -37,9 +39,11 @@ fn fault_one_node_down_everything_still_works() {
 
         cluster().restart_node(2).await.expect("node restarts");
         let conn = store.connector().clone();
-        eventually(Duration::from_secs(30), "connector sees all nodes up", || {
-            conn.system.health().storage_nodes_ok == 3
-        })
+        eventually(
+            Duration::from_secs(30),
+            "connector sees all nodes up",
+            || conn.system.health().storage_nodes_ok == 3,
+        )
         .await;
         assert_eq!(ns.get(&cid).await.unwrap(), Some(data));
     });
@@ -55,17 +59,27 @@ fn fault_two_nodes_down_put_fails_with_quorum_error() {
         cluster().kill_node(2);
         let (cid, data) = random_block(codec::RAW, 0x12, 10_000);
         let start = Instant::now();
-        let err = ns.put(&cid, data.clone()).await.expect_err("put without quorum");
+        let err = ns
+            .put(&cid, data.clone())
+            .await
+            .expect_err("put without quorum");
         let took = start.elapsed();
         assert!(took < Duration::from_secs(15), "failing took {took:?}");
-        assert!(err.to_string().contains("quorum"), "error does not say quorum: {err}");
+        assert!(
+            err.to_string().contains("quorum"),
+            "error does not say quorum: {err}"
+        );
 
-        cluster().restart_node(1).await.expect("node2 restarts");
-        cluster().restart_node(2).await.expect("node3 restarts");
+        cluster()
+            .restart_nodes(&[1, 2])
+            .await
+            .expect("nodes restart");
         let conn = store.connector().clone();
-        eventually(Duration::from_secs(30), "connector sees all nodes up", || {
-            conn.system.health().storage_nodes_ok == 3
-        })
+        eventually(
+            Duration::from_secs(30),
+            "connector sees all nodes up",
+            || conn.system.health().storage_nodes_ok == 3,
+        )
         .await;
         // No index entry claims the block that was never written.
         assert!(!ns.has(&cid).await.unwrap());
@@ -85,7 +99,10 @@ fn join_wrong_rpc_secret_is_a_clear_error() {
         let mut config = cluster().connector_config(state_dir("badsecret"), free_port().unwrap());
         config.rpc_secret = Some(hex::encode([0x42u8; 32]));
         config.timeouts.connect_ms = 6_000;
-        let err = Connector::connect(config).await.err().expect("join refused");
+        let err = Connector::connect(config)
+            .await
+            .err()
+            .expect("join refused");
         let msg = err.to_string();
         assert!(msg.contains("rpc_secret"), "{msg}");
         assert!(msg.contains("could not join the cluster"), "{msg}");
@@ -101,7 +118,10 @@ fn join_wrong_replication_factor_is_refused_and_nodes_stay_up() {
             let config = cluster()
                 .connector_config(state_dir("badrf"), free_port().unwrap())
                 .with_replication_factor(rf);
-            let err = Connector::connect(config).await.err().expect("join refused");
+            let err = Connector::connect(config)
+                .await
+                .err()
+                .expect("join refused");
             let msg = err.to_string();
             assert!(msg.contains("replication factor mismatch"), "{msg}");
             assert!(msg.contains(&format!("configured with {rf}")), "{msg}");

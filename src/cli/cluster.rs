@@ -103,7 +103,10 @@ fn node_statuses(cluster: &Cluster) -> Vec<NodeStatus> {
 }
 
 fn print_nodes(cluster: &Cluster) {
-    println!("{:<6} {:<18} {:<16} {:<16} {:<8} STATE", "NODE", "ID", "RPC", "S3", "PID");
+    println!(
+        "{:<6} {:<18} {:<16} {:<16} {:<8} STATE",
+        "NODE", "ID", "RPC", "S3", "PID"
+    );
     for n in node_statuses(cluster) {
         println!(
             "{:<6} {:<18} {:<16} {:<16} {:<8} {}",

@@ -26,7 +26,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         cluster.dir.display()
     );
     for n in &cluster.nodes {
-        println!("  node{}  rpc {}  s3 {}  id {}", n.index, n.rpc, n.s3, &n.id[..16]);
+        println!(
+            "  node{}  rpc {}  s3 {}  id {}",
+            n.index,
+            n.rpc,
+            n.s3,
+            &n.id[..16]
+        );
     }
 
     let config = crate::config::read_config(&cluster.connector_config_path())?;
@@ -42,8 +48,16 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let store = GarageStore::new(conn.clone());
     let ns = store.namespace("dev-smoke")?;
     let blocks = [
-        (codec::RAW, 0x12, Bytes::from_static(b"hello from garage-ipfs")),
-        (codec::DAG_CBOR, 0x1e, Bytes::from(vec![0xa1, 0x61, 0x61, 0x01])),
+        (
+            codec::RAW,
+            0x12,
+            Bytes::from_static(b"hello from garage-ipfs"),
+        ),
+        (
+            codec::DAG_CBOR,
+            0x1e,
+            Bytes::from(vec![0xa1, 0x61, 0x61, 0x01]),
+        ),
         (codec::RAW, 0x12, Bytes::from(vec![7u8; 256 * 1024])),
     ];
     println!("smoke test in namespace {:?}:", ns.name());

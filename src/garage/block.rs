@@ -24,7 +24,12 @@ impl Connector {
     /// Writes a block to its nodes and returns once the write quorum holds
     /// it; the remaining copies finish in the background.
     pub async fn rpc_put_block(&self, hash: Hash, data: Bytes) -> Result<(), Error> {
-        let who: Vec<Uuid> = self.system.cluster_layout().current()?.nodes_of(&hash).collect();
+        let who: Vec<Uuid> = self
+            .system
+            .cluster_layout()
+            .current()?
+            .nodes_of(&hash)
+            .collect();
         // `DataBlockHeader` is public but lives in a private module, so it
         // cannot be named; serde can still build its `Plain` variant. Plain
         // blocks are stored uncompressed, so on-disk bytes are the block.
@@ -61,7 +66,11 @@ impl Connector {
             let (msg, stream) = resp.into_parts();
             let header = match msg? {
                 BlockRpc::PutBlock { hash: h, header } if h == hash => header,
-                other => return Err(Error::Rpc(format!("unexpected answer to GetBlock: {other:?}"))),
+                other => {
+                    return Err(Error::Rpc(format!(
+                        "unexpected answer to GetBlock: {other:?}"
+                    )))
+                }
             };
             let stream = stream.ok_or_else(|| Error::Rpc("GetBlock answer without data".into()))?;
             let bytes = garage_net::stream::read_stream_to_end(stream)

@@ -67,7 +67,14 @@ mod tests {
             value: DvvsValue::Deleted,
         });
         let bytes = garage_net::util::rmp_to_vec_all_named(&msg).unwrap();
-        for name in ["InsertItem", "partition", "sort_key", "causal_context", "value", "Deleted"] {
+        for name in [
+            "InsertItem",
+            "partition",
+            "sort_key",
+            "causal_context",
+            "value",
+            "Deleted",
+        ] {
             assert!(
                 bytes.windows(name.len()).any(|w| w == name.as_bytes()),
                 "{name} missing from the encoding"

@@ -91,8 +91,9 @@ impl Connector {
         probe::check_layout(&layout, config.replication_factor)?;
 
         // 2. Start the peer.
-        let consistency = ConsistencyMode::parse(&config.consistency_mode)
-            .ok_or_else(|| Error::State(format!("bad consistency_mode {}", config.consistency_mode)))?;
+        let consistency = ConsistencyMode::parse(&config.consistency_mode).ok_or_else(|| {
+            Error::State(format!("bad consistency_mode {}", config.consistency_mode))
+        })?;
         let garage_config = garage_config(&config)?;
         std::net::TcpListener::bind(config.rpc_bind_addr)
             .map_err(|e| Error::Bind(config.rpc_bind_addr, e))?;
@@ -116,8 +117,12 @@ impl Connector {
         let object = Table::new(ObjectSchema, replication.clone(), system.clone(), &db);
         let version = Table::new(VersionSchema, replication.clone(), system.clone(), &db);
         let k2v_item = Table::new(K2VItemSchema, replication, system.clone(), &db);
-        let block_ep = system.netapp.endpoint::<BlockRpc, ()>(BLOCK_RPC_PATH.into());
-        let k2v_ep = system.netapp.endpoint::<k2v::K2VRpc, ()>(k2v::K2V_RPC_PATH.into());
+        let block_ep = system
+            .netapp
+            .endpoint::<BlockRpc, ()>(BLOCK_RPC_PATH.into());
+        let k2v_ep = system
+            .netapp
+            .endpoint::<k2v::K2VRpc, ()>(k2v::K2V_RPC_PATH.into());
 
         let (exit, exit_rx) = watch::channel(false);
         tokio::spawn(system.clone().run(exit_rx.clone()));
@@ -265,7 +270,12 @@ async fn layout_pull_loop(
         let limit = conn.config.timeouts.rpc();
         match probe.rpc_pull_layout(limit).await {
             Ok(layout) if probe::check_layout(&layout, conn.config.replication_factor).is_ok() => {
-                if let Err(e) = conn.system.layout_manager.update_cluster_layout(&layout).await {
+                if let Err(e) = conn
+                    .system
+                    .layout_manager
+                    .update_cluster_layout(&layout)
+                    .await
+                {
                     tracing::warn!(cause = %e, "could not merge the pulled layout");
                 }
             }

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use garage_net::{NetApp, NetworkKey, NodeID};
 use garage_rpc::layout::LayoutHistory;
+use garage_rpc::system::GARAGE_VERSION_TAG;
 use garage_rpc::system::{SystemRpc, SYSTEM_RPC_PATH};
 use garage_rpc::{Endpoint, PRIO_HIGH};
-use garage_rpc::system::GARAGE_VERSION_TAG;
 
 use super::error::Error;
 
@@ -98,7 +98,8 @@ impl Probe {
         }
         let answer = tokio::time::timeout(
             limit,
-            self.endpoint.call(&id, SystemRpc::PullClusterLayout, PRIO_HIGH),
+            self.endpoint
+                .call(&id, SystemRpc::PullClusterLayout, PRIO_HIGH),
         )
         .await;
         match answer {

@@ -23,7 +23,11 @@ pub fn binary_version(bin: &Path) -> Result<String, String> {
     // "garage v2.5.0 [features: …]" from release builds.
     text.split_whitespace()
         .nth(1)
-        .map(|v| v.trim_start_matches("cargo:").trim_start_matches('v').to_string())
+        .map(|v| {
+            v.trim_start_matches("cargo:")
+                .trim_start_matches('v')
+                .to_string()
+        })
         .filter(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit()))
         .ok_or_else(|| format!("{} --version printed {:?}", bin.display(), text.trim()))
 }

@@ -183,7 +183,7 @@ impl Cluster {
                 cluster.start_node(i)?;
             }
         }
-        cluster.wait_rpc_ports().await?;
+        cluster.wait_rpc_ports(&[0, 1, 2]).await?;
         cluster.ensure_layout().await?;
         cluster.wait_healthy(START_TIMEOUT).await?;
         cluster.write_connector_config()?;
@@ -234,7 +234,9 @@ impl Cluster {
             Lifetime::Attached => process::spawn_attached(cmd),
             Lifetime::Detached => process::spawn_detached(cmd),
         }
-        .map_err(|e| HarnessError::Garage(format!("cannot start {}: {e}", self.garage.display())))?;
+        .map_err(|e| {
+            HarnessError::Garage(format!("cannot start {}: {e}", self.garage.display()))
+        })?;
         let pid_file = node.pid_file();
         std::fs::write(&pid_file, child.id().to_string()).map_err(io_err(&pid_file))?;
         self.children.lock().unwrap()[i] = Some(child);
@@ -266,9 +268,17 @@ impl Cluster {
 
     /// Restarts node `i` and waits until the cluster is healthy again.
     pub async fn restart_node(&self, i: usize) -> Result<(), HarnessError> {
-        self.kill_node(i);
-        self.start_node(i)?;
-        self.wait_rpc_ports().await?;
+        self.restart_nodes(&[i]).await
+    }
+
+    /// Restarts the given nodes (0-based), with their data, and waits until
+    /// the cluster is healthy again.
+    pub async fn restart_nodes(&self, which: &[usize]) -> Result<(), HarnessError> {
+        for &i in which {
+            self.kill_node(i);
+            self.start_node(i)?;
+        }
+        self.wait_rpc_ports(which).await?;
         self.wait_healthy(START_TIMEOUT).await
     }
 
@@ -299,7 +309,11 @@ impl Cluster {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(HarnessError::Command {
-                command: format!("garage -c {} {}", self.nodes[i].config.display(), args.join(" ")),
+                command: format!(
+                    "garage -c {} {}",
+                    self.nodes[i].config.display(),
+                    args.join(" ")
+                ),
                 status: out.status.to_string(),
                 output: format!(
                     "{}{}",
@@ -321,9 +335,10 @@ impl Cluster {
             .map_err(|e| HarnessError::Garage(format!("cannot run {}: {e}", self.garage.display())))
     }
 
-    async fn wait_rpc_ports(&self) -> Result<(), HarnessError> {
+    async fn wait_rpc_ports(&self, which: &[usize]) -> Result<(), HarnessError> {
         let start = Instant::now();
-        for (i, node) in self.nodes.iter().enumerate() {
+        for &i in which {
+            let node = &self.nodes[i];
             while TcpStream::connect_timeout(&node.rpc, Duration::from_millis(200)).is_err() {
                 if self.node_pid(i).is_none() {
                     return Err(HarnessError::Garage(format!(
@@ -351,7 +366,10 @@ impl Cluster {
         let secret = crate::config::parse_secret(&self.rpc_secret)
             .map_err(|e| HarnessError::Other(e.to_string()))?;
         let peers = parse_peers(&self.peers()).map_err(|e| HarnessError::Other(e.to_string()))?;
-        let probe = Probe::new(garage_net::NetworkKey::from_slice(&secret).expect("32 bytes"), peers);
+        let probe = Probe::new(
+            garage_net::NetworkKey::from_slice(&secret).expect("32 bytes"),
+            peers,
+        );
         let layout = probe
             .rpc_pull_layout(Duration::from_secs(5))
             .await
@@ -471,8 +489,16 @@ fn render_configs(dir: &Path, ports: Ports) -> Result<(Vec<Node>, String), Harne
             let [rpc, s3, admin] = [free_port()?, free_port()?, free_port()?];
             set(&mut table, &["rpc_bind_addr"], format!("127.0.0.1:{rpc}"));
             set(&mut table, &["rpc_public_addr"], format!("127.0.0.1:{rpc}"));
-            set(&mut table, &["s3_api", "api_bind_addr"], format!("127.0.0.1:{s3}"));
-            set(&mut table, &["admin", "api_bind_addr"], format!("127.0.0.1:{admin}"));
+            set(
+                &mut table,
+                &["s3_api", "api_bind_addr"],
+                format!("127.0.0.1:{s3}"),
+            );
+            set(
+                &mut table,
+                &["admin", "api_bind_addr"],
+                format!("127.0.0.1:{admin}"),
+            );
         }
         ensure_node_key(&meta)?;
         let path = dir.join(format!("node{index}.toml"));
@@ -565,5 +591,7 @@ fn ensure_node_key(meta: &Path) -> Result<(), HarnessError> {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16, HarnessError> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io_err(Path::new("127.0.0.1:0")))?;
-    Ok(l.local_addr().map_err(io_err(Path::new("127.0.0.1:0")))?.port())
+    Ok(l.local_addr()
+        .map_err(io_err(Path::new("127.0.0.1:0")))?
+        .port())
 }

@@ -89,7 +89,11 @@ pub fn is_our_process(pid: u32, marker: &Path) -> bool {
     };
     let marker = marker.as_os_str().as_encoded_bytes();
     let is_zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true);
     !is_zombie && cmdline.windows(marker.len()).any(|w| w == marker)
 }

@@ -133,14 +133,21 @@ impl Anchors {
     /// and must not take new refs). Checked once per anchor per process.
     pub async fn ensure(&self, conn: &Connector, id: AnchorId) -> Result<bool, Error> {
         let cell = self.known.lock().unwrap().entry(id).or_default().clone();
-        cell.get_or_try_init(|| ensure_anchor(conn, id)).await.copied()
+        cell.get_or_try_init(|| ensure_anchor(conn, id))
+            .await
+            .copied()
     }
 }
 
 async fn ensure_anchor(conn: &Connector, id: AnchorId) -> Result<bool, Error> {
     let limit = conn.config.timeouts.rpc();
     let uuid = id.version_uuid();
-    let existing = deadline(limit, "reading an anchor", conn.version.get(&uuid, &EmptyKey)).await?;
+    let existing = deadline(
+        limit,
+        "reading an anchor",
+        conn.version.get(&uuid, &EmptyKey),
+    )
+    .await?;
     match existing {
         Some(v) if v.deleted.get() => {
             tracing::warn!(anchor = %id.object_key(), "anchor is dead; using the next generation");
@@ -150,8 +157,18 @@ async fn ensure_anchor(conn: &Connector, id: AnchorId) -> Result<bool, Error> {
         None => {
             // Object first: a live version without its object is exactly
             // what `garage repair versions` deletes.
-            deadline(limit, "writing an anchor object", conn.object.insert(&id.object())).await?;
-            deadline(limit, "writing an anchor version", conn.version.insert(&id.version())).await?;
+            deadline(
+                limit,
+                "writing an anchor object",
+                conn.object.insert(&id.object()),
+            )
+            .await?;
+            deadline(
+                limit,
+                "writing an anchor version",
+                conn.version.insert(&id.version()),
+            )
+            .await?;
             tracing::debug!(anchor = %id.object_key(), "anchor created");
             Ok(true)
         }

@@ -15,10 +15,10 @@ use futures::stream::BoxStream;
 use garage_model::k2v::causality::CausalContext;
 use garage_model::k2v::item_table::{DvvsValue, ItemFilter, K2VItem, K2VItemPartition};
 use garage_model::s3::block_ref_table::BlockRef;
+use garage_net::message::PRIO_NORMAL;
 use garage_rpc::RequestStrategy;
 use garage_table::replication::TableReplication;
 use garage_table::{EnumerationOrder, PartitionKey};
-use garage_net::message::PRIO_NORMAL;
 use garage_util::crdt;
 use garage_util::data::{blake2sum, Hash, Uuid};
 use multihash::Multihash;
@@ -125,7 +125,11 @@ impl Namespace {
     ) -> Result<(), Error> {
         let conn = self.conn();
         let partition = index::partition(self.id, mh);
-        let mut who = conn.k2v_item.data.replication.storage_nodes(&partition.hash())?;
+        let mut who = conn
+            .k2v_item
+            .data
+            .replication
+            .storage_nodes(&partition.hash())?;
         who.sort();
         let msg = K2VRpc::InsertItem(InsertedItem {
             partition,
@@ -171,8 +175,12 @@ impl Namespace {
             version,
             deleted: crdt::Bool::new(deleted),
         };
-        deadline(conn.config.timeouts.rpc(), "writing a block ref", conn.block_ref.insert(&r))
-            .await?;
+        deadline(
+            conn.config.timeouts.rpc(),
+            "writing a block ref",
+            conn.block_ref.insert(&r),
+        )
+        .await?;
         Ok(())
     }
 

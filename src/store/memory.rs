@@ -30,7 +30,10 @@ impl BlockStore for MemBlockStore {
     async fn put(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
         cidutil::verify(cid, &data)?;
         if !cidutil::is_identity(cid) {
-            self.blocks.lock().unwrap().insert(cid.hash().to_bytes(), data);
+            self.blocks
+                .lock()
+                .unwrap()
+                .insert(cid.hash().to_bytes(), data);
         }
         Ok(())
     }
@@ -40,7 +43,12 @@ impl BlockStore for MemBlockStore {
         if cidutil::is_identity(cid) {
             return Ok(Some(Bytes::copy_from_slice(cid.hash().digest())));
         }
-        Ok(self.blocks.lock().unwrap().get(&cid.hash().to_bytes()).cloned())
+        Ok(self
+            .blocks
+            .lock()
+            .unwrap()
+            .get(&cid.hash().to_bytes())
+            .cloned())
     }
 
     async fn has(&self, cid: &Cid) -> Result<bool, Error> {
@@ -53,7 +61,12 @@ impl BlockStore for MemBlockStore {
 
     async fn delete(&self, cid: &Cid) -> Result<bool, Error> {
         cidutil::check_supported(cid)?;
-        Ok(self.blocks.lock().unwrap().remove(&cid.hash().to_bytes()).is_some())
+        Ok(self
+            .blocks
+            .lock()
+            .unwrap()
+            .remove(&cid.hash().to_bytes())
+            .is_some())
     }
 
     fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {

@@ -83,7 +83,9 @@ pub fn cluster() -> &'static Arc<Cluster> {
 
 /// Directories of earlier runs whose process is gone.
 fn remove_stale_dirs(root: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
@@ -169,6 +171,26 @@ pub fn assert_refcount(data: &[u8], expected: u64) {
     }
 }
 
+/// Like [`assert_refcount`], for a block that also has deleted refs under
+/// live anchors. For those Garage's `block info` prints "There are
+/// inconsistencies between the block_ref and the version tables" until the
+/// ref tombstones are collected (24 h): cosmetic, and the repair it
+/// suggests is harmless to us (`store_survives_garage_repairs`). Every
+/// other sign of trouble still fails.
+pub fn assert_refcount_with_deleted_refs(data: &[u8], expected: u64) {
+    for i in 0..3 {
+        let (rc, out) = block_info(i, data);
+        assert_eq!(rc, expected, "refcount on node{}:\n{out}", i + 1);
+        let active = out.lines().filter(|l| l.starts_with("active")).count() as u64;
+        assert_eq!(active, expected, "active refs on node{}:\n{out}", i + 1);
+        assert!(
+            !out.contains("Warning"),
+            "node{} reports a problem:\n{out}",
+            i + 1
+        );
+    }
+}
+
 /// Polls `cond` until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -196,7 +218,11 @@ pub async fn blockstore_suite(s: &impl BlockStore) {
     assert!(listed.contains(cid.hash()));
     // Refused input stores nothing.
     let (bad, _) = random_block(cidutil::codec::RAW, 0x12, 10);
-    assert!(s.put(&bad, random_bytes(10)).await.unwrap_err().is_bad_input());
+    assert!(s
+        .put(&bad, random_bytes(10))
+        .await
+        .unwrap_err()
+        .is_bad_input());
     assert!(!s.has(&bad).await.unwrap());
     // Identity CIDs need no storage.
     let id = cidutil::compute(cidutil::codec::RAW, cidutil::IDENTITY, b"tiny").unwrap();

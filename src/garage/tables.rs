@@ -74,8 +74,8 @@ impl TableSchema for K2VItemSchema {
     type Filter = ItemFilter;
 
     fn matches_filter(entry: &Self::E, filter: &Self::Filter) -> bool {
-        let v = entry.values();
-        !(filter.conflicts_only && v.len() < 2)
-            && !(filter.exclude_only_tombstones && entry.is_tombstone())
+        let not_a_conflict = filter.conflicts_only && entry.values().len() < 2;
+        let tombstone_excluded = filter.exclude_only_tombstones && entry.is_tombstone();
+        !(not_a_conflict || tombstone_excluded)
     }
 }

@@ -310,7 +310,7 @@ impl Namespace {
                 conn.k2v_item.get_range(
                     &partition,
                     start.clone(),
-                    Some(filter.clone()),
+                    Some(filter),
                     LIST_PAGE,
                     EnumerationOrder::Forward,
                 ),

@@ -71,6 +71,83 @@ pub struct Config {
     /// Deadlines.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// The daemon's listeners and limits (`garage-ipfs serve`).
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// Environment variable that may hold the write token.
+pub const WRITE_TOKEN_ENV: &str = "GARAGE_IPFS_WRITE_TOKEN";
+
+/// The daemon's surfaces: trustless gateway, kubo RPC, gRPC.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ApiConfig {
+    /// Trustless gateway (read-only), kubo's default port.
+    pub gateway_addr: SocketAddr,
+    /// Kubo-compatible RPC subset, kubo's default port.
+    pub rpc_addr: SocketAddr,
+    /// gRPC `garage_ipfs.v1.Blockstore`.
+    pub grpc_addr: SocketAddr,
+    /// Namespace the gateway and the kubo RPC serve (gRPC names its own).
+    pub namespace: String,
+    /// Bearer token required by writes (`block/put`, `block/rm`,
+    /// `dag/import`, gRPC `Put`/`PutMany`/`Delete`).
+    pub write_token: Option<String>,
+    /// A file holding the write token.
+    pub write_token_file: Option<PathBuf>,
+    /// Accept writes without a token, but only on loopback listeners.
+    pub allow_anonymous_writes_on_loopback: bool,
+    /// Largest request body, in bytes (a `block/put` of several blocks).
+    pub max_body_bytes: usize,
+    /// Largest CAR accepted by `dag/import`, in bytes.
+    pub max_car_bytes: usize,
+    /// Requests handled at once per surface; more get 503.
+    pub max_concurrent_requests: usize,
+    /// Deadline of one request, in seconds (`dag/import` and `dag/export`
+    /// get ten times as long).
+    pub request_timeout_secs: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            rpc_addr: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 5003)),
+            namespace: "default".into(),
+            write_token: None,
+            write_token_file: None,
+            allow_anonymous_writes_on_loopback: false,
+            max_body_bytes: 32 * 1024 * 1024,
+            max_car_bytes: 4 * 1024 * 1024 * 1024,
+            max_concurrent_requests: 256,
+            request_timeout_secs: 60,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The write token, from exactly one of `write_token`,
+    /// `write_token_file`, or `GARAGE_IPFS_WRITE_TOKEN`; `None` if none is
+    /// set. Never logged.
+    pub fn resolve_write_token(&self) -> Result<Option<String>, ConfigError> {
+        let token = match (&self.write_token, &self.write_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "both write_token and write_token_file are set: keep one".into(),
+                ))
+            }
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(f)) => Some(read_secret_file(f)?),
+            (None, None) => std::env::var(WRITE_TOKEN_ENV).ok(),
+        };
+        match token.map(|t| t.trim().to_string()) {
+            Some(t) if t.is_empty() => Err(ConfigError::Invalid("the write token is empty".into())),
+            other => Ok(other),
+        }
+    }
 }
 
 /// Deadlines of the connector's operations, in milliseconds.
@@ -136,9 +213,15 @@ pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
     if config.state_dir.is_relative() {
         config.state_dir = base.join(&config.state_dir);
     }
-    if let Some(f) = &config.rpc_secret_file {
+    for f in [
+        &mut config.rpc_secret_file,
+        &mut config.api.write_token_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
         if f.is_relative() {
-            config.rpc_secret_file = Some(base.join(f));
+            *f = base.join(&*f);
         }
     }
     Ok(config)
@@ -172,12 +255,19 @@ impl Config {
             replication_factor: default_replication_factor(),
             consistency_mode: default_consistency_mode(),
             timeouts: Timeouts::default(),
+            api: ApiConfig::default(),
         }
     }
 
     /// Sets the replication factor the connector expects of the cluster.
     pub fn with_replication_factor(mut self, rf: usize) -> Self {
         self.replication_factor = rf;
+        self
+    }
+
+    /// Sets the daemon's surfaces.
+    pub fn with_api(mut self, api: ApiConfig) -> Self {
+        self.api = api;
         self
     }
 
@@ -206,6 +296,8 @@ impl Config {
                 self.consistency_mode
             )));
         }
+        crate::store::check_namespace(&self.api.namespace)
+            .map_err(|e| ConfigError::Invalid(format!("api.namespace: {e}")))?;
         Ok(())
     }
 
@@ -236,6 +328,7 @@ impl Config {
     }
 }
 
+/// Reads a secret from a file, warning when others can read it.
 fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
@@ -243,7 +336,7 @@ fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
     if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(
             file = %path.display(),
-            "rpc_secret_file is readable by other users; chmod 600 it"
+            "secret file is readable by other users; chmod 600 it"
         );
     }
     std::fs::read_to_string(path)

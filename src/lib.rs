@@ -8,8 +8,11 @@
 //!
 //! # Layout
 //!
+//! - [`api`]: the daemon's surfaces: trustless gateway, kubo RPC, gRPC.
 //! - [`cid`]: CID parsing, multihash verification, index key forms.
 //! - [`config`]: the connector's TOML configuration and secret loading.
+//! - [`daemon`]: config → connector → store → surfaces, until a signal.
+//! - [`dag`]: DAG links, CAR export and import.
 //! - [`garage`]: the connector (a roleless `System` peer) and its raw
 //!   cluster operations: block transfers, table and K2V requests.
 //! - [`store`]: the [`store::BlockStore`] trait, the Garage-backed store
@@ -18,9 +21,12 @@
 //! - [`harness`]: a local three-node Garage cluster of real `garage`
 //!   processes, for development and the integration tests.
 
+pub mod api;
 pub mod cid;
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod dag;
 pub mod garage;
 pub mod harness;
 pub mod store;

@@ -9,7 +9,7 @@ fn main() -> std::process::ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = garage_ipfs::cli::Cli::parse();
-    garage_ipfs::cli::init_tracing(cli.verbose);
+    garage_ipfs::cli::init_tracing(&cli);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,4 +1,5 @@
-//! `garage-ipfs dev`: the dev cluster plus a smoke test of the store.
+//! `garage-ipfs dev`: the dev cluster, a smoke test of the store, then the
+//! daemon on its default ports until Ctrl-C.
 
 use std::time::Instant;
 
@@ -7,14 +8,17 @@ use futures::TryStreamExt;
 
 use super::DirArg;
 use crate::cid::{self as cidutil, codec};
+use crate::daemon::{shutdown_signal, Daemon};
 use crate::store::{BlockStore, GarageStore};
-use crate::Connector;
 
 /// Arguments of `garage-ipfs dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
     #[command(flatten)]
     dir: DirArg,
+    /// Stop after the smoke test instead of serving.
+    #[arg(long)]
+    no_serve: bool,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -37,15 +41,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let config = crate::config::read_config(&cluster.connector_config_path())?;
     let t = Instant::now();
-    let conn = Connector::connect(config).await?;
+    let daemon = Daemon::start(config).await?;
+    let conn = daemon.store.connector();
     println!(
         "connector: joined as a roleless peer in {:.1?} (layout version {}, write quorum {})",
         t.elapsed(),
         conn.layout_version(),
         conn.write_quorum()?
     );
+    smoke_test(&daemon.store).await?;
+    if args.no_serve {
+        conn.shutdown();
+        return Ok(());
+    }
+    let [gw, rpc, grpc] = daemon.listeners.addrs()?;
+    println!(
+        "\ndaemon serving namespace {:?} (anonymous writes allowed on loopback):\n  \
+         trustless gateway  http://{gw}/ipfs/<cid>?format=raw\n  \
+         kubo RPC           http://{rpc}/api/v0/\n  \
+         gRPC               {grpc} (garage_ipfs.v1.Blockstore)\n\
+         Try:\n  \
+         echo hello | curl -s -F file=@- -X POST 'http://{rpc}/api/v0/block/put'\n  \
+         curl -s 'http://{gw}/ipfs/bafkreifywdnjb3ggunqf7j56nbrhf5mkxsckblxkxyi6nxpziafmegi5g4?format=raw'\n\
+         Ctrl-C stops the daemon; the cluster keeps running (garage-ipfs cluster down).",
+        daemon.options.namespace
+    );
+    daemon.serve(shutdown_signal()).await?;
+    println!("daemon stopped; the dev cluster is still running (garage-ipfs cluster down)");
+    Ok(())
+}
 
-    let store = GarageStore::new(conn.clone());
+async fn smoke_test(store: &std::sync::Arc<GarageStore>) -> anyhow::Result<()> {
     let ns = store.namespace("dev-smoke")?;
     let blocks = [
         (
@@ -87,7 +113,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             "{cid} is missing from the listing"
         );
     }
-    println!("smoke test passed. Stop the cluster with: garage-ipfs cluster down");
-    conn.shutdown();
+    println!("smoke test passed");
     Ok(())
 }

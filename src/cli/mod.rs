@@ -2,6 +2,7 @@
 
 mod cluster;
 mod dev;
+mod serve;
 
 use std::path::PathBuf;
 
@@ -28,10 +29,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Bring up the local dev cluster (three garage nodes) and run a smoke
-    /// test through the store: put, get, list, delete.
+    /// Bring up the local dev cluster (three garage nodes), run a smoke
+    /// test through the store, then serve the daemon until Ctrl-C.
     #[command(after_help = "Examples:\n  garage-ipfs dev\n  garage-ipfs dev --dir /tmp/gi-dev")]
     Dev(dev::DevArgs),
+    /// Run the daemon: trustless gateway, kubo RPC and gRPC over the store.
+    #[command(
+        after_help = "Example:\n  garage-ipfs serve --config .garage-ipfs/dev/connector.toml"
+    )]
+    Serve(serve::ServeArgs),
     /// Manage the local dev cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -42,16 +48,20 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.cmd {
             Command::Dev(args) => dev::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
             Command::Cluster(cmd) => cluster::run(cmd).await,
         }
     }
 }
 
-/// Logs to stderr; `warn` by default for the CLI, more with `-v`.
-pub fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "garage_ipfs=debug,info",
+/// Logs to stderr: `info` by default for the daemon (`serve`, `dev`),
+/// `warn` for the other commands, more with `-v`. `RUST_LOG` overrides.
+pub fn init_tracing(cli: &Cli) {
+    let daemon = matches!(cli.cmd, Command::Serve(_) | Command::Dev(_));
+    let default = match (cli.verbose, daemon) {
+        (0, true) => "garage_ipfs=info,warn",
+        (0, false) => "warn",
+        (1, _) => "garage_ipfs=debug,info",
         _ => "garage_ipfs=trace,debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -454,7 +454,11 @@ impl Cluster {
              rpc_secret = {:?}\n\
              bootstrap_peers = [\n{peers}\n]\n\
              replication_factor = 3\n\
-             consistency_mode = \"consistent\"\n",
+             consistency_mode = \"consistent\"\n\
+             \n\
+             [api]\n\
+             # Local development only: writes without a token on loopback.\n\
+             allow_anonymous_writes_on_loopback = true\n",
             self.rpc_secret
         );
         let path = self.connector_config_path();

@@ -5,6 +5,7 @@
 //! them in memory, for tests of the layers above.
 
 mod anchor;
+mod blockstore_trait;
 mod error;
 mod garage;
 pub mod index;
@@ -85,5 +86,32 @@ pub fn check_namespace(name: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::BadNamespace(name.chars().take(100).collect()))
+    }
+}
+
+impl<T: BlockStore> BlockStore for std::sync::Arc<T> {
+    fn put(&self, cid: &Cid, data: Bytes) -> impl Future<Output = Result<(), Error>> + Send {
+        (**self).put(cid, data)
+    }
+    fn put_many(
+        &self,
+        blocks: Vec<(Cid, Bytes)>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        (**self).put_many(blocks)
+    }
+    fn get(&self, cid: &Cid) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send {
+        (**self).get(cid)
+    }
+    fn has(&self, cid: &Cid) -> impl Future<Output = Result<bool, Error>> + Send {
+        (**self).has(cid)
+    }
+    fn get_size(&self, cid: &Cid) -> impl Future<Output = Result<Option<u64>, Error>> + Send {
+        (**self).get_size(cid)
+    }
+    fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool, Error>> + Send {
+        (**self).delete(cid)
+    }
+    fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {
+        (**self).list()
     }
 }

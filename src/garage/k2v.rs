@@ -12,9 +12,16 @@
 //! (the crate pin is `=2.5.0`); the integration tests exercise it.
 
 use garage_model::k2v::causality::CausalContext;
-use garage_model::k2v::item_table::{DvvsValue, K2VItemPartition};
-use garage_net::message::Message;
+use garage_model::k2v::item_table::{DvvsValue, ItemFilter, K2VItem, K2VItemPartition, ENTRIES};
+use garage_net::message::{Message, PRIO_NORMAL};
+use garage_rpc::RequestStrategy;
+use garage_table::replication::TableReplication;
+use garage_table::{DeletedFilter, EnumerationOrder, PartitionKey};
+use garage_util::data::Uuid;
 use serde::{Deserialize, Serialize};
+
+use super::error::{deadline, Error};
+use super::Connector;
 
 /// The RPC path Garage's K2V handler listens on.
 pub const K2V_RPC_PATH: &str = "garage_model/k2v/Rpc";
@@ -46,6 +53,119 @@ pub struct InsertedItem {
 
 impl Message for K2VRpc {
     type Response = Result<K2VRpc, garage_util::error::Error>;
+}
+
+impl Connector {
+    /// Inserts a K2V item (or a tombstone) through one of its storage
+    /// nodes. Quorum 1 is right here: the receiving node makes its own
+    /// quorum write to the item table before it answers.
+    pub async fn rpc_k2v_insert(
+        &self,
+        partition: K2VItemPartition,
+        sort_key: String,
+        causal_context: Option<CausalContext>,
+        value: DvvsValue,
+    ) -> Result<(), Error> {
+        let mut who = self
+            .k2v_item
+            .data
+            .replication
+            .storage_nodes(&partition.hash())?;
+        who.sort();
+        let msg = K2VRpc::InsertItem(InsertedItem {
+            partition,
+            sort_key,
+            causal_context,
+            value,
+        });
+        let limit = self.config.timeouts.rpc();
+        let strategy = RequestStrategy::with_priority(PRIO_NORMAL)
+            .with_quorum(1)
+            .with_custom_timeout(limit);
+        deadline(
+            limit,
+            "writing a K2V item",
+            self.system
+                .rpc_helper()
+                .try_call_many(&self.k2v_ep, &who, msg, strategy),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Reads one K2V item from a read quorum.
+    pub async fn k2v_get(
+        &self,
+        partition: &K2VItemPartition,
+        sort_key: &str,
+    ) -> Result<Option<K2VItem>, Error> {
+        deadline(
+            self.config.timeouts.rpc(),
+            "reading a K2V item",
+            self.k2v_item.get(partition, &sort_key.to_string()),
+        )
+        .await
+    }
+
+    /// Reads up to `limit` live K2V items of a partition, from `start`
+    /// (inclusive), in order.
+    pub async fn k2v_range(
+        &self,
+        partition: &K2VItemPartition,
+        start: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<K2VItem>, Error> {
+        let filter = ItemFilter {
+            exclude_only_tombstones: true,
+            conflicts_only: false,
+        };
+        deadline(
+            self.config.timeouts.rpc(),
+            "listing K2V items",
+            self.k2v_item.get_range(
+                partition,
+                start,
+                Some(filter),
+                limit,
+                EnumerationOrder::Forward,
+            ),
+        )
+        .await
+    }
+
+    /// Live K2V items per partition key of a bucket, from the counters the
+    /// storage nodes keep (no listing).
+    pub async fn k2v_entry_counts(&self, bucket: Uuid) -> Result<u64, Error> {
+        let nodes = self
+            .system
+            .cluster_layout()
+            .all_nongateway_nodes()?
+            .to_vec();
+        let filter = (DeletedFilter::NotDeleted, nodes);
+        let entries = deadline(
+            self.config.timeouts.rpc(),
+            "reading K2V counters",
+            self.k2v_counter.get_range(
+                &bucket,
+                None,
+                Some(filter),
+                100_000,
+                EnumerationOrder::Forward,
+            ),
+        )
+        .await?;
+        let layout = self.system.cluster_layout();
+        Ok(entries
+            .iter()
+            .map(|e| {
+                e.filtered_values(&layout)
+                    .get(ENTRIES)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(0) as u64
+            })
+            .sum())
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 pub use error::Error;
 use probe::Probe;
-use tables::{BlockRefSchema, K2VItemSchema, ObjectSchema, VersionSchema};
+use tables::{BlockRefSchema, K2VCounterSchema, K2VItemSchema, ObjectSchema, VersionSchema};
 
 use crate::config::Config;
 
@@ -53,7 +53,9 @@ pub struct Connector {
     pub(crate) object: Sharded<ObjectSchema>,
     pub(crate) version: Sharded<VersionSchema>,
     pub(crate) k2v_item: Sharded<K2VItemSchema>,
+    pub(crate) k2v_counter: Sharded<K2VCounterSchema>,
     exit: watch::Sender<bool>,
+    _lock: Option<std::fs::File>,
     _db: db::Db,
 }
 
@@ -68,11 +70,30 @@ pub(crate) fn init_process() {
     });
 }
 
+/// How the connector takes part in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A listening peer: storage nodes connect back and push layout
+    /// changes, and a background task pulls the layout every minute. For
+    /// long-running processes: the daemon, `dev`, the tests.
+    Peer,
+    /// A short-lived client, like the `garage` CLI: connects out, never
+    /// listens nor says hello. Its node key lives in `state_dir/cli`, apart
+    /// from the daemon's, so admin commands run beside a daemon that uses
+    /// the same config; one client at a time per state directory (a lock).
+    Client,
+}
+
 impl Connector {
-    /// Joins the cluster described by `config` and waits until a quorum of
-    /// storage nodes is connected.
-    #[tracing::instrument(skip_all, fields(peers = config.bootstrap_peers.len()))]
+    /// Joins the cluster described by `config` as a listening peer and
+    /// waits until a quorum of storage nodes is connected.
     pub async fn connect(config: Config) -> Result<Arc<Self>, Error> {
+        Self::connect_as(config, Role::Peer).await
+    }
+
+    /// Joins the cluster in the given role.
+    #[tracing::instrument(skip_all, fields(peers = config.bootstrap_peers.len(), ?role))]
+    pub async fn connect_as(config: Config, role: Role) -> Result<Arc<Self>, Error> {
         init_process();
         let secret = config
             .resolve_secret()
@@ -90,21 +111,62 @@ impl Connector {
             .await?;
         probe::check_layout(&layout, config.replication_factor)?;
 
-        // 2. Start the peer.
+        // 2. Start our System and its client-side tables.
+        let state = match role {
+            Role::Peer => config.state_dir.clone(),
+            Role::Client => config.state_dir.join("cli"),
+        };
+        let lock = match role {
+            Role::Peer => {
+                std::net::TcpListener::bind(config.rpc_bind_addr)
+                    .map_err(|e| Error::Bind(config.rpc_bind_addr, e))?;
+                None
+            }
+            Role::Client => Some(lock_state_dir(&state, limit).await?),
+        };
+        let (exit, exit_rx) = watch::channel(false);
+        let conn = Arc::new(Self::build(config, &state, network_key, &layout, exit, lock).await?);
+
+        // 3. Connect.
+        match role {
+            Role::Peer => {
+                tokio::spawn(conn.system.clone().run(exit_rx.clone()));
+                conn.wait_ready(limit).await?;
+                tokio::spawn(layout_pull_loop(Arc::downgrade(&conn), probe, exit_rx));
+            }
+            Role::Client => {
+                for peer in probe.rpc_storage_peers(&layout, limit).await? {
+                    if let Err(e) = conn.system.connect(&peer).await {
+                        tracing::debug!(peer, cause = %e, "cannot connect to a storage node");
+                    }
+                }
+                conn.wait_ready(limit).await?;
+            }
+        }
+        tracing::info!(
+            node = %hex::encode(&conn.system.id.as_slice()[..8]),
+            layout = conn.layout_version(),
+            "joined the cluster"
+        );
+        Ok(conn)
+    }
+
+    async fn build(
+        config: Config,
+        state: &Path,
+        network_key: NetworkKey,
+        layout: &garage_rpc::layout::LayoutHistory,
+        exit: watch::Sender<bool>,
+        lock: Option<std::fs::File>,
+    ) -> Result<Self, Error> {
         let consistency = ConsistencyMode::parse(&config.consistency_mode).ok_or_else(|| {
             Error::State(format!("bad consistency_mode {}", config.consistency_mode))
         })?;
-        let garage_config = garage_config(&config)?;
-        std::net::TcpListener::bind(config.rpc_bind_addr)
-            .map_err(|e| Error::Bind(config.rpc_bind_addr, e))?;
+        let garage_config = garage_config(&config, state)?;
         let rf = ReplicationFactor::new(config.replication_factor).expect("validated");
         let system = System::new(network_key, rf, consistency, &garage_config)
             .map_err(|e| Error::State(e.to_string()))?;
-        system
-            .layout_manager
-            .update_cluster_layout(&layout)
-            .await
-            .map_err(Error::from)?;
+        system.layout_manager.update_cluster_layout(layout).await?;
 
         let db_path = garage_config.metadata_dir.join("db.sqlite");
         let db = db::open_db(&db_path, db::Engine::Sqlite, &db::OpenOpt::default())
@@ -113,40 +175,21 @@ impl Connector {
             layout_manager: system.layout_manager.clone(),
             consistency_mode: consistency,
         };
-        let block_ref = Table::new(BlockRefSchema, replication.clone(), system.clone(), &db);
-        let object = Table::new(ObjectSchema, replication.clone(), system.clone(), &db);
-        let version = Table::new(VersionSchema, replication.clone(), system.clone(), &db);
-        let k2v_item = Table::new(K2VItemSchema, replication, system.clone(), &db);
-        let block_ep = system
-            .netapp
-            .endpoint::<BlockRpc, ()>(BLOCK_RPC_PATH.into());
-        let k2v_ep = system
-            .netapp
-            .endpoint::<k2v::K2VRpc, ()>(k2v::K2V_RPC_PATH.into());
-
-        let (exit, exit_rx) = watch::channel(false);
-        tokio::spawn(system.clone().run(exit_rx.clone()));
-        let conn = Arc::new(Self {
+        Ok(Self {
+            block_ref: Table::new(BlockRefSchema, replication.clone(), system.clone(), &db),
+            object: Table::new(ObjectSchema, replication.clone(), system.clone(), &db),
+            version: Table::new(VersionSchema, replication.clone(), system.clone(), &db),
+            k2v_item: Table::new(K2VItemSchema, replication.clone(), system.clone(), &db),
+            k2v_counter: Table::new(K2VCounterSchema, replication, system.clone(), &db),
+            block_ep: system.netapp.endpoint(BLOCK_RPC_PATH.into()),
+            k2v_ep: system.netapp.endpoint(k2v::K2V_RPC_PATH.into()),
             system,
             config,
             consistency,
-            block_ep,
-            k2v_ep,
-            block_ref,
-            object,
-            version,
-            k2v_item,
             exit,
+            _lock: lock,
             _db: db,
-        });
-        conn.wait_ready(limit).await?;
-        tokio::spawn(layout_pull_loop(Arc::downgrade(&conn), probe, exit_rx));
-        tracing::info!(
-            node = %hex::encode(&conn.system.id.as_slice()[..8]),
-            layout = conn.layout_version(),
-            "joined the cluster"
-        );
-        Ok(conn)
+        })
     }
 
     async fn wait_ready(&self, limit: Duration) -> Result<(), Error> {
@@ -216,9 +259,34 @@ impl Drop for Connector {
     }
 }
 
-/// The Garage `Config` our `System` needs, under `state_dir`.
-fn garage_config(config: &Config) -> Result<garage_util::config::Config, Error> {
-    let state = &config.state_dir;
+/// Takes the client lock of a state directory, waiting up to `limit`.
+async fn lock_state_dir(state: &Path, limit: Duration) -> Result<std::fs::File, Error> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(state)
+        .map_err(|e| Error::State(format!("cannot create {}: {e}", state.display())))?;
+    let path = state.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::State(format!("{}: {e}", path.display())))?;
+    let start = tokio::time::Instant::now();
+    // SAFETY: flock on a file descriptor we own.
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if start.elapsed() > limit {
+            return Err(Error::State(format!(
+                "another garage-ipfs command holds {} (waited {limit:?})",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(file)
+}
+
+/// The Garage `Config` our `System` needs, under `state`.
+fn garage_config(config: &Config, state: &Path) -> Result<garage_util::config::Config, Error> {
     let meta = state.join("meta");
     let data = state.join("data");
     for dir in [&meta, &data] {

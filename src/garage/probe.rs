@@ -112,6 +112,39 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// `<id>@<addr>` of every storage node of the layout that a node knows
+    /// an address for, plus the bootstrap peers.
+    pub async fn rpc_storage_peers(
+        &self,
+        layout: &LayoutHistory,
+        limit: Duration,
+    ) -> Result<Vec<String>, Error> {
+        let mut out: Vec<String> = self.peers.iter().map(|p| p.text.clone()).collect();
+        let storage = layout.current().all_nodes().to_vec();
+        for peer in &self.peers {
+            let answer = tokio::time::timeout(
+                limit,
+                self.endpoint
+                    .call(&peer.id, SystemRpc::GetKnownNodes, PRIO_HIGH),
+            )
+            .await;
+            if let Ok(Ok(Ok(SystemRpc::ReturnKnownNodes(nodes)))) = answer {
+                for n in nodes {
+                    if let (true, Some(addr)) = (storage.contains(&n.id), n.addr) {
+                        let text = format!("{}@{addr}", hex::encode(n.id.as_slice()));
+                        if !out.iter().any(|o| o.starts_with(&text[..64])) {
+                            out.push(text);
+                        }
+                    }
+                }
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Checks the pulled layout against the configured replication factor.
 pub fn check_layout(layout: &LayoutHistory, configured: usize) -> Result<(), Error> {
     let current = layout.current();

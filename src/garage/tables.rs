@@ -6,6 +6,7 @@
 //! We never construct Garage's own schemas here, since `BlockRefTable`
 //! needs a `BlockManager`, which would start serving blocks.
 
+use garage_model::index_counter::CounterEntry;
 use garage_model::k2v::item_table::{ItemFilter, K2VItem, K2VItemPartition};
 use garage_model::s3::block_ref_table::BlockRef;
 use garage_model::s3::object_table::{Object, ObjectFilter};
@@ -77,5 +78,21 @@ impl TableSchema for K2VItemSchema {
         let not_a_conflict = filter.conflicts_only && entry.values().len() < 2;
         let tombstone_excluded = filter.exclude_only_tombstones && entry.is_tombstone();
         !(not_a_conflict || tombstone_excluded)
+    }
+}
+
+/// `k2v_index_counter_v2`: per (bucket, partition key) counts that storage
+/// nodes keep for K2V items; the index's block counts per namespace.
+pub struct K2VCounterSchema;
+
+impl TableSchema for K2VCounterSchema {
+    const TABLE_NAME: &'static str = "k2v_index_counter_v2";
+    type P = Uuid;
+    type S = String;
+    type E = CounterEntry<K2VItem>;
+    type Filter = (DeletedFilter, Vec<Uuid>);
+
+    fn matches_filter(entry: &Self::E, filter: &Self::Filter) -> bool {
+        filter.0.apply(entry.is_tombstone())
     }
 }

@@ -22,6 +22,17 @@ pub enum Error {
         /// The last failure.
         cause: String,
     },
+    /// A GC root that the namespace does not hold.
+    #[error(
+        "GC root {0} is not stored in this namespace; refusing to collect (check the roots file)"
+    )]
+    GcRootMissing(Cid),
+    /// A namespace that was never created.
+    #[error(
+        "unknown namespace {0:?}: create it with `garage-ipfs namespace create {0}` \
+         (`garage-ipfs namespace list` shows the existing ones)"
+    )]
+    UnknownNamespace(String),
     /// An index entry that cannot be decoded.
     #[error("corrupt index entry {key}: {reason}")]
     BadIndexEntry {
@@ -69,6 +80,9 @@ impl From<garage_util::error::Error> for Error {
 impl Error {
     /// Whether the failure is the caller's input (as opposed to the cluster).
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, Error::Cid(_) | Error::BadNamespace(_))
+        matches!(
+            self,
+            Error::Cid(_) | Error::BadNamespace(_) | Error::UnknownNamespace(_)
+        )
     }
 }

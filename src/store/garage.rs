@@ -13,12 +13,9 @@ use bytes::Bytes;
 use cid::Cid;
 use futures::stream::BoxStream;
 use garage_model::k2v::causality::CausalContext;
-use garage_model::k2v::item_table::{DvvsValue, ItemFilter, K2VItem, K2VItemPartition};
+use garage_model::k2v::item_table::{DvvsValue, K2VItem, K2VItemPartition};
 use garage_model::s3::block_ref_table::BlockRef;
-use garage_net::message::PRIO_NORMAL;
-use garage_rpc::RequestStrategy;
-use garage_table::replication::TableReplication;
-use garage_table::{EnumerationOrder, PartitionKey};
+use garage_table::EnumerationOrder;
 use garage_util::crdt;
 use garage_util::data::{blake2sum, Hash, Uuid};
 use multihash::Multihash;
@@ -28,7 +25,6 @@ use super::anchor::{AnchorId, Anchors, MAX_GENERATIONS};
 use super::index::{self, Entry};
 use super::{check_namespace, BlockStore, Error};
 use crate::cid as cidutil;
-use crate::garage::k2v::{InsertedItem, K2VRpc};
 use crate::garage::{error::deadline, Connector};
 
 /// Index entries fetched per listing request.
@@ -38,6 +34,8 @@ const LIST_PAGE: usize = 1000;
 pub struct GarageStore {
     conn: Arc<Connector>,
     anchors: Anchors,
+    /// Namespaces this process has seen in the registry.
+    pub(super) registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A namespace of a [`GarageStore`]; cheap to clone.
@@ -54,6 +52,7 @@ impl GarageStore {
         Arc::new(Self {
             conn,
             anchors: Anchors::default(),
+            registered: Default::default(),
         })
     }
 
@@ -85,21 +84,14 @@ impl Namespace {
         self.id
     }
 
-    fn conn(&self) -> &Connector {
+    pub(super) fn conn(&self) -> &Connector {
         &self.store.conn
     }
 
     /// The index item of a multihash, as read from a quorum.
     async fn read_item(&self, mh: &Multihash<64>) -> Result<Option<K2VItem>, Error> {
-        let conn = self.conn();
         let part = index::partition(self.id, mh);
-        let key = cidutil::dskey(mh);
-        Ok(deadline(
-            conn.config.timeouts.rpc(),
-            "reading the index",
-            conn.k2v_item.get(&part, &key),
-        )
-        .await?)
+        Ok(self.conn().k2v_get(&part, &cidutil::dskey(mh)).await?)
     }
 
     /// The live index entry of a multihash, with the item's causal context.
@@ -117,47 +109,21 @@ impl Namespace {
         Ok((entry, Some(item.causal_context())))
     }
 
-    async fn rpc_index_insert(
+    pub(super) async fn rpc_index_insert(
         &self,
         mh: &Multihash<64>,
         context: Option<CausalContext>,
         value: DvvsValue,
     ) -> Result<(), Error> {
-        let conn = self.conn();
         let partition = index::partition(self.id, mh);
-        let mut who = conn
-            .k2v_item
-            .data
-            .replication
-            .storage_nodes(&partition.hash())?;
-        who.sort();
-        let msg = K2VRpc::InsertItem(InsertedItem {
-            partition,
-            sort_key: cidutil::dskey(mh),
-            causal_context: context,
-            value,
-        });
-        let limit = conn.config.timeouts.rpc();
-        // Quorum 1 is right here: the receiving storage node makes its own
-        // quorum write to the item table before it answers.
-        deadline(
-            limit,
-            "writing the index",
-            conn.system.rpc_helper().try_call_many(
-                &conn.k2v_ep,
-                &who,
-                msg,
-                RequestStrategy::with_priority(PRIO_NORMAL)
-                    .with_quorum(1)
-                    .with_custom_timeout(limit),
-            ),
-        )
-        .await?;
+        self.conn()
+            .rpc_k2v_insert(partition, cidutil::dskey(mh), context, value)
+            .await?;
         Ok(())
     }
 
     /// All refs of a block, live and deleted, in every namespace.
-    async fn refs_of(&self, hash: &Hash) -> Result<Vec<BlockRef>, Error> {
+    pub(super) async fn refs_of(&self, hash: &Hash) -> Result<Vec<BlockRef>, Error> {
         let conn = self.conn();
         Ok(deadline(
             conn.config.timeouts.rpc(),
@@ -168,7 +134,12 @@ impl Namespace {
         .await?)
     }
 
-    async fn write_ref(&self, hash: Hash, version: Uuid, deleted: bool) -> Result<(), Error> {
+    pub(super) async fn write_ref(
+        &self,
+        hash: Hash,
+        version: Uuid,
+        deleted: bool,
+    ) -> Result<(), Error> {
         let conn = self.conn();
         let r = BlockRef {
             block: hash,
@@ -188,7 +159,11 @@ impl Namespace {
     /// ref already (a put that crashed before its index write), else the
     /// first whose ref was never written and whose anchor is alive.
     /// Returns the generation and whether its ref must still be written.
-    async fn choose_generation(&self, cid: &Cid, hash: &Hash) -> Result<(u16, bool), Error> {
+    pub(super) async fn choose_generation(
+        &self,
+        cid: &Cid,
+        hash: &Hash,
+    ) -> Result<(u16, bool), Error> {
         let refs = self.refs_of(hash).await?;
         for g in 0..MAX_GENERATIONS {
             let anchor = AnchorId::of(self.id, g, hash);
@@ -207,6 +182,7 @@ impl Namespace {
     }
 
     async fn put_verified(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
+        self.store.register(&self.name).await?;
         let mh = cid.hash();
         let (existing, context) = self.entry(mh).await?;
         if existing.is_some() {
@@ -293,29 +269,16 @@ impl Namespace {
         shard: usize,
         tx: &tokio::sync::mpsc::Sender<Result<(Multihash<64>, Entry), Error>>,
     ) -> Result<(), Error> {
-        let conn = self.conn();
         let partition = K2VItemPartition {
             bucket_id: self.id,
             partition_key: index::shard_name(shard),
         };
-        let filter = ItemFilter {
-            exclude_only_tombstones: true,
-            conflicts_only: false,
-        };
         let mut start: Option<String> = None;
         loop {
-            let page = deadline(
-                conn.config.timeouts.rpc(),
-                "listing the index",
-                conn.k2v_item.get_range(
-                    &partition,
-                    start.clone(),
-                    Some(filter),
-                    LIST_PAGE,
-                    EnumerationOrder::Forward,
-                ),
-            )
-            .await?;
+            let page = self
+                .conn()
+                .k2v_range(&partition, start.clone(), LIST_PAGE)
+                .await?;
             let full = page.len() == LIST_PAGE;
             for item in page {
                 // `start` is inclusive: skip the item that ended the last page.

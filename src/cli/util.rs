@@ -1,0 +1,138 @@
+//! What the admin commands share: the config, the connection, tables,
+//! progress bars and JSON output.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::garage::Role;
+use crate::store::{GarageStore, Namespace};
+use crate::Connector;
+
+/// Where the connector config is, unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = ".garage-ipfs/dev/connector.toml";
+
+/// `--config` and `--namespace` of the admin commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Connector config (default: the dev cluster's).
+    #[arg(long, short, global = true, env = "GARAGE_IPFS_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+/// `--namespace`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NsArg {
+    /// Namespace.
+    #[arg(long, short, env = "GARAGE_IPFS_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+}
+
+/// `--json`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct JsonArg {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Target {
+    /// Joins the cluster as a client (its own key in `state_dir/cli`).
+    pub async fn store(&self) -> anyhow::Result<Arc<GarageStore>> {
+        let config = crate::config::read_config(&self.config).map_err(|e| {
+            if !self.config.exists() && self.config.as_os_str() == DEFAULT_CONFIG {
+                anyhow::anyhow!(
+                    "{e}\n(no --config given and no dev cluster here: run `garage-ipfs dev` \
+                     or `garage-ipfs cluster up`, or pass --config FILE)"
+                )
+            } else {
+                e.into()
+            }
+        })?;
+        let conn = Connector::connect_as(config, Role::Client).await?;
+        Ok(GarageStore::new(conn))
+    }
+
+    /// Joins and opens an existing namespace.
+    pub async fn namespace(&self, ns: &NsArg) -> anyhow::Result<(Arc<GarageStore>, Namespace)> {
+        let store = self.store().await?;
+        let namespace = store.open_namespace(&ns.namespace).await?;
+        Ok((store, namespace))
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Prints rows as a table with aligned columns; the first row is the header.
+pub fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+/// A progress bar on stderr when it is a terminal and output is not JSON;
+/// hidden otherwise (piped, scripted).
+pub fn progress(total: Option<u64>, json: bool, what: &str) -> indicatif::ProgressBar {
+    if json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let template = if total.is_some() {
+        "{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})"
+    } else {
+        "{prefix} {spinner} {pos} {msg} ({per_sec})"
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+/// Human byte counts.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,146 @@
+//! The namespace registry: which namespaces exist, as K2V items in a
+//! bucket of their own. A namespace is registered by `namespace create` or
+//! by its first put, so every namespace holding blocks is listed.
+
+use std::sync::Arc;
+
+use garage_model::k2v::item_table::{DvvsValue, K2VItemPartition};
+use garage_util::data::{blake2sum, Uuid};
+use garage_util::time::now_msec;
+use serde::{Deserialize, Serialize};
+
+use super::{check_namespace, index, Error, GarageStore, Namespace};
+
+const PARTITION: &str = "namespaces";
+const LIST_PAGE: usize = 1000;
+
+fn registry() -> K2VItemPartition {
+    K2VItemPartition {
+        bucket_id: blake2sum(b"garage-ipfs/registry/v1"),
+        partition_key: PARTITION.into(),
+    }
+}
+
+/// What the registry keeps of a namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamespaceRecord {
+    /// Its name.
+    pub name: String,
+    /// When it was registered (ms since the epoch).
+    pub created_ms: u64,
+}
+
+impl NamespaceRecord {
+    /// The namespace's index bucket id.
+    pub fn id(&self) -> Uuid {
+        index::namespace_id(&self.name)
+    }
+}
+
+fn decode(name: &str, values: Vec<&DvvsValue>) -> Option<NamespaceRecord> {
+    values.into_iter().find_map(|v| match v {
+        DvvsValue::Value(b) => serde_json::from_slice::<NamespaceRecord>(b)
+            .ok()
+            .filter(|r| r.name == name),
+        DvvsValue::Deleted => None,
+    })
+}
+
+impl GarageStore {
+    /// The registry record of a namespace, if it exists.
+    pub async fn namespace_record(&self, name: &str) -> Result<Option<NamespaceRecord>, Error> {
+        check_namespace(name)?;
+        let item = self.connector().k2v_get(&registry(), name).await?;
+        Ok(item.and_then(|i| decode(name, i.values())))
+    }
+
+    /// Registers a namespace (idempotent) and returns it.
+    pub async fn create_namespace(self: &Arc<Self>, name: &str) -> Result<Namespace, Error> {
+        let ns = self.namespace(name)?;
+        self.register(name).await?;
+        Ok(ns)
+    }
+
+    /// A namespace that must exist: [`Error::UnknownNamespace`] otherwise.
+    pub async fn open_namespace(self: &Arc<Self>, name: &str) -> Result<Namespace, Error> {
+        match self.namespace_record(name).await? {
+            Some(_) => self.namespace(name),
+            None => Err(Error::UnknownNamespace(name.to_string())),
+        }
+    }
+
+    pub(super) async fn register(&self, name: &str) -> Result<(), Error> {
+        if self.registered.lock().unwrap().contains(name) {
+            return Ok(());
+        }
+        let item = self.connector().k2v_get(&registry(), name).await?;
+        if item
+            .as_ref()
+            .and_then(|i| decode(name, i.values()))
+            .is_none()
+        {
+            let record = NamespaceRecord {
+                name: name.to_string(),
+                created_ms: now_msec(),
+            };
+            let value = DvvsValue::Value(serde_json::to_vec(&record).expect("serializable"));
+            let context = item.map(|i| i.causal_context());
+            self.connector()
+                .rpc_k2v_insert(registry(), name.to_string(), context, value)
+                .await?;
+        }
+        self.registered.lock().unwrap().insert(name.to_string());
+        Ok(())
+    }
+
+    /// Removes a namespace from the registry (its blocks must be gone).
+    pub(super) async fn unregister(&self, name: &str) -> Result<(), Error> {
+        self.registered.lock().unwrap().remove(name);
+        let item = self.connector().k2v_get(&registry(), name).await?;
+        if let Some(item) = item {
+            self.connector()
+                .rpc_k2v_insert(
+                    registry(),
+                    name.to_string(),
+                    Some(item.causal_context()),
+                    DvvsValue::Deleted,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every registered namespace, by name.
+    pub async fn list_namespaces(&self) -> Result<Vec<NamespaceRecord>, Error> {
+        let mut out = Vec::new();
+        let mut start: Option<String> = None;
+        loop {
+            let page = self
+                .connector()
+                .k2v_range(&registry(), start.clone(), LIST_PAGE)
+                .await?;
+            let full = page.len() == LIST_PAGE;
+            for item in page {
+                if start.as_deref() == Some(item.sort_key.as_str()) {
+                    continue;
+                }
+                if let Some(r) = decode(&item.sort_key, item.values()) {
+                    out.push(r);
+                }
+                start = Some(item.sort_key);
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Blocks in a namespace, from the counters storage nodes keep for the
+    /// index (no listing; may lag a write by a moment).
+    pub async fn count_blocks(&self, name: &str) -> Result<u64, Error> {
+        Ok(self
+            .connector()
+            .k2v_entry_counts(index::namespace_id(name))
+            .await?)
+    }
+}

@@ -1,0 +1,358 @@
+//! `verify` and `repair`: for each index entry, its ref and every replica.
+//!
+//! Verify checks, per block: the index entry has a live ref of ours under
+//! a live anchor, and each node of the block's layout set returns a copy
+//! that hashes to the block key and to the CID (one `GetBlock` per node).
+//! Reading a corrupt copy also makes Garage quarantine it, which is what
+//! lets repair write a good copy there afterwards (Garage keeps an existing
+//! plain file otherwise).
+//!
+//! Repair, from a verify report: re-puts missing and corrupt replicas from a
+//! good copy, writes a missing ref, and moves a ref under a dead anchor to
+//! a live one (next generation). It is idempotent: a healthy block is left
+//! alone.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use garage_block::manager::BlockRpc;
+use garage_net::message::{Req, PRIO_NORMAL, PRIO_SECONDARY};
+use garage_table::EmptyKey;
+use garage_util::data::{blake2sum, Hash, Uuid};
+use multihash::Multihash;
+use serde::Serialize;
+
+use super::anchor::{AnchorId, MAX_GENERATIONS};
+use super::index::Entry;
+use super::{Error, Namespace};
+use crate::cid as cidutil;
+use crate::garage::error::deadline;
+
+/// One replica's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Present and intact.
+    Ok,
+    /// The node does not have it.
+    Missing,
+    /// The node's copy does not match (Garage quarantines it on read).
+    Corrupt,
+    /// The node did not answer.
+    Unreachable,
+}
+
+/// One replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replica {
+    /// Node id (hex, 16 digits).
+    pub node: String,
+    /// State.
+    pub state: ReplicaState,
+    /// The node's error, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip)]
+    id: Uuid,
+}
+
+/// The state of a block's ref.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "generation")]
+pub enum RefState {
+    /// A live ref under a live anchor of this generation.
+    Live(u16),
+    /// No live ref of this namespace: Garage may collect the block.
+    Missing,
+    /// The live ref's anchor is dead (e.g. `garage block purge`): the next
+    /// `garage repair block-refs` would drop it.
+    DeadAnchor(u16),
+}
+
+/// Verify's finding for one block.
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockReport {
+    /// The block, as a raw CIDv1 of its multihash.
+    pub cid: String,
+    /// Garage's block hash, hex.
+    pub block: String,
+    /// Size in bytes.
+    pub size: u32,
+    /// Its ref.
+    pub reference: RefState,
+    /// Its replicas, one per node of its layout set.
+    pub replicas: Vec<Replica>,
+    #[serde(skip)]
+    mh: Multihash<64>,
+    #[serde(skip)]
+    entry: Entry,
+}
+
+impl BlockReport {
+    /// Replicas that are intact.
+    pub fn good_replicas(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ok)
+            .count()
+    }
+
+    /// Whether nothing is wrong with the block.
+    pub fn healthy(&self) -> bool {
+        matches!(self.reference, RefState::Live(_)) && self.good_replicas() == self.replicas.len()
+    }
+}
+
+/// Totals of a verify run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifySummary {
+    /// Namespace.
+    pub namespace: String,
+    /// Blocks checked.
+    pub checked: u64,
+    /// Blocks with nothing wrong.
+    pub healthy: u64,
+    /// Blocks with fewer intact replicas than their layout set.
+    pub under_replicated: u64,
+    /// Blocks with no intact replica at all.
+    pub lost: u64,
+    /// Replicas missing from their node.
+    pub missing_replicas: u64,
+    /// Replicas whose bytes do not match.
+    pub corrupt_replicas: u64,
+    /// Replicas on nodes that did not answer.
+    pub unreachable_replicas: u64,
+    /// Blocks whose ref is missing or under a dead anchor.
+    pub ref_problems: u64,
+    /// The blocks with a problem.
+    pub problems: Vec<BlockReport>,
+}
+
+impl VerifySummary {
+    /// Adds one block's report.
+    pub fn add(&mut self, r: BlockReport) {
+        self.checked += 1;
+        if r.healthy() {
+            self.healthy += 1;
+            return;
+        }
+        let good = r.good_replicas();
+        if good == 0 {
+            self.lost += 1;
+        } else if good < r.replicas.len() {
+            self.under_replicated += 1;
+        }
+        for rep in &r.replicas {
+            match rep.state {
+                ReplicaState::Missing => self.missing_replicas += 1,
+                ReplicaState::Corrupt => self.corrupt_replicas += 1,
+                ReplicaState::Unreachable => self.unreachable_replicas += 1,
+                ReplicaState::Ok => (),
+            }
+        }
+        if !matches!(r.reference, RefState::Live(_)) {
+            self.ref_problems += 1;
+        }
+        self.problems.push(r);
+    }
+
+    /// Whether every checked block is healthy.
+    pub fn clean(&self) -> bool {
+        self.checked == self.healthy
+    }
+}
+
+/// What repair did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RepairSummary {
+    /// Replicas written again.
+    pub replicas_written: u64,
+    /// Refs written (missing ones, and moves off dead anchors).
+    pub refs_written: u64,
+    /// Blocks that could not be repaired, with why.
+    pub failed: Vec<(String, String)>,
+    /// Whether this was a dry run (nothing written).
+    pub dry_run: bool,
+}
+
+fn classify(e: &crate::garage::Error) -> ReplicaState {
+    let text = e.to_string();
+    if text.contains("not found") {
+        ReplicaState::Missing
+    } else if text.contains("orrupt") {
+        ReplicaState::Corrupt
+    } else {
+        ReplicaState::Unreachable
+    }
+}
+
+impl Namespace {
+    /// Verifies one indexed block.
+    pub async fn verify_block(
+        &self,
+        mh: Multihash<64>,
+        entry: Entry,
+        anchors_alive: &mut HashMap<Uuid, bool>,
+    ) -> Result<BlockReport, Error> {
+        let conn = self.conn();
+        let reference = self.ref_state(&entry.hash, anchors_alive).await?;
+        let cid = cidutil::raw_cid(mh);
+        let nodes: Vec<Uuid> = conn
+            .system
+            .cluster_layout()
+            .current()?
+            .nodes_of(&entry.hash)
+            .collect();
+        let mut replicas = Vec::new();
+        for id in nodes {
+            let (state, detail) = match conn.rpc_get_block_from(id, entry.hash).await {
+                Ok(b) if blake2sum(&b) == entry.hash && cidutil::verify(&cid, &b).is_ok() => {
+                    (ReplicaState::Ok, None)
+                }
+                Ok(_) => (
+                    ReplicaState::Corrupt,
+                    Some("bytes do not match".to_string()),
+                ),
+                Err(e) => (classify(&e), Some(e.to_string())),
+            };
+            replicas.push(Replica {
+                node: hex::encode(&id.as_slice()[..8]),
+                state,
+                detail,
+                id,
+            });
+        }
+        Ok(BlockReport {
+            cid: cid.to_string(),
+            block: hex::encode(entry.hash.as_slice()),
+            size: entry.size,
+            reference,
+            replicas,
+            mh,
+            entry,
+        })
+    }
+
+    async fn ref_state(
+        &self,
+        hash: &Hash,
+        anchors_alive: &mut HashMap<Uuid, bool>,
+    ) -> Result<RefState, Error> {
+        let refs = self.refs_of(hash).await?;
+        let mut dead = None;
+        for g in 0..MAX_GENERATIONS {
+            let uuid = AnchorId::of(self.id(), g, hash).version_uuid();
+            if !refs.iter().any(|r| r.version == uuid && !r.deleted.get()) {
+                continue;
+            }
+            if self.anchor_alive(uuid, anchors_alive).await? {
+                return Ok(RefState::Live(g));
+            }
+            dead.get_or_insert(g);
+        }
+        Ok(dead.map(RefState::DeadAnchor).unwrap_or(RefState::Missing))
+    }
+
+    async fn anchor_alive(
+        &self,
+        uuid: Uuid,
+        cache: &mut HashMap<Uuid, bool>,
+    ) -> Result<bool, Error> {
+        if let Some(alive) = cache.get(&uuid) {
+            return Ok(*alive);
+        }
+        let conn = self.conn();
+        let v = deadline(
+            conn.config.timeouts.rpc(),
+            "reading an anchor",
+            conn.version.get(&uuid, &EmptyKey),
+        )
+        .await?;
+        let alive = v.is_some_and(|v| !v.deleted.get());
+        cache.insert(uuid, alive);
+        Ok(alive)
+    }
+
+    /// Repairs what a report found. With `dry_run`, only counts.
+    pub async fn repair_block(&self, r: &BlockReport, dry_run: bool, out: &mut RepairSummary) {
+        if let Err(e) = self.repair_inner(r, dry_run, out).await {
+            out.failed.push((r.cid.clone(), e.to_string()));
+        }
+    }
+
+    async fn repair_inner(
+        &self,
+        r: &BlockReport,
+        dry_run: bool,
+        out: &mut RepairSummary,
+    ) -> Result<(), Error> {
+        let hash = r.entry.hash;
+        // Refs first: a block without a live ref may be collected.
+        if !matches!(r.reference, RefState::Live(_)) {
+            if !dry_run {
+                let cid = cidutil::raw_cid(r.mh);
+                let (generation, new_ref) = self.choose_generation(&cid, &hash).await?;
+                let anchor = AnchorId::of(self.id(), generation, &hash).version_uuid();
+                if new_ref {
+                    self.write_ref(hash, anchor, false).await?;
+                }
+                if generation != r.entry.generation {
+                    let (_, context) = self.entry(&r.mh).await?;
+                    let entry = Entry {
+                        generation,
+                        ..r.entry
+                    };
+                    self.rpc_index_insert(
+                        &r.mh,
+                        context,
+                        garage_model::k2v::item_table::DvvsValue::Value(entry.encode()),
+                    )
+                    .await?;
+                }
+            }
+            out.refs_written += 1;
+        }
+        let bad: Vec<&Replica> = r
+            .replicas
+            .iter()
+            .filter(|x| matches!(x.state, ReplicaState::Missing | ReplicaState::Corrupt))
+            .collect();
+        if bad.is_empty() {
+            return Ok(());
+        }
+        let Some(good) = r.replicas.iter().find(|x| x.state == ReplicaState::Ok) else {
+            return Err(Error::Unreadable {
+                cid: cidutil::raw_cid(r.mh),
+                cause: "no intact replica left to copy from".into(),
+            });
+        };
+        if dry_run {
+            out.replicas_written += bad.len() as u64;
+            return Ok(());
+        }
+        let data = self.conn().rpc_get_block_from(good.id, hash).await?;
+        for b in bad {
+            self.rpc_put_block_to(b.id, hash, data.clone()).await?;
+            out.replicas_written += 1;
+        }
+        Ok(())
+    }
+
+    async fn rpc_put_block_to(&self, node: Uuid, hash: Hash, data: Bytes) -> Result<(), Error> {
+        let conn = self.conn();
+        let header = serde_json::from_str("\"Plain\"").expect("DataBlockHeader::Plain");
+        let req = Req::new(BlockRpc::PutBlock { hash, header })
+            .map_err(crate::garage::Error::from)?
+            .with_stream_from_buffer(data);
+        let limit = conn.config.timeouts.block();
+        let resp = deadline(
+            limit,
+            "writing a replica",
+            conn.block_ep
+                .call_streaming(&node.into(), req, PRIO_NORMAL | PRIO_SECONDARY),
+        )
+        .await?;
+        resp.into_msg().map_err(crate::garage::Error::from)?;
+        Ok(())
+    }
+}

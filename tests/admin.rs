@@ -1,0 +1,407 @@
+//! The `garage-ipfs` admin commands, end to end: the real binary against a
+//! real three-node cluster, human and `--json` output, exit codes.
+#![cfg(feature = "integration-tests")]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use garage_ipfs::cid::{self as cidutil, codec};
+use garage_ipfs::store::{BlockStore, MemBlockStore};
+use ipld_core::ipld::Ipld;
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+#[test]
+fn cli_namespace_block_and_status_commands() {
+    run(async {
+        let cfg = config_file("cli-basic");
+        let ns = unique_ns("cli");
+        let out = cli_ok(&cfg, &["namespace", "create", &ns]);
+        assert!(out.contains(&format!("namespace {ns} ready")), "{out}");
+        let list = json(&cli_ok(&cfg, &["namespace", "list", "--json"]));
+        assert!(list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["name"] == ns.as_str()));
+        assert!(cli_ok(&cfg, &["namespace", "list"]).contains(&ns));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("block.bin");
+        let data = random_bytes(10_000);
+        std::fs::write(&file, &data).unwrap();
+        let cid = cli_ok(&cfg, &["block", "put", file.to_str().unwrap(), "-n", &ns])
+            .trim()
+            .to_string();
+        assert_eq!(
+            cid,
+            cidutil::compute(codec::RAW, 0x12, &data)
+                .unwrap()
+                .to_string()
+        );
+        let put = json(&cli_ok(
+            &cfg,
+            &[
+                "block",
+                "put",
+                file.to_str().unwrap(),
+                "-n",
+                &ns,
+                "--cid-codec",
+                "dag-cbor",
+                "--mhtype",
+                "blake3",
+                "--json",
+            ],
+        ));
+        let cbor_cid = put["cid"].as_str().unwrap().to_string();
+        assert_eq!(put["size"], 10_000);
+        assert_eq!(cidutil::parse(&cbor_cid).unwrap().codec(), codec::DAG_CBOR);
+
+        let out_file = dir.path().join("back.bin");
+        cli_ok(
+            &cfg,
+            &[
+                "block",
+                "get",
+                &cid,
+                "-n",
+                &ns,
+                "-o",
+                out_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(std::fs::read(&out_file).unwrap(), data.to_vec());
+        assert!(cli_ok(&cfg, &["block", "stat", &cid, "-n", &ns]).contains("10000"));
+        assert_eq!(
+            json(&cli_ok(&cfg, &["block", "stat", &cid, "-n", &ns, "--json"]))["size"],
+            10_000
+        );
+        let ls = cli_ok(&cfg, &["block", "ls", "-n", &ns]);
+        assert_eq!(ls.lines().count(), 2, "{ls}");
+        let ls = cli_ok(&cfg, &["block", "ls", "-n", &ns, "--json"]);
+        assert!(ls.lines().all(|l| json(l)["size"] == 10_000), "{ls}");
+
+        let info = json(&cli_ok(&cfg, &["namespace", "info", &ns, "--json"]));
+        assert_eq!(
+            (info["blocks"].as_u64(), info["bytes"].as_u64()),
+            (Some(2), Some(20_000))
+        );
+        assert!(cli_ok(&cfg, &["namespace", "info", &ns]).contains("20000"));
+
+        let status = json(&cli_ok(&cfg, &["status", "--json"]));
+        assert_eq!(status["health"], "healthy");
+        assert_eq!(status["replication_factor"], 3);
+        assert_eq!(status["write_quorum"], 2);
+        assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+        assert!(
+            status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["up"] == true),
+            "{status}"
+        );
+        let human = cli_ok(&cfg, &["status"]);
+        assert!(human.contains("HEALTHY") && human.contains(&ns), "{human}");
+
+        let rm = json(&cli_ok(&cfg, &["block", "rm", &cid, "-n", &ns, "--json"]));
+        assert_eq!(rm[0]["removed"], true);
+        let err = cli_err(&cfg, &["block", "get", &cid, "-n", &ns]);
+        assert!(err.contains("is not stored in namespace"), "{err}");
+        let err = cli_err(&cfg, &["block", "rm", &cid, "-n", &ns]);
+        assert!(err.contains("were not stored"), "{err}");
+
+        // Bad input.
+        let err = cli_err(&cfg, &["block", "stat", "bafy-nope", "-n", &ns]);
+        assert!(err.contains("malformed CID"), "{err}");
+        let err = cli_err(&cfg, &["block", "ls", "-n", "no-such-namespace-x"]);
+        assert!(
+            err.contains("unknown namespace \"no-such-namespace-x\""),
+            "{err}"
+        );
+        let err = cli_err(&cfg, &["namespace", "create", "bad/name"]);
+        assert!(err.contains("invalid namespace name"), "{err}");
+
+        // Delete: refused without --yes, done with it.
+        let err = cli_err(&cfg, &["namespace", "delete", &ns]);
+        assert!(err.contains("--yes"), "{err}");
+        let del = json(&cli_ok(
+            &cfg,
+            &["namespace", "delete", &ns, "--yes", "--json"],
+        ));
+        assert_eq!(del["blocks_removed"], 1);
+        assert!(!cli_ok(&cfg, &["namespace", "list"]).contains(&ns));
+    });
+}
+
+#[test]
+fn cli_car_round_trip_with_ipfs_car() {
+    run(async {
+        let cfg = config_file("cli-car");
+        let ns = unique_ns("car");
+        cli_ok(&cfg, &["namespace", "create", &ns]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data.bin");
+        std::fs::write(&file, random_bytes(3 * 1024 * 1024 + 777)).unwrap();
+        let car = dir.path().join("in.car");
+        let root = ipfs_car_pack(&file, &car);
+
+        let summary = json(&cli_ok(
+            &cfg,
+            &["car", "import", car.to_str().unwrap(), "-n", &ns, "--json"],
+        ));
+        assert_eq!(summary["roots"][0], root.to_string());
+        let human = cli_ok(&cfg, &["car", "import", car.to_str().unwrap(), "-n", &ns]);
+        assert!(human.contains(&format!("root {root}")), "{human}");
+
+        let out = dir.path().join("out.car");
+        cli_ok(
+            &cfg,
+            &[
+                "car",
+                "export",
+                &root.to_string(),
+                "-n",
+                &ns,
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        );
+        let (a, b) = (MemBlockStore::new(), MemBlockStore::new());
+        let sa = garage_ipfs::dag::import_car(&a, &std::fs::read(&car).unwrap()[..], |_| ())
+            .await
+            .unwrap();
+        let sb = garage_ipfs::dag::import_car(&b, &std::fs::read(&out).unwrap()[..], |_| ())
+            .await
+            .unwrap();
+        assert_eq!(sa.blocks, sb.blocks);
+        assert_eq!(sa.bytes, sb.bytes);
+        use futures::TryStreamExt;
+        let mut la: Vec<_> = a.list().try_collect().await.unwrap();
+        let mut lb: Vec<_> = b.list().try_collect().await.unwrap();
+        la.sort_by_key(|m| m.to_bytes());
+        lb.sort_by_key(|m| m.to_bytes());
+        assert_eq!(la, lb, "the exported CAR's blocks differ from ipfs-car's");
+    });
+}
+
+#[test]
+fn cli_car_bad_input_is_refused() {
+    run(async {
+        let cfg = config_file("cli-badcar");
+        let ns = unique_ns("badcar");
+        cli_ok(&cfg, &["namespace", "create", &ns]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data.bin");
+        std::fs::write(&file, random_bytes(2 * 1024 * 1024 + 5)).unwrap();
+        let car = dir.path().join("in.car");
+        let root = ipfs_car_pack(&file, &car);
+        let bytes = std::fs::read(&car).unwrap();
+
+        let truncated = dir.path().join("truncated.car");
+        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+        let (ok, stdout, stderr) = cli(
+            &cfg,
+            &["car", "import", truncated.to_str().unwrap(), "-n", &ns],
+        );
+        assert!(!ok, "truncated CAR accepted: {stdout}");
+        assert!(
+            stderr.contains("invalid CAR") || stderr.contains("incomplete CAR"),
+            "{stderr}"
+        );
+        assert!(
+            !stdout.contains("root"),
+            "a refused import reported a root: {stdout}"
+        );
+
+        let corrupt = dir.path().join("corrupt.car");
+        let mut c = bytes.clone();
+        let n = c.len();
+        c[n - 100] ^= 0x55;
+        std::fs::write(&corrupt, &c).unwrap();
+        let err = cli_err(
+            &cfg,
+            &["car", "import", corrupt.to_str().unwrap(), "-n", &ns],
+        );
+        assert!(err.contains("does not match CID"), "{err}");
+
+        let garbage = dir.path().join("garbage.car");
+        std::fs::write(&garbage, b"this is not a CAR file").unwrap();
+        let err = cli_err(
+            &cfg,
+            &["car", "import", garbage.to_str().unwrap(), "-n", &ns],
+        );
+        assert!(err.contains("invalid CAR"), "{err}");
+
+        // The root was never acknowledged, and is not served as a whole DAG.
+        let ns_store = store().await.namespace(&ns).unwrap();
+        assert!(
+            !ns_store.has(&root).await.unwrap(),
+            "the root of a refused CAR is indexed"
+        );
+    });
+}
+
+#[test]
+fn cli_verify_finds_corrupt_and_missing_replicas_and_repair_fixes_them() {
+    run(async {
+        let cfg = config_file("cli-verify");
+        let ns_name = unique_ns("verify");
+        let ns = store().await.create_namespace(&ns_name).await.unwrap();
+        let mut blocks = Vec::new();
+        for i in 0..6 {
+            let (cid, data) = random_block(codec::RAW, 0x12, 20_000 + i);
+            ns.put(&cid, data.clone()).await.unwrap();
+            blocks.push((cid, data));
+        }
+        let paths = |data: &Bytes, node: usize| {
+            cluster().nodes[node].block_path(garage_util::data::blake2sum(data).as_slice())
+        };
+        eventually(Duration::from_secs(15), "all replicas on disk", || {
+            blocks
+                .iter()
+                .all(|(_, d)| (0..3).all(|n| paths(d, n).exists()))
+        })
+        .await;
+        assert!(cli_ok(&cfg, &["verify", "-n", &ns_name]).contains("6 healthy"));
+
+        // Flip bytes of one replica on node 2; remove another block's on node 3.
+        let corrupt = paths(&blocks[0].1, 1);
+        let mut bytes = std::fs::read(&corrupt).unwrap();
+        bytes[100] ^= 0xff;
+        std::fs::write(&corrupt, bytes).unwrap();
+        std::fs::remove_file(paths(&blocks[1].1, 2)).unwrap();
+
+        let (ok, stdout, _) = cli(&cfg, &["verify", "-n", &ns_name, "--json"]);
+        assert!(
+            !ok,
+            "verify exited 0 with a corrupt and a missing replica:\n{stdout}"
+        );
+        let report = json(&stdout);
+        assert_eq!(report["checked"], 6);
+        assert_eq!(report["corrupt_replicas"], 1, "{report}");
+        assert_eq!(report["missing_replicas"], 1, "{report}");
+        assert_eq!(report["under_replicated"], 2, "{report}");
+        let human = cli_err(&cfg, &["verify", "-n", &ns_name]);
+        assert!(human.contains("with problems"), "{human}");
+
+        let dry = json(&cli_ok(
+            &cfg,
+            &["repair", "-n", &ns_name, "--dry-run", "--json"],
+        ));
+        assert_eq!(dry["repair"]["dry_run"], true);
+        let out = json(&cli_ok(&cfg, &["repair", "-n", &ns_name, "--json"]));
+        assert_eq!(out["repair"]["replicas_written"], 2, "{out}");
+        let clean = json(&cli_ok(&cfg, &["verify", "-n", &ns_name, "--json"]));
+        assert_eq!(clean["healthy"], 6, "{clean}");
+        for (_, d) in &blocks[..2] {
+            for n in 0..3 {
+                assert_eq!(
+                    std::fs::read(paths(d, n)).unwrap(),
+                    d.to_vec(),
+                    "node{}",
+                    n + 1
+                );
+            }
+        }
+        // Idempotent.
+        let again = json(&cli_ok(&cfg, &["repair", "-n", &ns_name, "--json"]));
+        assert_eq!(again["repair"]["replicas_written"], 0);
+        for (cid, data) in &blocks {
+            assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data));
+        }
+    });
+}
+
+fn cbor(links: &[cid::Cid], name: &str) -> (cid::Cid, Bytes) {
+    let mut map = std::collections::BTreeMap::new();
+    map.insert("name".to_string(), Ipld::String(name.into()));
+    map.insert(
+        "links".to_string(),
+        Ipld::List(links.iter().map(|c| Ipld::Link(*c)).collect()),
+    );
+    let data = serde_ipld_dagcbor::to_vec(&Ipld::Map(map)).unwrap();
+    (
+        cidutil::compute(codec::DAG_CBOR, 0x12, &data).unwrap(),
+        Bytes::from(data),
+    )
+}
+
+#[test]
+fn cli_gc_keeps_exactly_the_roots_dag() {
+    run(async {
+        let cfg = config_file("cli-gc");
+        let ns_name = unique_ns("gc");
+        let ns = store().await.create_namespace(&ns_name).await.unwrap();
+        let leaves: Vec<_> = (0..4)
+            .map(|i| random_block(codec::RAW, 0x12, 500 + i))
+            .collect();
+        let (mid, mid_data) = cbor(&[leaves[0].0, leaves[1].0], "mid");
+        let (root, root_data) = cbor(&[mid, leaves[2].0], "root");
+        let (other, other_data) = cbor(&[leaves[3].0], "other");
+        let mut keep = vec![
+            (root, root_data),
+            (mid, mid_data),
+            leaves[0].clone(),
+            leaves[1].clone(),
+            leaves[2].clone(),
+        ];
+        let drop = vec![(other, other_data), leaves[3].clone()];
+        for (c, d) in keep.iter().chain(&drop) {
+            ns.put(c, d.clone()).await.unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("roots.txt");
+        std::fs::write(&roots, format!("# keep this DAG\n{root}\n")).unwrap();
+
+        let dry = json(&cli_ok(
+            &cfg,
+            &[
+                "gc",
+                "-n",
+                &ns_name,
+                "--keep",
+                roots.to_str().unwrap(),
+                "--dry-run",
+                "--json",
+            ],
+        ));
+        assert_eq!(dry["removed"].as_array().unwrap().len(), 2, "{dry}");
+        assert_eq!(dry["reachable"], 5);
+        for (c, _) in keep.iter().chain(&drop) {
+            assert!(ns.has(c).await.unwrap(), "dry run removed {c}");
+        }
+        let out = cli_ok(
+            &cfg,
+            &["gc", "-n", &ns_name, "--keep", roots.to_str().unwrap()],
+        );
+        assert!(out.contains("2 removed"), "{out}");
+        for (c, d) in &keep {
+            assert_eq!(
+                ns.get(c).await.unwrap().as_ref(),
+                Some(d),
+                "{c} was collected"
+            );
+        }
+        for (c, _) in &drop {
+            assert!(!ns.has(c).await.unwrap(), "{c} survived gc");
+        }
+        keep.clear();
+
+        // A root the namespace does not hold is refused, nothing removed.
+        let (absent, _) = random_block(codec::RAW, 0x12, 9);
+        std::fs::write(&roots, format!("{absent}\n")).unwrap();
+        let err = cli_err(
+            &cfg,
+            &["gc", "-n", &ns_name, "--keep", roots.to_str().unwrap()],
+        );
+        assert!(err.contains("is not stored in this namespace"), "{err}");
+        assert!(ns.has(&root).await.unwrap());
+    });
+}

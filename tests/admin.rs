@@ -109,6 +109,28 @@ fn cli_namespace_block_and_status_commands() {
         );
         let human = cli_ok(&cfg, &["status"]);
         assert!(human.contains("HEALTHY") && human.contains(&ns), "{human}");
+        // Block counts come from Garage's K2V counters, which storage nodes
+        // propagate in the background: allow them a moment.
+        let mut mine = serde_json::Value::Null;
+        for _ in 0..50 {
+            let with_bytes = json(&cli_ok(&cfg, &["status", "--bytes", "--json"]));
+            mine = with_bytes["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == ns.as_str())
+                .cloned()
+                .expect("namespace in status");
+            if mine["blocks"] == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            (mine["blocks"].as_u64(), mine["bytes"].as_u64()),
+            (Some(2), Some(20_000)),
+            "{mine}"
+        );
 
         let rm = json(&cli_ok(&cfg, &["block", "rm", &cid, "-n", &ns, "--json"]));
         assert_eq!(rm[0]["removed"], true);

@@ -126,15 +126,26 @@ pub async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
         BlockCmd::Stat { cid, ns, json } => {
             let cid = parse(&cid)?;
             let (_, namespace) = target.namespace(&ns).await?;
-            let size = namespace.get_size(&cid).await?.ok_or_else(|| {
+            let (entry, _) = namespace.entry(cid.hash()).await?;
+            let entry = entry.ok_or_else(|| {
                 anyhow::anyhow!("block {cid} is not stored in namespace {}", ns.namespace)
             })?;
+            let block = hex::encode(entry.hash.as_slice());
+            let path = format!("data/{}/{}/{block}", &block[..2], &block[2..4]);
             if json.json {
-                print_json(&serde_json::json!({"cid": cid.to_string(), "size": size}))?;
+                print_json(&serde_json::json!({
+                    "cid": cid.to_string(), "size": entry.size, "block": block,
+                    "generation": entry.generation, "path_on_node": path,
+                }))?;
             } else {
                 print_table(&[
                     vec!["CID:".into(), cid.to_string()],
-                    vec!["Size:".into(), size.to_string()],
+                    vec!["Size:".into(), entry.size.to_string()],
+                    vec!["Garage block:".into(), block.clone()],
+                    vec![
+                        "File on each node:".into(),
+                        format!("<data_dir>/{}", &path[5..]),
+                    ],
                 ]);
             }
         }

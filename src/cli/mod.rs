@@ -54,6 +54,9 @@ enum Command {
         after_help = "Examples:\n  garage-ipfs status\n  garage-ipfs status --json | jq .health"
     )]
     Status {
+        /// Also count bytes per namespace (lists every index: slower).
+        #[arg(long)]
+        bytes: bool,
         #[command(flatten)]
         json: util::JsonArg,
     },
@@ -92,7 +95,7 @@ impl Cli {
             Command::Dev(args) => dev::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Cluster(cmd) => cluster::run(cmd).await,
-            Command::Status { json } => status::run(&self.target, json).await,
+            Command::Status { bytes, json } => status::run(&self.target, bytes, json).await,
             Command::Namespace(cmd) => namespace::run(&self.target, cmd).await,
             Command::Block(cmd) => block::run(&self.target, cmd).await,
             Command::Car(cmd) => car::run(&self.target, cmd).await,
@@ -113,8 +116,10 @@ pub fn init_tracing(cli: &Cli) {
         (1, _) => "garage_ipfs=debug,info",
         _ => "garage_ipfs=trace,debug",
     };
+    // sqlite's pool logs a benign "database is locked" at start-up.
+    let default = format!("{default},r2d2=off");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,5 +1,6 @@
 //! `garage-ipfs status`: the cluster as the connector sees it.
 
+use futures::TryStreamExt;
 use serde::Serialize;
 
 use super::util::{print_json, print_table, JsonArg, Target};
@@ -18,6 +19,8 @@ struct NodeView {
 struct NamespaceView {
     name: String,
     blocks: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -43,7 +46,7 @@ struct ConnectorView {
     version: &'static str,
 }
 
-pub async fn run(target: &Target, json: JsonArg) -> anyhow::Result<()> {
+pub async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> anyhow::Result<()> {
     let store = target.store().await?;
     let conn = store.connector();
     let health = conn.system.health();
@@ -71,9 +74,20 @@ pub async fn run(target: &Target, json: JsonArg) -> anyhow::Result<()> {
     let mut namespaces = Vec::new();
     for ns in store.list_namespaces().await? {
         let blocks = store.count_blocks(&ns.name).await?;
+        let bytes = if with_bytes {
+            let entries = store.namespace(&ns.name)?.list_entries();
+            Some(
+                entries
+                    .try_fold(0u64, |n, (_, e)| async move { Ok(n + e.size as u64) })
+                    .await?,
+            )
+        } else {
+            None
+        };
         namespaces.push(NamespaceView {
             name: ns.name,
             blocks,
+            bytes,
         });
     }
     let view = StatusView {
@@ -88,7 +102,7 @@ pub async fn run(target: &Target, json: JsonArg) -> anyhow::Result<()> {
         nodes,
         connector: ConnectorView {
             node_id: hex::encode(&conn.system.id.as_slice()[..8]),
-            role: "client (admin command)",
+            role: "admin client",
             state_dir: conn.config().state_dir.display().to_string(),
             version: env!("CARGO_PKG_VERSION"),
         },
@@ -136,12 +150,14 @@ pub async fn run(target: &Target, json: JsonArg) -> anyhow::Result<()> {
         view.connector.version,
         view.connector.state_dir
     );
-    let mut rows = vec![vec!["NAMESPACE".to_string(), "BLOCKS".to_string()]];
-    rows.extend(
-        view.namespaces
-            .iter()
-            .map(|n| vec![n.name.clone(), n.blocks.to_string()]),
-    );
+    let mut rows = vec![["NAMESPACE", "BLOCKS", "BYTES"].map(String::from).to_vec()];
+    rows.extend(view.namespaces.iter().map(|n| {
+        let bytes = n
+            .bytes
+            .map(super::util::human_bytes)
+            .unwrap_or_else(|| "(--bytes)".into());
+        vec![n.name.clone(), n.blocks.to_string(), bytes]
+    }));
     if view.namespaces.is_empty() {
         println!("No namespaces yet (garage-ipfs namespace create NAME).");
     } else {

@@ -43,7 +43,7 @@ impl Daemon {
             tracing::warn!("no write token configured: the kubo RPC and gRPC are read-only");
         }
         let listeners = Listeners::bind(&api_config).await?;
-        let store = GarageStore::new(conn);
+        let store = GarageStore::with_filters(conn);
         // The served namespace exists from the start, so admin commands on
         // it work before the first write.
         store.create_namespace(&options.namespace).await?;

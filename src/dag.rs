@@ -279,18 +279,22 @@ mod tests {
         (root, blocks)
     }
 
-    #[tokio::test]
-    async fn export_then_import_round_trips() {
-        let src = Arc::new(MemBlockStore::new());
-        let (root, blocks) = sample(&src).await;
-        let car: Vec<Bytes> = car_stream(src.clone(), root, Scope::All)
+    /// The CAR of `root`, as its parts (header, then one per block).
+    async fn car_parts(store: &Arc<MemBlockStore>, root: Cid, scope: Scope) -> Vec<Bytes> {
+        car_stream(store.clone(), root, scope)
             .await
             .unwrap()
             .unwrap()
             .try_collect()
             .await
-            .unwrap();
-        let car: Vec<u8> = car.concat();
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn export_then_import_round_trips() {
+        let src = Arc::new(MemBlockStore::new());
+        let (root, blocks) = sample(&src).await;
+        let car: Vec<u8> = car_parts(&src, root, Scope::All).await.concat();
         let dst = MemBlockStore::new();
         let summary = import_car(&dst, &car[..], |_| ()).await.unwrap();
         assert_eq!(summary.blocks, 4, "each block once, depth first");
@@ -299,28 +303,14 @@ mod tests {
             assert_eq!(dst.get(c).await.unwrap().as_ref(), Some(d));
         }
         // dag-scope=block carries the root only.
-        let one: Vec<Bytes> = car_stream(src.clone(), root, Scope::Block)
-            .await
-            .unwrap()
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(one.len(), 2);
+        assert_eq!(car_parts(&src, root, Scope::Block).await.len(), 2);
     }
 
     #[tokio::test]
     async fn truncated_corrupt_and_incomplete_cars_are_refused() {
         let src = Arc::new(MemBlockStore::new());
         let (root, _) = sample(&src).await;
-        let car: Vec<u8> = car_stream(src.clone(), root, Scope::All)
-            .await
-            .unwrap()
-            .unwrap()
-            .try_collect::<Vec<Bytes>>()
-            .await
-            .unwrap()
-            .concat();
+        let car: Vec<u8> = car_parts(&src, root, Scope::All).await.concat();
         // Cut inside the last block.
         let err = import_car(&MemBlockStore::new(), &car[..car.len() - 3], |_| ())
             .await
@@ -335,14 +325,7 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("does not match CID"), "{err}");
         // Header and root only: the rest of the DAG is missing.
-        let root_only: Vec<u8> = car_stream(src.clone(), root, Scope::Block)
-            .await
-            .unwrap()
-            .unwrap()
-            .try_collect::<Vec<Bytes>>()
-            .await
-            .unwrap()
-            .concat();
+        let root_only: Vec<u8> = car_parts(&src, root, Scope::Block).await.concat();
         let err = import_car(&MemBlockStore::new(), &root_only[..], |_| ())
             .await
             .unwrap_err();

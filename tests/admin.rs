@@ -282,23 +282,17 @@ fn cli_verify_finds_corrupt_and_missing_replicas_and_repair_fixes_them() {
             ns.put(&cid, data.clone()).await.unwrap();
             blocks.push((cid, data));
         }
-        let paths = |data: &Bytes, node: usize| {
-            cluster().nodes[node].block_path(garage_util::data::blake2sum(data).as_slice())
-        };
-        eventually(Duration::from_secs(15), "all replicas on disk", || {
-            blocks
-                .iter()
-                .all(|(_, d)| (0..3).all(|n| paths(d, n).exists()))
-        })
-        .await;
+        for (_, d) in &blocks {
+            wait_for_replicas(d).await;
+        }
         assert!(cli_ok(&cfg, &["verify", "-n", &ns_name]).contains("6 healthy"));
 
         // Flip bytes of one replica on node 2; remove another block's on node 3.
-        let corrupt = paths(&blocks[0].1, 1);
+        let corrupt = replica_path(1, &blocks[0].1);
         let mut bytes = std::fs::read(&corrupt).unwrap();
         bytes[100] ^= 0xff;
         std::fs::write(&corrupt, bytes).unwrap();
-        std::fs::remove_file(paths(&blocks[1].1, 2)).unwrap();
+        std::fs::remove_file(replica_path(2, &blocks[1].1)).unwrap();
 
         let (ok, stdout, _) = cli(&cfg, &["verify", "-n", &ns_name, "--json"]);
         assert!(
@@ -325,7 +319,7 @@ fn cli_verify_finds_corrupt_and_missing_replicas_and_repair_fixes_them() {
         for (_, d) in &blocks[..2] {
             for n in 0..3 {
                 assert_eq!(
-                    std::fs::read(paths(d, n)).unwrap(),
+                    std::fs::read(replica_path(n, d)).unwrap(),
                     d.to_vec(),
                     "node{}",
                     n + 1

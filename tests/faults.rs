@@ -143,3 +143,105 @@ fn join_wrong_replication_factor_is_refused_and_nodes_stay_up() {
         assert_eq!(ns.get(&cid).await.unwrap(), Some(data));
     });
 }
+
+/// The presence filter answers absent blocks from memory: with two nodes
+/// down no cluster request can succeed, yet `has`/`get`/`get_size` of an
+/// absent block answer at once, while a present block still needs the
+/// cluster (the filter never claims presence on its own).
+#[test]
+fn fault_absent_lookups_answered_from_memory_without_quorum() {
+    run(async {
+        let _serial = SERIAL.lock().await;
+        let name = unique_ns("filter");
+        let filtered = garage_ipfs::GarageStore::with_filters(new_connector("filter").await);
+        let ns = filtered.namespace(&name).unwrap();
+        let mut present = Vec::new();
+        for i in 0..30 {
+            let (cid, data) = random_block(codec::RAW, 0x12, 1000 + i);
+            ns.put(&cid, data).await.unwrap();
+            present.push(cid);
+        }
+        eventually(Duration::from_secs(60), "filter ready", || {
+            ns.filter_stats().unwrap().ready
+        })
+        .await;
+
+        // A block put by another connector shows up within a bounded delay.
+        let other = store().await.namespace(&name).unwrap();
+        let (foreign, data) = random_block(codec::RAW, 0x12, 777);
+        other.put(&foreign, data).await.unwrap();
+        let start = Instant::now();
+        loop {
+            if ns.has(&foreign).await.unwrap() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "foreign put not seen in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "foreign put visible through the filter after {:?}",
+            start.elapsed()
+        );
+        // Our own puts are visible at once.
+        let (own, data) = random_block(codec::RAW, 0x12, 778);
+        ns.put(&own, data).await.unwrap();
+        assert!(ns.has(&own).await.unwrap());
+
+        cluster().kill_node(1);
+        cluster().kill_node(2);
+        let before = ns.filter_stats().unwrap();
+        let absent: Vec<_> = (0..1000)
+            .map(|i| random_block(codec::RAW, 0x12, 10 + i % 50).0)
+            .collect();
+        let t = Instant::now();
+        let (mut answered, mut maybe) = (0, 0);
+        for cid in &absent {
+            match ns.has(cid).await {
+                Ok(false) => {
+                    answered += 1;
+                    assert_eq!(ns.get(cid).await.unwrap(), None);
+                    assert_eq!(ns.get_size(cid).await.unwrap(), None);
+                }
+                Ok(true) => panic!("{cid} reported present"),
+                Err(_) => maybe += 1, // a false positive went to the cluster
+            }
+        }
+        let took = t.elapsed();
+        let after = ns.filter_stats().unwrap();
+        eprintln!(
+            "{answered} absent lookups answered without quorum in {took:?}, {maybe} false positives; \
+             filter: {} entries, {} bytes",
+            after.entries, after.memory_bytes
+        );
+        assert!(
+            answered >= 970,
+            "only {answered} of 1000 answered from memory"
+        );
+        assert_eq!(after.hits - before.hits, 3 * answered as u64);
+        assert!(
+            ns.has(&present[0]).await.is_err(),
+            "presence must be confirmed by the cluster"
+        );
+
+        cluster()
+            .restart_nodes(&[1, 2])
+            .await
+            .expect("nodes restart");
+        let conn = filtered.connector().clone();
+        eventually(
+            Duration::from_secs(30),
+            "connector sees all nodes up",
+            || conn.system.health().storage_nodes_ok == 3,
+        )
+        .await;
+        // A deleted block: the index answers until the shard is rebuilt.
+        assert!(ns.delete(&present[1]).await.unwrap());
+        assert!(!ns.has(&present[1]).await.unwrap());
+        for cid in &present[2..] {
+            assert!(ns.has(cid).await.unwrap(), "{cid} lost by the filter");
+        }
+    });
+}

@@ -93,19 +93,7 @@ fn store_put_reaches_every_node_with_refcount_1() {
         let ns = store().await.namespace(&unique_ns("rc1")).unwrap();
         let (cid, data) = random_block(codec::RAW, SHA2_256, 262_144);
         ns.put(&cid, data.clone()).await.unwrap();
-        let hash = garage_util::data::blake2sum(&data);
-        // Quorum is 2 of 3; the third copy lands in the background.
-        eventually(
-            Duration::from_secs(10),
-            "block file on all three nodes",
-            || {
-                cluster()
-                    .nodes
-                    .iter()
-                    .all(|n| std::fs::read(n.block_path(hash.as_slice())).is_ok_and(|b| b == data))
-            },
-        )
-        .await;
+        wait_for_replicas(&data).await;
         assert_refcount(&data, 1);
     });
 }
@@ -120,18 +108,7 @@ fn store_dedup_across_namespaces() {
         a.put(&cid, data.clone()).await.unwrap();
         b.put(&cid, data.clone()).await.unwrap();
         // One Garage block (content-addressed): one file per node, two refs.
-        let hash = garage_util::data::blake2sum(&data);
-        eventually(
-            Duration::from_secs(10),
-            "block file on all three nodes",
-            || {
-                cluster()
-                    .nodes
-                    .iter()
-                    .all(|n| n.block_path(hash.as_slice()).exists())
-            },
-        )
-        .await;
+        wait_for_replicas(&data).await;
         assert_refcount(&data, 2);
 
         assert!(a.delete(&cid).await.unwrap());

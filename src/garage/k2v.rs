@@ -11,6 +11,7 @@
 //! the same wire format. This depends on Garage 2.5.0's exact definitions
 //! (the crate pin is `=2.5.0`); the integration tests exercise it.
 
+use garage_model::index_counter::CounterEntry;
 use garage_model::k2v::causality::CausalContext;
 use garage_model::k2v::item_table::{DvvsValue, ItemFilter, K2VItem, K2VItemPartition, ENTRIES};
 use garage_net::message::{Message, PRIO_NORMAL};
@@ -133,16 +134,16 @@ impl Connector {
         .await
     }
 
-    /// Live K2V items per partition key of a bucket, from the counters the
-    /// storage nodes keep (no listing).
-    pub async fn k2v_entry_counts(&self, bucket: Uuid) -> Result<u64, Error> {
+    /// The counters storage nodes keep for a bucket's K2V items, one
+    /// entry per partition key.
+    pub async fn k2v_counters(&self, bucket: Uuid) -> Result<Vec<CounterEntry<K2VItem>>, Error> {
         let nodes = self
             .system
             .cluster_layout()
             .all_nongateway_nodes()?
             .to_vec();
-        let filter = (DeletedFilter::NotDeleted, nodes);
-        let entries = deadline(
+        let filter = (DeletedFilter::Any, nodes);
+        deadline(
             self.config.timeouts.rpc(),
             "reading K2V counters",
             self.k2v_counter.get_range(
@@ -153,7 +154,12 @@ impl Connector {
                 EnumerationOrder::Forward,
             ),
         )
-        .await?;
+        .await
+    }
+
+    /// Live K2V items of a bucket, from the counters (no listing).
+    pub async fn k2v_entry_counts(&self, bucket: Uuid) -> Result<u64, Error> {
+        let entries = self.k2v_counters(bucket).await?;
         let layout = self.system.cluster_layout();
         Ok(entries
             .iter()

@@ -7,7 +7,8 @@
 //! most a ref without an index entry, never an index entry for a block
 //! that is not stored. A delete goes the other way: index first, then refs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cid::Cid;
@@ -22,10 +23,14 @@ use multihash::Multihash;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::anchor::{AnchorId, Anchors, MAX_GENERATIONS};
+use super::filter::{FilterStats, NsFilter};
 use super::index::{self, Entry};
 use super::{check_namespace, BlockStore, Error};
 use crate::cid as cidutil;
 use crate::garage::{error::deadline, Connector};
+
+/// Namespaces with a presence filter, at most, per store.
+pub const MAX_FILTERED_NAMESPACES: usize = 64;
 
 /// Index entries fetched per listing request.
 const LIST_PAGE: usize = 1000;
@@ -34,6 +39,8 @@ const LIST_PAGE: usize = 1000;
 pub struct GarageStore {
     conn: Arc<Connector>,
     anchors: Anchors,
+    /// Presence filters per namespace, when enabled (`with_filters`).
+    filters: Option<Mutex<HashMap<String, Arc<NsFilter>>>>,
     /// Namespaces this process has seen in the registry.
     pub(super) registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -44,14 +51,28 @@ pub struct Namespace {
     store: Arc<GarageStore>,
     name: Arc<str>,
     id: Uuid,
+    filter: Option<Arc<NsFilter>>,
 }
 
 impl GarageStore {
-    /// A store over a joined connector.
+    /// A store over a joined connector, every lookup going to the index.
     pub fn new(conn: Arc<Connector>) -> Arc<Self> {
+        Self::build(conn, false)
+    }
+
+    /// A store that keeps an in-memory presence filter per namespace, so
+    /// that lookups of absent blocks cost no cluster request (see
+    /// `filter.rs`). For long-running processes: each filter lists its
+    /// namespace once and then polls its counters every second.
+    pub fn with_filters(conn: Arc<Connector>) -> Arc<Self> {
+        Self::build(conn, true)
+    }
+
+    fn build(conn: Arc<Connector>, filters: bool) -> Arc<Self> {
         Arc::new(Self {
             conn,
             anchors: Anchors::default(),
+            filters: filters.then(Default::default),
             registered: Default::default(),
         })
     }
@@ -64,11 +85,30 @@ impl GarageStore {
     /// A handle on one namespace. Namespaces need no creation: an empty one
     /// is simply one with no entries.
     pub fn namespace(self: &Arc<Self>, name: &str) -> Result<Namespace, Error> {
+        let mut ns = self.namespace_unfiltered(name)?;
+        if let Some(filters) = &self.filters {
+            let mut filters = filters.lock().unwrap();
+            // Each filter lists its namespace and polls once a second: cap
+            // them, so that clients naming many namespaces cannot make the
+            // daemon poll without bound. Beyond the cap, lookups go to the
+            // index.
+            if filters.contains_key(name) || filters.len() < MAX_FILTERED_NAMESPACES {
+                let f = filters
+                    .entry(name.to_string())
+                    .or_insert_with(|| NsFilter::start(Arc::downgrade(self), name.to_string()));
+                ns.filter = Some(f.clone());
+            }
+        }
+        Ok(ns)
+    }
+
+    pub(super) fn namespace_unfiltered(self: &Arc<Self>, name: &str) -> Result<Namespace, Error> {
         check_namespace(name)?;
         Ok(Namespace {
             store: self.clone(),
             name: name.into(),
             id: index::namespace_id(name),
+            filter: None,
         })
     }
 }
@@ -82,6 +122,25 @@ impl Namespace {
     /// The namespace's id (its index bucket id).
     pub fn id(&self) -> Uuid {
         self.id
+    }
+
+    /// The presence filter's counters, if this store keeps filters.
+    pub fn filter_stats(&self) -> Option<FilterStats> {
+        self.filter.as_ref().map(|f| f.stats())
+    }
+
+    /// The size of a block from the index, unless the filter knows it is
+    /// absent (then no cluster request at all).
+    async fn indexed_size(&self, mh: &Multihash<64>) -> Result<Option<Entry>, Error> {
+        let filtered = self.filter.as_ref().map(|f| (f, f.check(mh)));
+        if let Some((_, Some(false))) = filtered {
+            return Ok(None);
+        }
+        let (entry, _) = self.entry(mh).await?;
+        if let (Some((f, Some(true))), None) = (filtered, entry) {
+            f.note_false_positive();
+        }
+        Ok(entry)
     }
 
     pub(super) fn conn(&self) -> &Connector {
@@ -186,6 +245,9 @@ impl Namespace {
         let mh = cid.hash();
         let (existing, context) = self.entry(mh).await?;
         if existing.is_some() {
+            if let Some(f) = &self.filter {
+                f.note_put(mh);
+            }
             return Ok(());
         }
         let hash = blake2sum(&data);
@@ -212,12 +274,17 @@ impl Namespace {
             codec: cid.codec(),
         };
         self.rpc_index_insert(mh, context, DvvsValue::Value(entry.encode()))
-            .await
+            .await?;
+        if let Some(f) = &self.filter {
+            f.note_put(mh);
+        }
+        Ok(())
     }
 
     async fn get_verified(&self, cid: &Cid) -> Result<Option<Bytes>, Error> {
-        let (entry, _) = self.entry(cid.hash()).await?;
-        let Some(entry) = entry else { return Ok(None) };
+        let Some(entry) = self.indexed_size(cid.hash()).await? else {
+            return Ok(None);
+        };
         let bytes = self
             .conn()
             .rpc_get_block(entry.hash, |b| cidutil::verify(cid, b).is_ok())
@@ -264,7 +331,7 @@ impl Namespace {
         Box::pin(ReceiverStream::new(rx))
     }
 
-    async fn list_shard(
+    pub(super) async fn list_shard(
         &self,
         shard: usize,
         tx: &tokio::sync::mpsc::Sender<Result<(Multihash<64>, Entry), Error>>,
@@ -334,7 +401,7 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(Some(cid.hash().size() as u64));
         }
-        Ok(self.entry(cid.hash()).await?.0.map(|e| e.size as u64))
+        Ok(self.indexed_size(cid.hash()).await?.map(|e| e.size as u64))
     }
 
     #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]

@@ -7,6 +7,7 @@
 mod anchor;
 mod blockstore_trait;
 mod error;
+pub mod filter;
 mod garage;
 mod gc;
 pub mod index;

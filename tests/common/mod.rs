@@ -191,6 +191,22 @@ pub fn assert_refcount_with_deleted_refs(data: &[u8], expected: u64) {
     }
 }
 
+/// Where node `i` keeps the Garage block of `data`.
+pub fn replica_path(i: usize, data: &[u8]) -> PathBuf {
+    cluster().nodes[i].block_path(garage_util::data::blake2sum(data).as_slice())
+}
+
+/// Waits until every node holds an intact copy of `data` (quorum is 2 of 3;
+/// the third copy lands in the background).
+pub async fn wait_for_replicas(data: &[u8]) {
+    eventually(
+        Duration::from_secs(15),
+        "an intact replica on every node",
+        || (0..3).all(|i| std::fs::read(replica_path(i, data)).is_ok_and(|b| b == data)),
+    )
+    .await;
+}
+
 /// Polls `cond` until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();

@@ -97,7 +97,9 @@ pub struct ApiConfig {
     pub write_token: Option<String>,
     /// A file holding the write token.
     pub write_token_file: Option<PathBuf>,
-    /// Accept writes without a token, but only on loopback listeners.
+    /// Accept writes without a token, but only on loopback listeners and
+    /// only when no write token is configured (a token, once set, is
+    /// always required).
     pub allow_anonymous_writes_on_loopback: bool,
     /// Largest request body, in bytes (a `block/put` of several blocks).
     pub max_body_bytes: usize,

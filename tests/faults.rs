@@ -17,10 +17,38 @@ use garage_ipfs::Connector;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Restarts nodes and waits until the cluster is healthy and `conn` sees
+/// all three storage nodes again.
+async fn restart_and_rejoin(nodes: &[usize], conn: &Connector) {
+    cluster().restart_nodes(nodes).await.expect("nodes restart");
+    sees_all_nodes(conn).await;
+}
+
+async fn sees_all_nodes(conn: &Connector) {
+    eventually(
+        Duration::from_secs(30),
+        "connector sees all nodes up",
+        || conn.system.health().storage_nodes_ok == 3,
+    )
+    .await;
+}
+
+/// Takes the serial lock, once the shared connector sees every node (an
+/// earlier test may have just restarted some).
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().await;
+    cluster()
+        .wait_healthy(Duration::from_secs(30))
+        .await
+        .expect("cluster healthy");
+    sees_all_nodes(store().await.connector()).await;
+    guard
+}
+
 #[test]
 fn fault_one_node_down_everything_still_works() {
     run(async {
-        let _serial = SERIAL.lock().await;
+        let _serial = serial().await;
         let store = store().await;
         let ns = store.namespace(&unique_ns("one-down")).unwrap();
         let (old_cid, old_data) = random_block(codec::RAW, 0x12, 70_000);
@@ -37,14 +65,7 @@ fn fault_one_node_down_everything_still_works() {
         let listed: Vec<_> = ns.list().try_collect().await.unwrap();
         assert_eq!(listed.len(), 2);
 
-        cluster().restart_node(2).await.expect("node restarts");
-        let conn = store.connector().clone();
-        eventually(
-            Duration::from_secs(30),
-            "connector sees all nodes up",
-            || conn.system.health().storage_nodes_ok == 3,
-        )
-        .await;
+        restart_and_rejoin(&[2], store.connector()).await;
         assert_eq!(ns.get(&cid).await.unwrap(), Some(data));
     });
 }
@@ -52,7 +73,7 @@ fn fault_one_node_down_everything_still_works() {
 #[test]
 fn fault_two_nodes_down_put_fails_with_quorum_error() {
     run(async {
-        let _serial = SERIAL.lock().await;
+        let _serial = serial().await;
         let store = store().await;
         let ns = store.namespace(&unique_ns("two-down")).unwrap();
         cluster().kill_node(1);
@@ -70,17 +91,7 @@ fn fault_two_nodes_down_put_fails_with_quorum_error() {
             "error does not say quorum: {err}"
         );
 
-        cluster()
-            .restart_nodes(&[1, 2])
-            .await
-            .expect("nodes restart");
-        let conn = store.connector().clone();
-        eventually(
-            Duration::from_secs(30),
-            "connector sees all nodes up",
-            || conn.system.health().storage_nodes_ok == 3,
-        )
-        .await;
+        restart_and_rejoin(&[1, 2], store.connector()).await;
         // No index entry claims the block that was never written.
         assert!(!ns.has(&cid).await.unwrap());
         assert_eq!(ns.get(&cid).await.unwrap(), None);
@@ -95,7 +106,7 @@ fn fault_two_nodes_down_put_fails_with_quorum_error() {
 #[test]
 fn join_wrong_rpc_secret_is_a_clear_error() {
     run(async {
-        let _serial = SERIAL.lock().await;
+        let _serial = serial().await;
         let mut config = cluster().connector_config(state_dir("badsecret"), free_port().unwrap());
         config.rpc_secret = Some(hex::encode([0x42u8; 32]));
         config.timeouts.connect_ms = 6_000;
@@ -112,7 +123,7 @@ fn join_wrong_rpc_secret_is_a_clear_error() {
 #[test]
 fn join_wrong_replication_factor_is_refused_and_nodes_stay_up() {
     run(async {
-        let _serial = SERIAL.lock().await;
+        let _serial = serial().await;
         let pids: Vec<_> = (0..3).map(|i| cluster().node_pid(i).unwrap()).collect();
         for rf in [2, 5] {
             let config = cluster()
@@ -151,7 +162,7 @@ fn join_wrong_replication_factor_is_refused_and_nodes_stay_up() {
 #[test]
 fn fault_absent_lookups_answered_from_memory_without_quorum() {
     run(async {
-        let _serial = SERIAL.lock().await;
+        let _serial = serial().await;
         let name = unique_ns("filter");
         let filtered = garage_ipfs::GarageStore::with_filters(new_connector("filter").await);
         let ns = filtered.namespace(&name).unwrap();
@@ -226,17 +237,7 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
             "presence must be confirmed by the cluster"
         );
 
-        cluster()
-            .restart_nodes(&[1, 2])
-            .await
-            .expect("nodes restart");
-        let conn = filtered.connector().clone();
-        eventually(
-            Duration::from_secs(30),
-            "connector sees all nodes up",
-            || conn.system.health().storage_nodes_ok == 3,
-        )
-        .await;
+        restart_and_rejoin(&[1, 2], filtered.connector()).await;
         // A deleted block: the index answers until the shard is rebuilt.
         assert!(ns.delete(&present[1]).await.unwrap());
         assert!(!ns.has(&present[1]).await.unwrap());

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cid::Cid;
@@ -27,7 +28,7 @@ use super::filter::{FilterStats, NsFilter};
 use super::index::{self, Entry};
 use super::{check_namespace, BlockStore, Error};
 use crate::cid as cidutil;
-use crate::garage::{error::deadline, Connector};
+use crate::garage::{error::deadline, Connector, Error as GError};
 
 /// Namespaces with a presence filter, at most, per store.
 pub const MAX_FILTERED_NAMESPACES: usize = 64;
@@ -371,6 +372,36 @@ impl Namespace {
     }
 }
 
+/// Waits before each retry of an operation that failed on a transient
+/// cluster error.
+const RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(150), Duration::from_millis(600)];
+
+/// Runs an operation again after a transient cluster failure: a quorum
+/// missed or a connection lost, as happens on the first requests after a
+/// storage node restarted (our connection to it is dead until the next
+/// request notices). Every step of our operations is idempotent (CRDT table
+/// writes, content-addressed block writes), so a retry is safe. Timeouts
+/// are not retried: they already used their deadline.
+async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut backoff = RETRY_BACKOFF.iter();
+    loop {
+        match op().await {
+            Err(Error::Cluster(e @ (GError::Quorum(_) | GError::Rpc(_)))) => match backoff.next() {
+                Some(wait) => {
+                    tracing::debug!(cause = %e, "transient cluster error; retrying");
+                    tokio::time::sleep(*wait).await;
+                }
+                None => return Err(Error::Cluster(e)),
+            },
+            other => return other,
+        }
+    }
+}
+
 impl BlockStore for Namespace {
     #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
     async fn put(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
@@ -378,7 +409,7 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(());
         }
-        self.put_verified(cid, data).await
+        retry_transient(|| self.put_verified(cid, data.clone())).await
     }
 
     #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
@@ -387,7 +418,7 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(Some(Bytes::copy_from_slice(cid.hash().digest())));
         }
-        self.get_verified(cid).await
+        retry_transient(|| self.get_verified(cid)).await
     }
 
     #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
@@ -401,7 +432,8 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(Some(cid.hash().size() as u64));
         }
-        Ok(self.indexed_size(cid.hash()).await?.map(|e| e.size as u64))
+        let entry = retry_transient(|| self.indexed_size(cid.hash())).await?;
+        Ok(entry.map(|e| e.size as u64))
     }
 
     #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
@@ -410,7 +442,7 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(false);
         }
-        self.delete_entry(cid).await
+        retry_transient(|| self.delete_entry(cid)).await
     }
 
     fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {

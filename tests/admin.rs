@@ -421,3 +421,55 @@ fn cli_gc_keeps_exactly_the_roots_dag() {
         assert!(ns.has(&root).await.unwrap());
     });
 }
+
+/// An operator's `garage block purge` of one block puts a delete marker on
+/// its anchor: every other block under that anchor would lose its ref at the
+/// next `garage repair block-refs`. Verify sees the dead anchor, repair moves
+/// the refs to a live one, and the repair Garage recommends then keeps them.
+#[test]
+fn cli_repair_moves_refs_off_a_dead_anchor() {
+    run(async {
+        let cfg = config_file("cli-anchor");
+        let ns_name = unique_ns("anchor");
+        let ns = store().await.create_namespace(&ns_name).await.unwrap();
+        // Two blocks under the same anchor (same shard of the block hash).
+        let shard = |d: &Bytes| garage_util::data::blake2sum(d).as_slice()[0] % 16;
+        let (victim, victim_data) = random_block(codec::RAW, 0x12, 4000);
+        let mut neighbours = Vec::new();
+        while neighbours.len() < 2 {
+            let (c, d) = random_block(codec::RAW, 0x12, 4000);
+            if shard(&d) == shard(&victim_data) {
+                neighbours.push((c, d));
+            }
+        }
+        ns.put(&victim, victim_data.clone()).await.unwrap();
+        for (c, d) in &neighbours {
+            ns.put(c, d.clone()).await.unwrap();
+        }
+        let hash = hex::encode(garage_util::data::blake2sum(&victim_data).as_slice());
+        cluster()
+            .garage_cli(0, &["block", "purge", "--yes", &hash])
+            .expect("garage block purge");
+
+        let (ok, stdout, _) = cli(&cfg, &["verify", "-n", &ns_name, "--json"]);
+        assert!(!ok, "verify exited 0 with a dead anchor:\n{stdout}");
+        let report = json(&stdout);
+        assert!(report["ref_problems"].as_u64().unwrap() >= 2, "{report}");
+        let out = json(&cli_ok(&cfg, &["repair", "-n", &ns_name, "--json"]));
+        assert!(
+            out["repair"]["refs_written"].as_u64().unwrap() >= 2,
+            "{out}"
+        );
+        // The repair Garage itself recommends: refs must survive it now.
+        repair_to_completion("block-refs").await;
+        for (c, d) in &neighbours {
+            assert_refcount_with_deleted_refs(d, 1);
+            assert_eq!(ns.get(c).await.unwrap().as_ref(), Some(d));
+        }
+        // The purged block's data outlives its refs by Garage's 10-minute
+        // GC delay, so repair gave it a ref again: nothing was lost.
+        let report = json(&cli_ok(&cfg, &["verify", "-n", &ns_name, "--json"]));
+        assert_eq!(report["healthy"], 3, "{report}");
+        assert_eq!(ns.get(&victim).await.unwrap(), Some(victim_data));
+    });
+}

@@ -215,9 +215,9 @@ impl Namespace {
         Ok(())
     }
 
-    /// Picks the generation whose ref will hold the block: one with a live
-    /// ref already (a put that crashed before its index write), else the
-    /// first whose ref was never written and whose anchor is alive.
+    /// Picks the generation whose ref will hold the block: the first whose
+    /// anchor is alive and whose ref is live already (a put that crashed
+    /// before its index write) or was never written.
     /// Returns the generation and whether its ref must still be written.
     pub(super) async fn choose_generation(
         &self,
@@ -228,14 +228,14 @@ impl Namespace {
         for g in 0..MAX_GENERATIONS {
             let anchor = AnchorId::of(self.id, g, hash);
             let uuid = anchor.version_uuid();
-            match refs.iter().find(|r| r.version == uuid) {
-                Some(r) if !r.deleted.get() => return Ok((g, false)),
-                Some(_) => continue,
-                None => {
-                    if self.store.anchors.ensure(self.conn(), anchor).await? {
-                        return Ok((g, true));
-                    }
-                }
+            let existing = refs.iter().find(|r| r.version == uuid);
+            if existing.is_some_and(|r| r.deleted.get()) {
+                continue; // a deleted ref can never be revived
+            }
+            // A live ref counts only under a live anchor: a ref under a dead
+            // one would be dropped by the next `garage repair block-refs`.
+            if self.store.anchors.ensure(self.conn(), anchor).await? {
+                return Ok((g, existing.is_none()));
             }
         }
         Err(Error::GenerationsExhausted(*cid))

@@ -390,3 +390,41 @@ pub async fn blockstore_suite(s: &impl BlockStore) {
     let listed: Vec<_> = s.list().try_collect().await.unwrap();
     assert!(!listed.contains(cid.hash()));
 }
+
+/// Runs `garage repair -a --yes WHAT` and waits until every node's worker
+/// for it has finished.
+pub async fn repair_to_completion(what: &str) {
+    let c = cluster();
+    let worker = match what {
+        "tables" => " sync",
+        "blocks" => "Block repair worker",
+        "versions" => "version repair worker",
+        "block-refs" => "block_ref repair worker",
+        "block-rc" => "Block refcount repair worker",
+        other => panic!("unknown repair {other}"),
+    };
+    c.garage_cli(0, &["repair", "-a", "--yes", what]).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut done = true;
+        for i in 0..3 {
+            let list = c.garage_cli(i, &["worker", "list"]).unwrap();
+            let rows: Vec<&str> = list.lines().filter(|l| l.contains(worker)).collect();
+            let finished = if what == "tables" {
+                // Full syncs are the table sync workers; done when idle.
+                !rows.is_empty() && rows.iter().all(|r| !r.contains("Busy"))
+            } else {
+                !rows.is_empty() && rows.iter().all(|r| r.contains("Done"))
+            };
+            done &= finished;
+        }
+        if done {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "repair {what} did not finish in 180 s"
+        );
+    }
+}

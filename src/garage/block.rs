@@ -13,6 +13,15 @@ use garage_util::data::{Hash, Uuid};
 use super::error::{deadline, Error};
 use super::Connector;
 
+/// A `PutBlock` request carrying `data` uncompressed.
+fn put_block_request(hash: Hash, data: Bytes) -> Result<Req<BlockRpc>, Error> {
+    // `DataBlockHeader` is public but lives in a private module, so it
+    // cannot be named; serde can still build its `Plain` variant. Plain
+    // blocks are stored uncompressed, so on-disk bytes are the block.
+    let header = serde_json::from_str("\"Plain\"").expect("DataBlockHeader::Plain");
+    Ok(Req::new(BlockRpc::PutBlock { hash, header })?.with_stream_from_buffer(data))
+}
+
 impl Connector {
     /// The storage nodes of a block in the current layout, in the order
     /// reads should try them (connected, low-latency nodes first).
@@ -30,11 +39,7 @@ impl Connector {
             .current()?
             .nodes_of(&hash)
             .collect();
-        // `DataBlockHeader` is public but lives in a private module, so it
-        // cannot be named; serde can still build its `Plain` variant. Plain
-        // blocks are stored uncompressed, so on-disk bytes are the block.
-        let header = serde_json::from_str("\"Plain\"").expect("DataBlockHeader::Plain");
-        let req = Req::new(BlockRpc::PutBlock { hash, header })?.with_stream_from_buffer(data);
+        let req = put_block_request(hash, data)?;
         let quorum = self.write_quorum()?;
         let limit = self.config.timeouts.block();
         let strategy = RequestStrategy::with_priority(PRIO_NORMAL | PRIO_SECONDARY)
@@ -48,6 +53,20 @@ impl Connector {
                 .try_write_many_sets(&self.block_ep, &[who], req, strategy),
         )
         .await?;
+        Ok(())
+    }
+
+    /// Writes a block to one node only (repair of a missing replica).
+    pub async fn rpc_put_block_to(&self, node: Uuid, hash: Hash, data: Bytes) -> Result<(), Error> {
+        let req = put_block_request(hash, data)?;
+        let resp = deadline(
+            self.config.timeouts.block(),
+            "writing a replica",
+            self.block_ep
+                .call_streaming(&node.into(), req, PRIO_NORMAL | PRIO_SECONDARY),
+        )
+        .await?;
+        resp.into_msg()?;
         Ok(())
     }
 

@@ -14,9 +14,6 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
-use garage_block::manager::BlockRpc;
-use garage_net::message::{Req, PRIO_NORMAL, PRIO_SECONDARY};
 use garage_table::EmptyKey;
 use garage_util::data::{blake2sum, Hash, Uuid};
 use multihash::Multihash;
@@ -332,27 +329,11 @@ impl Namespace {
         }
         let data = self.conn().rpc_get_block_from(good.id, hash).await?;
         for b in bad {
-            self.rpc_put_block_to(b.id, hash, data.clone()).await?;
+            self.conn()
+                .rpc_put_block_to(b.id, hash, data.clone())
+                .await?;
             out.replicas_written += 1;
         }
-        Ok(())
-    }
-
-    async fn rpc_put_block_to(&self, node: Uuid, hash: Hash, data: Bytes) -> Result<(), Error> {
-        let conn = self.conn();
-        let header = serde_json::from_str("\"Plain\"").expect("DataBlockHeader::Plain");
-        let req = Req::new(BlockRpc::PutBlock { hash, header })
-            .map_err(crate::garage::Error::from)?
-            .with_stream_from_buffer(data);
-        let limit = conn.config.timeouts.block();
-        let resp = deadline(
-            limit,
-            "writing a replica",
-            conn.block_ep
-                .call_streaming(&node.into(), req, PRIO_NORMAL | PRIO_SECONDARY),
-        )
-        .await?;
-        resp.into_msg().map_err(crate::garage::Error::from)?;
         Ok(())
     }
 }

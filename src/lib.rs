@@ -18,6 +18,7 @@
 //! - [`store`]: the [`store::BlockStore`] trait, the Garage-backed store
 //!   with namespaces, anchors and index, and an in-memory store for tests.
 //! - [`cli`]: the `garage-ipfs` command line, one file per noun.
+//! - [`net`]: TCP_NODELAY on every TCP socket of the process.
 //! - [`harness`]: a local three-node Garage cluster of real `garage`
 //!   processes, for development and the integration tests.
 
@@ -29,6 +30,7 @@ pub mod daemon;
 pub mod dag;
 pub mod garage;
 pub mod harness;
+pub mod net;
 pub mod store;
 
 pub use config::Config;

@@ -15,6 +15,8 @@ pub enum ClusterCmd {
     Up {
         #[command(flatten)]
         dir: DirArg,
+        #[command(flatten)]
+        nodelay: NodelayArg,
     },
     /// Stop the nodes started by `cluster up` (by their PIDs).
     Down {
@@ -31,13 +33,24 @@ pub enum ClusterCmd {
     },
 }
 
+/// Whether the nodes run with the TCP_NODELAY shim.
+#[derive(Debug, clap::Args)]
+pub struct NodelayArg {
+    /// Run the garage nodes stock, without our TCP_NODELAY preload shim
+    /// (compiled with the system C compiler into the cluster directory).
+    /// Nodes already running keep how they were started.
+    #[arg(long)]
+    pub no_nodelay: bool,
+}
+
 /// Starts (or finds running) the dev cluster in `dir`, detached.
-pub async fn up(dir: &DirArg) -> anyhow::Result<std::sync::Arc<Cluster>> {
+pub async fn up(dir: &DirArg, nodelay: &NodelayArg) -> anyhow::Result<std::sync::Arc<Cluster>> {
     eprintln!("Starting the dev cluster in {} ...", dir.dir.display());
     let cluster = Cluster::start(StartOptions {
         dir: dir.dir.clone(),
         ports: Ports::Configured,
         lifetime: Lifetime::Detached,
+        nodelay: !nodelay.no_nodelay,
     })
     .await?;
     Ok(cluster)
@@ -45,8 +58,8 @@ pub async fn up(dir: &DirArg) -> anyhow::Result<std::sync::Arc<Cluster>> {
 
 pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
-        ClusterCmd::Up { dir } => {
-            let cluster = up(&dir).await?;
+        ClusterCmd::Up { dir, nodelay } => {
+            let cluster = up(&dir, &nodelay).await?;
             print_nodes(&cluster);
             println!(
                 "Cluster healthy. Connector config: {}",

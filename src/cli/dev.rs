@@ -16,6 +16,8 @@ use crate::store::{BlockStore, GarageStore};
 pub struct DevArgs {
     #[command(flatten)]
     dir: DirArg,
+    #[command(flatten)]
+    nodelay: super::cluster::NodelayArg,
     /// Stop after the smoke test instead of serving.
     #[arg(long)]
     no_serve: bool,
@@ -23,7 +25,7 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
-    let cluster = super::cluster::up(&args.dir).await?;
+    let cluster = super::cluster::up(&args.dir, &args.nodelay).await?;
     println!(
         "dev cluster: 3 garage nodes healthy in {:.1?} (dir {})",
         t0.elapsed(),

@@ -63,6 +63,7 @@ pub struct Connector {
 pub(crate) fn init_process() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
+        crate::net::ensure_linked();
         sodiumoxide::init().expect("libsodium initialisation failed");
         // Garage's status messages carry this string (`garage status` shows
         // it in the Version column); System::new panics without it.

@@ -103,6 +103,47 @@ pub struct StartOptions {
     pub ports: Ports,
     /// Lifetime.
     pub lifetime: Lifetime,
+    /// Run the nodes with our TCP_NODELAY preload shim (`nodelay.c`),
+    /// compiled into the cluster directory with the system C compiler.
+    pub nodelay: bool,
+}
+
+/// The preload shim's file name in a cluster directory; nodes started
+/// while it exists run with it.
+pub const NODELAY_SHIM: &str = "libgarage-ipfs-nodelay.so";
+
+/// The shim's source, shipped inside the binary.
+pub const NODELAY_SHIM_SOURCE: &str = include_str!("nodelay.c");
+
+/// Compiles the TCP_NODELAY shim to `out` with the system C compiler
+/// (`$CC`, else `cc`).
+pub fn build_nodelay_shim(out: &Path) -> Result<(), HarnessError> {
+    let src = out.with_extension("c");
+    std::fs::write(&src, NODELAY_SHIM_SOURCE).map_err(io_err(&src))?;
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    // Build beside and rename: running nodes may have the old file mapped.
+    let tmp = out.with_extension("so.tmp");
+    let status = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&tmp)
+        .arg(&src)
+        .arg("-ldl")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| {
+            HarnessError::Other(format!(
+                "cannot run the C compiler {cc:?} to build the TCP_NODELAY shim ({e}); \
+                 install one or start the cluster with --no-nodelay"
+            ))
+        })?;
+    if !status.success() {
+        return Err(HarnessError::Other(format!(
+            "{cc} failed to build the TCP_NODELAY shim {} ({status})",
+            out.display()
+        )));
+    }
+    std::fs::rename(&tmp, out).map_err(io_err(out))?;
+    Ok(())
 }
 
 /// One storage node.
@@ -170,6 +211,12 @@ impl Cluster {
         std::fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
         let dir = opts.dir.canonicalize().map_err(io_err(&opts.dir))?;
         let (nodes, rpc_secret) = render_configs(&dir, opts.ports)?;
+        let shim = dir.join(NODELAY_SHIM);
+        if opts.nodelay {
+            build_nodelay_shim(&shim)?;
+        } else if shim.exists() {
+            std::fs::remove_file(&shim).map_err(io_err(&shim))?;
+        }
         let cluster = Arc::new(Self {
             dir,
             garage,
@@ -226,8 +273,12 @@ impl Cluster {
         cmd.arg("-c")
             .arg(&node.config)
             .arg("server")
-            .env("RUST_LOG", "garage=info,garage_net=warn,garage_rpc=warn")
-            .stdin(Stdio::null())
+            .env("RUST_LOG", "garage=info,garage_net=warn,garage_rpc=warn");
+        let shim = self.dir.join(NODELAY_SHIM);
+        if shim.exists() {
+            cmd.env("LD_PRELOAD", &shim);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().map_err(io_err(&log_path))?)
             .stderr(log);
         let child = match self.lifetime {

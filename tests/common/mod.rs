@@ -67,6 +67,7 @@ pub fn cluster() -> &'static Arc<Cluster> {
                 dir,
                 ports: Ports::Free,
                 lifetime: Lifetime::Attached,
+                nodelay: true,
             }))
         })
         .join()

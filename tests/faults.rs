@@ -232,10 +232,17 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
             "only {answered} of 1000 answered from memory"
         );
         assert_eq!(after.hits - before.hits, 3 * answered as u64);
+        // Presence comes from the cluster or from the block cache (which
+        // holds the entries of our puts made once the filter was ready, with
+        // the inline bytes of small blocks), never from the filter alone.
         assert!(
             ns.has(&present[0]).await.is_err(),
             "presence must be confirmed by the cluster"
         );
+        let (hits, _) = cache_counts(&filtered);
+        assert!(ns.has(&own).await.unwrap(), "cached entry");
+        assert_eq!(ns.get(&own).await.unwrap().map(|b| b.len()), Some(778));
+        assert_eq!(cache_counts(&filtered).0, hits + 2);
 
         restart_and_rejoin(&[1, 2], filtered.connector()).await;
         // A deleted block: the index answers until the shard is rebuilt.
@@ -245,4 +252,9 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
             assert!(ns.has(cid).await.unwrap(), "{cid} lost by the filter");
         }
     });
+}
+
+fn cache_counts(store: &garage_ipfs::GarageStore) -> (u64, u64) {
+    let s = store.cache_stats();
+    (s.hits, s.misses)
 }

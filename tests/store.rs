@@ -8,7 +8,11 @@ use cid::Cid;
 use common::*;
 use futures::TryStreamExt;
 use garage_ipfs::cid::{self as cidutil, codec, CidError, MAX_BLOCK_SIZE};
-use garage_ipfs::store::{BlockStore, Error, MemBlockStore};
+use std::time::{Duration, Instant};
+
+use garage_ipfs::garage::{Call, Op};
+use garage_ipfs::store::index::INLINE_MAX;
+use garage_ipfs::store::{BlockStore, Error, GarageStore, MemBlockStore};
 
 /// Sizes worth a round trip, each for a reason.
 const INTERESTING_SIZES: &[usize] = &[
@@ -226,9 +230,15 @@ fn store_survives_garage_repairs() {
         let ns = store.namespace(&unique_ns("repair")).unwrap();
         let mut blocks = Vec::new();
         for i in 0..12 {
-            let (cid, data) = random_block(codec::RAW, SHA2_256, 1000 + 5000 * i);
+            let (cid, data) = random_block(codec::RAW, SHA2_256, 4000 + 5000 * i);
             ns.put(&cid, data.clone()).await.unwrap();
             blocks.push((cid, data));
+        }
+        let mut inline = Vec::new();
+        for _ in 0..3 {
+            let (cid, data) = random_block(codec::RAW, SHA2_256, 1000);
+            ns.put(&cid, data.clone()).await.unwrap();
+            inline.push((cid, data));
         }
         // A re-put after a delete lives under a second generation anchor.
         let (cid, data) = &blocks[0];
@@ -244,6 +254,158 @@ fn store_survives_garage_repairs() {
             } else {
                 assert_refcount(data, 1);
             }
+            assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
+        }
+        for (cid, data) in &inline {
+            assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
+        }
+    });
+}
+
+/// Blocks up to Garage's inline threshold live in their index entry: no
+/// ref, no block file on any node; they read back, list and delete like
+/// any block. One byte more and the block goes to the block manager.
+#[test]
+fn store_small_blocks_live_inline_in_the_index() {
+    run(async {
+        let ns = store().await.namespace(&unique_ns("inline")).unwrap();
+        let small = [
+            random_block(codec::RAW, SHA2_256, 1024),
+            random_block(codec::DAG_CBOR, BLAKE3, INLINE_MAX),
+        ];
+        let (big_cid, big) = random_block(codec::RAW, SHA2_256, INLINE_MAX + 1);
+        for (cid, data) in small.iter().chain([&(big_cid, big.clone())]) {
+            ns.put(cid, data.clone()).await.unwrap();
+        }
+        wait_for_replicas(&big).await;
+        assert_refcount(&big, 1);
+        let entry = ns.entry(big_cid.hash()).await.unwrap().0.unwrap();
+        assert!(entry.inline.is_none());
+        for (cid, data) in &small {
+            let entry = ns.entry(cid.hash()).await.unwrap().0.expect("indexed");
+            assert_eq!(entry.inline.as_ref(), Some(data), "{cid} inline");
+            assert_eq!(entry.size as usize, data.len());
+            for i in 0..3 {
+                let path = replica_path(i, data);
+                assert!(!path.exists(), "{cid}: a block file {}", path.display());
+            }
+            assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data));
+            assert_eq!(ns.get_size(cid).await.unwrap(), Some(data.len() as u64));
+        }
+        let listed: Vec<_> = ns.list().try_collect().await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert!(ns.delete(&small[0].0).await.unwrap());
+        assert!(!ns.has(&small[0].0).await.unwrap());
+        assert_eq!(ns.get(&small[0].0).await.unwrap(), None);
+        assert!(!ns.delete(&small[0].0).await.unwrap());
+        // Put again after the delete (over the tombstone).
+        ns.put(&small[0].0, small[0].1.clone()).await.unwrap();
+        assert_eq!(
+            ns.get(&small[0].0).await.unwrap().as_ref(),
+            Some(&small[0].1)
+        );
+    });
+}
+
+/// Group commit: concurrent puts share their index (and ref) writes, and
+/// each call is accounted to the operation that made it.
+#[test]
+fn store_concurrent_puts_share_requests() {
+    run(async {
+        let conn = new_connector("batch").await;
+        let store = GarageStore::new(conn.clone());
+        let ns = store.namespace(&unique_ns("batch")).unwrap();
+        let calls = conn.call_counters();
+        let count = |call| calls.get(Op::Put, call);
+
+        let small: Vec<_> = (0..64)
+            .map(|_| random_block(codec::RAW, SHA2_256, 1024))
+            .collect();
+        let (writes, blocks) = (count(Call::K2vWrite), count(Call::BlockPut));
+        futures::future::try_join_all(small.iter().map(|(c, d)| ns.put(c, d.clone())))
+            .await
+            .unwrap();
+        let small_writes = count(Call::K2vWrite) - writes;
+        eprintln!("64 concurrent 1 KiB puts: {small_writes} index write requests");
+        assert!(small_writes <= 16, "{small_writes} index write requests");
+        assert_eq!(
+            count(Call::BlockPut),
+            blocks,
+            "inline blocks write no block"
+        );
+
+        let big: Vec<_> = (0..16)
+            .map(|_| random_block(codec::RAW, SHA2_256, 256 * 1024))
+            .collect();
+        let (writes, blocks) = (count(Call::K2vWrite), count(Call::BlockPut));
+        futures::future::try_join_all(big.iter().map(|(c, d)| ns.put(c, d.clone())))
+            .await
+            .unwrap();
+        let big_writes = count(Call::K2vWrite) - writes;
+        eprintln!("16 concurrent 256 KiB puts: {big_writes} index write requests");
+        assert!(big_writes < 16, "{big_writes} index write requests");
+        assert_eq!(count(Call::BlockPut) - blocks, 16, "one block write each");
+
+        for (cid, data) in small.iter().chain(&big) {
+            assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
+        }
+        assert!(calls.get(Op::Get, Call::BlockGet) >= 16);
+    });
+}
+
+/// The presence filter and the block cache of a long-running store follow
+/// what other connectors do, and our own writes cost them no listing.
+#[test]
+fn store_filter_and_cache_follow_other_connectors() {
+    run(async {
+        let name = unique_ns("follow");
+        let filtered = GarageStore::with_filters(new_connector("follow").await);
+        let ns = filtered.namespace(&name).unwrap();
+        eventually(Duration::from_secs(60), "filter ready", || {
+            ns.filter_stats().unwrap().ready
+        })
+        .await;
+
+        let rebuilds = ns.filter_stats().unwrap().rebuilds;
+        let blocks: Vec<_> = (0..100)
+            .map(|i| random_block(codec::RAW, SHA2_256, 500 + i))
+            .collect();
+        futures::future::try_join_all(blocks.iter().map(|(c, d)| ns.put(c, d.clone())))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            ns.filter_stats().unwrap().rebuilds,
+            rebuilds,
+            "our own puts made the filter list shards again"
+        );
+
+        // A cached block, deleted by another connector.
+        let (cid, data) = random_block(codec::RAW, SHA2_256, 300_000);
+        ns.put(&cid, data.clone()).await.unwrap();
+        assert_eq!(ns.get(&cid).await.unwrap().as_ref(), Some(&data));
+        let hits = filtered.cache_stats().hits;
+        assert_eq!(ns.get(&cid).await.unwrap().as_ref(), Some(&data));
+        assert!(
+            filtered.cache_stats().hits > hits,
+            "second get from the cache"
+        );
+        let other = store().await.namespace(&name).unwrap();
+        assert!(other.delete(&cid).await.unwrap());
+        let start = Instant::now();
+        while ns.has(&cid).await.unwrap() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "a foreign delete not seen in 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "foreign delete seen through filter and cache after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(ns.get(&cid).await.unwrap(), None);
+        for (cid, data) in &blocks {
             assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
         }
     });

@@ -130,12 +130,29 @@ pub async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
             let entry = entry.ok_or_else(|| {
                 anyhow::anyhow!("block {cid} is not stored in namespace {}", ns.namespace)
             })?;
+            if entry.inline.is_some() {
+                if json.json {
+                    print_json(&serde_json::json!({
+                        "cid": cid.to_string(), "size": entry.size, "inline": true,
+                    }))?;
+                } else {
+                    print_table(&[
+                        vec!["CID:".into(), cid.to_string()],
+                        vec!["Size:".into(), entry.size.to_string()],
+                        vec![
+                            "Stored:".into(),
+                            "inline in its index entry (no Garage block)".into(),
+                        ],
+                    ]);
+                }
+                return Ok(());
+            }
             let block = hex::encode(entry.hash.as_slice());
             let path = format!("data/{}/{}/{block}", &block[..2], &block[2..4]);
             if json.json {
                 print_json(&serde_json::json!({
                     "cid": cid.to_string(), "size": entry.size, "block": block,
-                    "generation": entry.generation, "path_on_node": path,
+                    "generation": entry.generation, "path_on_node": path, "inline": false,
                 }))?;
             } else {
                 print_table(&[

@@ -59,7 +59,7 @@ async fn verify_ns(
     if let Some(k) = args.sample {
         entries = entries
             .choose_multiple(&mut rand::rng(), k)
-            .copied()
+            .cloned()
             .collect();
     }
     let bar = progress(Some(entries.len() as u64), args.json.json, "verifying");
@@ -94,6 +94,7 @@ fn print_problems(problems: &[BlockReport]) {
             crate::store::verify::RefState::Live(g) => format!("live (g{g})"),
             crate::store::verify::RefState::Missing => "MISSING".into(),
             crate::store::verify::RefState::DeadAnchor(g) => format!("DEAD ANCHOR (g{g})"),
+            crate::store::verify::RefState::Inline => "inline".into(),
         };
         rows.push(vec![p.cid.clone(), p.size.to_string(), reference, replicas]);
     }

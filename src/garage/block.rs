@@ -11,7 +11,7 @@ use garage_rpc::RequestStrategy;
 use garage_util::data::{Hash, Uuid};
 
 use super::error::{deadline, Error};
-use super::Connector;
+use super::{Call, Connector};
 
 /// A `PutBlock` request carrying `data` uncompressed.
 fn put_block_request(hash: Hash, data: Bytes) -> Result<Req<BlockRpc>, Error> {
@@ -41,6 +41,7 @@ impl Connector {
             .collect();
         let req = put_block_request(hash, data)?;
         let quorum = self.write_quorum()?;
+        self.calls.add(Call::BlockPut);
         let limit = self.config.timeouts.block();
         let strategy = RequestStrategy::with_priority(PRIO_NORMAL | PRIO_SECONDARY)
             .with_quorum(quorum)
@@ -59,6 +60,7 @@ impl Connector {
     /// Writes a block to one node only (repair of a missing replica).
     pub async fn rpc_put_block_to(&self, node: Uuid, hash: Hash, data: Bytes) -> Result<(), Error> {
         let req = put_block_request(hash, data)?;
+        self.calls.add(Call::BlockPut);
         let resp = deadline(
             self.config.timeouts.block(),
             "writing a replica",
@@ -73,6 +75,7 @@ impl Connector {
     /// Reads a block from one node.
     pub async fn rpc_get_block_from(&self, node: Uuid, hash: Hash) -> Result<Bytes, Error> {
         let limit = self.config.timeouts.block();
+        self.calls.add(Call::BlockGet);
         deadline(limit, "reading a block from a node", async {
             let resp = self
                 .block_ep

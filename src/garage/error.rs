@@ -53,6 +53,20 @@ pub enum Error {
     Rpc(String),
 }
 
+impl Error {
+    /// A copy of this error for each of several waiters (a shared request
+    /// failed): same variant where the variant can be copied.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Error::Quorum(m) => Error::Quorum(m.clone()),
+            Error::Timeout(d, w) => Error::Timeout(*d, w),
+            Error::MissingBlock(h) => Error::MissingBlock(*h),
+            Error::Rpc(m) => Error::Rpc(m.clone()),
+            other => Error::Rpc(other.to_string()),
+        }
+    }
+}
+
 impl From<garage_util::error::Error> for Error {
     fn from(e: garage_util::error::Error) -> Self {
         use garage_util::error::Error as G;

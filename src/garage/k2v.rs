@@ -11,18 +11,25 @@
 //! the same wire format. This depends on Garage 2.5.0's exact definitions
 //! (the crate pin is `=2.5.0`); the integration tests exercise it.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
 use garage_model::index_counter::CounterEntry;
 use garage_model::k2v::causality::CausalContext;
 use garage_model::k2v::item_table::{DvvsValue, ItemFilter, K2VItem, K2VItemPartition, ENTRIES};
 use garage_net::message::{Message, PRIO_NORMAL};
-use garage_rpc::RequestStrategy;
-use garage_table::replication::TableReplication;
-use garage_table::{DeletedFilter, EnumerationOrder, PartitionKey};
+use garage_rpc::system::System;
+use garage_rpc::{Endpoint, RequestStrategy};
+use garage_table::replication::{TableReplication, TableShardedReplication};
+use garage_table::{DeletedFilter, EnumerationOrder, PartitionKey, Table};
 use garage_util::data::Uuid;
 use serde::{Deserialize, Serialize};
 
+use super::batch::Batcher;
 use super::error::{deadline, Error};
-use super::Connector;
+use super::tables::K2VItemSchema;
+use super::{Call, CallCounters, Connector, BATCH_LIMITS};
 
 /// The RPC path Garage's K2V handler listens on.
 pub const K2V_RPC_PATH: &str = "garage_model/k2v/Rpc";
@@ -56,10 +63,67 @@ impl Message for K2VRpc {
     type Response = Result<K2VRpc, garage_util::error::Error>;
 }
 
+/// The group-commit queue of index writes: each batch is split by the
+/// set of nodes storing the items (with three nodes and three copies, one
+/// set), and each part goes to one of those nodes as `InsertManyItems`.
+/// Quorum 1 is right here: the receiving node assigns causality, then
+/// makes its own quorum write of the whole part to the item table before
+/// it answers.
+pub(crate) fn index_batcher(
+    system: Arc<System>,
+    table: Arc<Table<K2VItemSchema, TableShardedReplication>>,
+    endpoint: Arc<Endpoint<K2VRpc, ()>>,
+    calls: Arc<CallCounters>,
+    limit: Duration,
+) -> Batcher<InsertedItem> {
+    Batcher::spawn(BATCH_LIMITS, move |items: Vec<InsertedItem>| {
+        let mut parts: HashMap<Vec<Uuid>, Vec<InsertedItem>> = HashMap::new();
+        let mut failed = None;
+        for item in items {
+            match table.data.replication.storage_nodes(&item.partition.hash()) {
+                Ok(mut who) => {
+                    who.sort();
+                    parts.entry(who).or_default().push(item);
+                }
+                Err(e) => failed = Some(Error::from(e)),
+            }
+        }
+        let sends: Vec<_> = parts
+            .into_iter()
+            .map(|(who, part)| {
+                calls.add(Call::K2vWrite);
+                let (system, endpoint) = (system.clone(), endpoint.clone());
+                let strategy = RequestStrategy::with_priority(PRIO_NORMAL)
+                    .with_quorum(1)
+                    .with_custom_timeout(limit);
+                async move {
+                    deadline(
+                        limit,
+                        "writing index entries",
+                        system.rpc_helper().try_call_many(
+                            &endpoint,
+                            &who,
+                            K2VRpc::InsertManyItems(part),
+                            strategy,
+                        ),
+                    )
+                    .await
+                }
+            })
+            .collect();
+        async move {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            futures::future::try_join_all(sends).await?;
+            Ok(())
+        }
+    })
+}
+
 impl Connector {
-    /// Inserts a K2V item (or a tombstone) through one of its storage
-    /// nodes. Quorum 1 is right here: the receiving node makes its own
-    /// quorum write to the item table before it answers.
+    /// Inserts a K2V item (or a tombstone), sharing the request with
+    /// concurrent inserts. Returns once it is on a write quorum.
     pub async fn rpc_k2v_insert(
         &self,
         partition: K2VItemPartition,
@@ -67,31 +131,17 @@ impl Connector {
         causal_context: Option<CausalContext>,
         value: DvvsValue,
     ) -> Result<(), Error> {
-        let mut who = self
-            .k2v_item
-            .data
-            .replication
-            .storage_nodes(&partition.hash())?;
-        who.sort();
-        let msg = K2VRpc::InsertItem(InsertedItem {
+        let bytes = match &value {
+            DvvsValue::Value(v) => v.len() + 100,
+            DvvsValue::Deleted => 100,
+        };
+        let item = InsertedItem {
             partition,
             sort_key,
             causal_context,
             value,
-        });
-        let limit = self.config.timeouts.rpc();
-        let strategy = RequestStrategy::with_priority(PRIO_NORMAL)
-            .with_quorum(1)
-            .with_custom_timeout(limit);
-        deadline(
-            limit,
-            "writing a K2V item",
-            self.system
-                .rpc_helper()
-                .try_call_many(&self.k2v_ep, &who, msg, strategy),
-        )
-        .await?;
-        Ok(())
+        };
+        self.k2v_batch.submit(item, bytes).await
     }
 
     /// Reads one K2V item from a read quorum.
@@ -100,6 +150,7 @@ impl Connector {
         partition: &K2VItemPartition,
         sort_key: &str,
     ) -> Result<Option<K2VItem>, Error> {
+        self.calls.add(Call::TableRead);
         deadline(
             self.config.timeouts.rpc(),
             "reading a K2V item",
@@ -120,6 +171,7 @@ impl Connector {
             exclude_only_tombstones: true,
             conflicts_only: false,
         };
+        self.calls.add(Call::TableRead);
         deadline(
             self.config.timeouts.rpc(),
             "listing K2V items",
@@ -143,6 +195,7 @@ impl Connector {
             .all_nongateway_nodes()?
             .to_vec();
         let filter = (DeletedFilter::Any, nodes);
+        self.calls.add(Call::TableRead);
         deadline(
             self.config.timeouts.rpc(),
             "reading K2V counters",

@@ -7,6 +7,7 @@
 //! directory, listen so that storage nodes connect back, pull the layout
 //! periodically, and give every operation its own deadline.
 
+pub mod batch;
 mod block;
 pub mod error;
 pub mod k2v;
@@ -14,6 +15,7 @@ pub mod probe;
 pub mod tables;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
@@ -48,15 +50,138 @@ pub struct Connector {
     pub(crate) config: Config,
     pub(crate) consistency: ConsistencyMode,
     pub(crate) block_ep: Arc<Endpoint<BlockRpc, ()>>,
-    pub(crate) k2v_ep: Arc<Endpoint<k2v::K2VRpc, ()>>,
     pub(crate) block_ref: Sharded<BlockRefSchema>,
     pub(crate) object: Sharded<ObjectSchema>,
     pub(crate) version: Sharded<VersionSchema>,
     pub(crate) k2v_item: Sharded<K2VItemSchema>,
     pub(crate) k2v_counter: Sharded<K2VCounterSchema>,
+    /// Group commit of index writes (`k2v.rs`).
+    pub(crate) k2v_batch: batch::Batcher<k2v::InsertedItem>,
+    /// Group commit of block refs.
+    pub(crate) ref_batch: batch::Batcher<garage_model::s3::block_ref_table::BlockRef>,
+    /// Cluster calls made, by kind.
+    pub(crate) calls: Arc<CallCounters>,
     exit: watch::Sender<bool>,
     _lock: Option<std::fs::File>,
     _db: db::Db,
+}
+
+/// Kinds of cluster calls the connector makes, for its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// A block sent to the nodes that store it.
+    BlockPut,
+    /// A block read from a node.
+    BlockGet,
+    /// A table read (index entry, refs, anchors, counters, listing page).
+    TableRead,
+    /// A table write request (a batch of refs, anchors).
+    TableWrite,
+    /// A K2V write request (a batch of index entries).
+    K2vWrite,
+}
+
+impl Call {
+    /// Every kind, in metric order.
+    pub const ALL: [Call; 5] = [
+        Call::BlockPut,
+        Call::BlockGet,
+        Call::TableRead,
+        Call::TableWrite,
+        Call::K2vWrite,
+    ];
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::BlockPut => "block_put",
+            Call::BlockGet => "block_get",
+            Call::TableRead => "table_read",
+            Call::TableWrite => "table_write",
+            Call::K2vWrite => "k2v_write",
+        }
+    }
+}
+
+/// The store operation on whose behalf cluster calls are made, for the
+/// metrics. Set with [`Op::scope`]; calls outside any scope (the presence
+/// filter, verify, repair, gc) count as [`Op::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Block put.
+    Put,
+    /// Block get.
+    Get,
+    /// Has or size lookup.
+    Has,
+    /// Block delete.
+    Delete,
+    /// Listing.
+    List,
+    /// Anything else.
+    Other,
+}
+
+tokio::task_local! {
+    static CURRENT_OP: Op;
+}
+
+impl Op {
+    /// Every operation, in metric order.
+    pub const ALL: [Op; 6] = [Op::Put, Op::Get, Op::Has, Op::Delete, Op::List, Op::Other];
+
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::Has => "has",
+            Op::Delete => "delete",
+            Op::List => "list",
+            Op::Other => "other",
+        }
+    }
+
+    /// Runs `fut` with its cluster calls counted under this operation.
+    pub async fn scope<F: std::future::Future>(self, fut: F) -> F::Output {
+        CURRENT_OP.scope(self, fut).await
+    }
+
+    /// Runs `f` with its cluster calls counted under this operation.
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT_OP.sync_scope(self, f)
+    }
+
+    /// The operation of the running task.
+    pub fn current() -> Op {
+        CURRENT_OP.try_with(|o| *o).unwrap_or(Op::Other)
+    }
+}
+
+/// How many cluster calls of each kind the connector made, per store
+/// operation. A call is one request of ours; Garage fans it out to the
+/// nodes holding the data.
+#[derive(Debug, Default)]
+pub struct CallCounters([[AtomicU64; 5]; 6]);
+
+impl CallCounters {
+    /// Counts one call, under the running task's operation.
+    pub fn add(&self, call: Call) {
+        self.0[Op::current() as usize][call as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls of one kind made for one operation so far.
+    pub fn get(&self, op: Op, call: Call) -> u64 {
+        self.0[op as usize][call as usize].load(Ordering::Relaxed)
+    }
+
+    /// All calls so far.
+    pub fn total(&self) -> u64 {
+        Op::ALL
+            .iter()
+            .flat_map(|o| Call::ALL.iter().map(|c| self.get(*o, *c)))
+            .sum()
+    }
 }
 
 /// One-time process set-up Garage needs: libsodium and the version string.
@@ -176,14 +301,27 @@ impl Connector {
             layout_manager: system.layout_manager.clone(),
             consistency_mode: consistency,
         };
+        let block_ref = Table::new(BlockRefSchema, replication.clone(), system.clone(), &db);
+        let k2v_item = Table::new(K2VItemSchema, replication.clone(), system.clone(), &db);
+        let k2v_ep = system.netapp.endpoint(k2v::K2V_RPC_PATH.into());
+        let calls = Arc::new(CallCounters::default());
+        let limit = config.timeouts.rpc();
         Ok(Self {
-            block_ref: Table::new(BlockRefSchema, replication.clone(), system.clone(), &db),
+            k2v_batch: k2v::index_batcher(
+                system.clone(),
+                k2v_item.clone(),
+                k2v_ep.clone(),
+                calls.clone(),
+                limit,
+            ),
+            ref_batch: ref_batcher(block_ref.clone(), calls.clone(), limit),
+            calls,
+            block_ref,
             object: Table::new(ObjectSchema, replication.clone(), system.clone(), &db),
             version: Table::new(VersionSchema, replication.clone(), system.clone(), &db),
-            k2v_item: Table::new(K2VItemSchema, replication.clone(), system.clone(), &db),
+            k2v_item,
             k2v_counter: Table::new(K2VCounterSchema, replication, system.clone(), &db),
             block_ep: system.netapp.endpoint(BLOCK_RPC_PATH.into()),
-            k2v_ep: system.netapp.endpoint(k2v::K2V_RPC_PATH.into()),
             system,
             config,
             consistency,
@@ -243,6 +381,25 @@ impl Connector {
             .write_quorum(self.consistency))
     }
 
+    /// Cluster calls this connector made so far, of every kind.
+    pub fn rpc_calls(&self) -> u64 {
+        self.calls.total()
+    }
+
+    /// Cluster calls this connector made so far, by kind.
+    pub fn call_counters(&self) -> &CallCounters {
+        &self.calls
+    }
+
+    /// Writes a block ref (a CRDT row: idempotent), sharing the request
+    /// with concurrent ref writes. Returns once it is on a write quorum.
+    pub async fn write_block_ref(
+        &self,
+        r: garage_model::s3::block_ref_table::BlockRef,
+    ) -> Result<(), Error> {
+        self.ref_batch.submit(r, 80).await
+    }
+
     /// The connector's configuration.
     pub fn config(&self) -> &Config {
         &self.config
@@ -252,6 +409,26 @@ impl Connector {
     pub fn shutdown(&self) {
         let _ = self.exit.send(true);
     }
+}
+
+/// Writes at most this many rows or items per group-commit request.
+pub(crate) const BATCH_LIMITS: batch::BatchLimits = batch::BatchLimits {
+    max_items: 128,
+    max_bytes: 512 * 1024,
+    in_flight: 4,
+    queue: 4096,
+};
+
+fn ref_batcher(
+    table: Sharded<BlockRefSchema>,
+    calls: Arc<CallCounters>,
+    limit: Duration,
+) -> batch::Batcher<garage_model::s3::block_ref_table::BlockRef> {
+    batch::Batcher::spawn(BATCH_LIMITS, move |refs| {
+        let table = table.clone();
+        calls.add(Call::TableWrite);
+        async move { error::deadline(limit, "writing block refs", table.insert_many(refs)).await }
+    })
 }
 
 impl Drop for Connector {

@@ -27,7 +27,7 @@ use garage_table::EmptyKey;
 use garage_util::data::{blake2sum, Hash, Uuid};
 use tokio::sync::OnceCell;
 
-use crate::garage::{error::deadline, Connector, Error};
+use crate::garage::{error::deadline, Call, Connector, Error};
 
 /// Anchors per namespace and generation.
 pub const ANCHOR_SHARDS: u8 = 16;
@@ -142,6 +142,7 @@ impl Anchors {
 async fn ensure_anchor(conn: &Connector, id: AnchorId) -> Result<bool, Error> {
     let limit = conn.config.timeouts.rpc();
     let uuid = id.version_uuid();
+    conn.call_counters().add(Call::TableRead);
     let existing = deadline(
         limit,
         "reading an anchor",
@@ -157,6 +158,8 @@ async fn ensure_anchor(conn: &Connector, id: AnchorId) -> Result<bool, Error> {
         None => {
             // Object first: a live version without its object is exactly
             // what `garage repair versions` deletes.
+            conn.call_counters().add(Call::TableWrite);
+            conn.call_counters().add(Call::TableWrite);
             deadline(
                 limit,
                 "writing an anchor object",

@@ -12,15 +12,24 @@
 //!   (kubo lost blocks by switching its Bloom filter on earlier); until
 //!   then every lookup goes to the index.
 //! - Our own puts enter the filter as soon as they are acknowledged.
-//! - Everything else (our deletes, and puts and deletes by other
-//!   connectors) is caught by polling the K2V counters storage nodes keep
-//!   per shard, once per [`POLL_INTERVAL`]: a shard whose counters moved is
-//!   listed again and its filter replaced. A block another connector wrote
-//!   can thus be reported absent for at most the poll interval plus the
-//!   time Garage takes to propagate its counters (measured: see the tests).
-//!   A deleted block stays "maybe present" until its shard is rebuilt,
+//! - Everything else (puts and deletes by other connectors) is caught by
+//!   polling the K2V counters storage nodes keep per shard, once per
+//!   [`POLL_INTERVAL`]: a shard whose entry count moved by more than our
+//!   own puts and deletes explain is listed again and its filter replaced.
+//!   A block another connector wrote can thus be reported absent for at
+//!   most the poll interval plus the time Garage takes to propagate its
+//!   counters (measured: see the tests). Changes that cancel out in the
+//!   count (another connector deleting one block and adding another in the
+//!   same shard between two polls) are caught by the rolling refresh, which
+//!   lists every shard again once per [`REFRESH_INTERVAL`]: that is the
+//!   worst-case delay.
+//! - Our own writes thus cost no listing: under a steady put load the
+//!   filter lists nothing but the rolling refresh.
+//! - A deleted block stays "maybe present" until its shard is rebuilt,
 //!   which only costs an index read: the filter never turns a stored block
 //!   into an absent one.
+//! - Each rebuild gives its shard a new epoch, which retires what the
+//!   block cache (`cache.rs`) holds for that shard.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +46,9 @@ use super::{Error, GarageStore, Namespace};
 /// How often counters are polled for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Every shard is listed again at least this often.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Target false-positive rate.
 const FP_RATE: f64 = 0.01;
 
@@ -51,14 +63,18 @@ pub struct FilterStats {
     pub false_positives: u64,
     /// Lookups made before the filter was ready (all went to the index).
     pub not_ready: u64,
-    /// Shard rebuilds after counter changes.
+    /// Shard rebuilds after counter changes our own writes do not explain.
     pub rebuilds: u64,
+    /// Shard listings of the rolling refresh.
+    pub refreshes: u64,
     /// Multihashes in the filter.
     pub entries: u64,
     /// Bytes the filter uses.
     pub memory_bytes: u64,
     /// Whether the filter answers.
     pub ready: bool,
+    /// Seconds the first complete listing took, once done.
+    pub build_seconds: Option<f64>,
 }
 
 struct Shard {
@@ -70,6 +86,14 @@ struct Shard {
     /// The filter was full when a put came: the shard answers "maybe"
     /// until its rebuild (which that put's counter change triggers).
     overflow: bool,
+    /// The shard's entry count when it was listed.
+    seen_entries: Option<i64>,
+    /// Our writes since it was listed.
+    ours: OwnWrites,
+    /// Bumped by each rebuild (the cache's validity mark).
+    epoch: u32,
+    /// When it was last listed.
+    listed_at: Instant,
 }
 
 /// The filter of one namespace.
@@ -80,6 +104,8 @@ pub struct NsFilter {
     false_positives: AtomicU64,
     not_ready: AtomicU64,
     rebuilds: AtomicU64,
+    refreshes: AtomicU64,
+    build_time: std::sync::Mutex<Option<Duration>>,
 }
 
 fn new_filter(n: u64) -> Qf {
@@ -104,6 +130,10 @@ impl NsFilter {
                         seen: None,
                         pending: None,
                         overflow: false,
+                        seen_entries: None,
+                        ours: OwnWrites::default(),
+                        epoch: 0,
+                        listed_at: Instant::now(),
                     })
                     .collect(),
             ),
@@ -112,7 +142,35 @@ impl NsFilter {
             false_positives: AtomicU64::new(0),
             not_ready: AtomicU64::new(0),
             rebuilds: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+            build_time: Default::default(),
         }
+    }
+
+    /// Whether the filter answers.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Like [`check`](Self::check), without counting a hit (for puts).
+    pub fn peek(&self, mh: &Multihash<64>) -> Option<bool> {
+        if !self.is_ready() {
+            return None;
+        }
+        let shards = self.shards.read().unwrap();
+        let shard = &shards[shard_of(mh)];
+        Some(shard.overflow || shard.filter.contains(mh.to_bytes()))
+    }
+
+    /// The current epoch of the multihash's shard.
+    pub fn epoch(&self, mh: &Multihash<64>) -> u32 {
+        self.shards.read().unwrap()[shard_of(mh)].epoch
+    }
+
+    /// A delete of ours was acknowledged (the block stays "maybe present"
+    /// until its shard is listed again).
+    pub fn note_delete(&self, mh: &Multihash<64>) {
+        self.shards.write().unwrap()[shard_of(mh)].ours.note(-1);
     }
 
     /// `Some(false)`: surely absent. `Some(true)`: maybe present. `None`:
@@ -136,11 +194,23 @@ impl NsFilter {
         self.false_positives.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A put of ours was acknowledged.
+    /// A put of ours was acknowledged: a new index entry.
     pub fn note_put(&self, mh: &Multihash<64>) {
+        self.insert(mh, true);
+    }
+
+    /// A put of ours found the block indexed already.
+    pub fn note_present(&self, mh: &Multihash<64>) {
+        self.insert(mh, false);
+    }
+
+    fn insert(&self, mh: &Multihash<64>, new_entry: bool) {
         let key = mh.to_bytes();
         let mut shards = self.shards.write().unwrap();
         let shard = &mut shards[shard_of(mh)];
+        if new_entry {
+            shard.ours.note(1);
+        }
         if let Some(p) = &mut shard.pending {
             p.push(key.clone());
         }
@@ -158,9 +228,11 @@ impl NsFilter {
             false_positives: self.false_positives.load(Ordering::Relaxed),
             not_ready: self.not_ready.load(Ordering::Relaxed),
             rebuilds: self.rebuilds.load(Ordering::Relaxed),
+            refreshes: self.refreshes.load(Ordering::Relaxed),
             entries: shards.iter().map(|s| s.filter.len()).sum(),
             memory_bytes: shards.iter().map(|s| s.filter.memory_usage() as u64).sum(),
             ready: self.ready.load(Ordering::Acquire),
+            build_seconds: self.build_time.lock().unwrap().map(|d| d.as_secs_f64()),
         }
     }
 
@@ -184,9 +256,15 @@ impl NsFilter {
         &self,
         ns: &Namespace,
         shard: usize,
-        seen: Option<Vec<u8>>,
+        seen: Option<&Counted>,
     ) -> Result<(), Error> {
-        self.shards.write().unwrap()[shard].pending = Some(Vec::new());
+        {
+            let mut shards = self.shards.write().unwrap();
+            let s = &mut shards[shard];
+            s.pending = Some(Vec::new());
+            // Ours from now on are either in the listing or in `pending`.
+            s.ours = OwnWrites::default();
+        }
         let listed: Vec<Vec<u8>> = ns
             .list_shard_keys(shard)
             .await
@@ -201,22 +279,113 @@ impl NsFilter {
             let _ = filter.insert_duplicated(&k);
         }
         s.filter = filter;
-        s.seen = seen;
+        s.seen = seen.map(|c| c.signature.clone());
+        s.seen_entries = seen.map(|c| c.entries);
         s.overflow = false;
+        s.epoch = s.epoch.wrapping_add(1);
+        s.listed_at = Instant::now();
         Ok(())
     }
 }
 
-/// Counter values of each shard, serialized for comparison.
-async fn counter_signatures(ns: &Namespace) -> Result<BTreeMap<usize, Vec<u8>>, Error> {
-    let entries = ns.conn().k2v_counters(ns.id()).await?;
+/// What the counters say of one shard.
+#[derive(Debug, Clone)]
+struct Counted {
+    /// Every counter value, serialized, to spot any change.
+    signature: Vec<u8>,
+    /// Live entries.
+    entries: i64,
+}
+
+/// The counters of each shard.
+async fn counter_signatures(ns: &Namespace) -> Result<BTreeMap<usize, Counted>, Error> {
+    let conn = ns.conn();
+    let entries = conn.k2v_counters(ns.id()).await?;
+    let layout = conn.system.cluster_layout();
     Ok(entries
         .into_iter()
         .filter_map(|e| {
             let shard = usize::from_str_radix(&e.sk, 16).ok()?;
-            Some((shard, rmp_serde::to_vec(&e.values).ok()?))
+            let live = e
+                .filtered_values(&layout)
+                .get(garage_model::k2v::item_table::ENTRIES)
+                .copied()
+                .unwrap_or(0);
+            let signature = rmp_serde::to_vec(&e.values).ok()?;
+            Some((
+                shard,
+                Counted {
+                    signature,
+                    entries: live,
+                },
+            ))
         })
         .collect())
+}
+
+/// Whether a shard must be listed again, given what the counters say now.
+fn needs_rebuild(shard: &Shard, now: Option<&Counted>) -> bool {
+    if shard.overflow {
+        return true;
+    }
+    let (seen, now) = match (shard.seen.as_ref(), now) {
+        (None, None) => return false,
+        (Some(seen), Some(now)) if *seen == now.signature => return false,
+        (Some(_), Some(now)) => (shard.seen_entries, now),
+        (None, Some(now)) => (Some(0), now),
+        (Some(_), None) => return true,
+    };
+    let Some(seen) = seen else { return true };
+    !shard.ours.explain(now.entries - seen)
+}
+
+/// How long Garage may take to count an acknowledged index write.
+const COUNTER_LAG: Duration = Duration::from_secs(4);
+
+/// Our own writes to a shard since it was listed: what they should have
+/// done to its entry count.
+#[derive(Debug, Default)]
+struct OwnWrites {
+    puts: i64,
+    deletes: i64,
+    /// Writes of the last [`COUNTER_LAG`], which may not be counted yet.
+    recent: std::collections::VecDeque<(Instant, i8)>,
+}
+
+impl OwnWrites {
+    fn note(&mut self, change: i8) {
+        if change > 0 {
+            self.puts += 1;
+        } else {
+            self.deletes += 1;
+        }
+        self.recent.push_back((Instant::now(), change));
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > COUNTER_LAG)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Whether our writes alone explain a change of the entry count: older
+    /// writes must be counted by now, recent ones may or may not be.
+    fn explain(&self, delta: i64) -> bool {
+        let (mut puts_pending, mut deletes_pending) = (0, 0);
+        for (t, change) in &self.recent {
+            if t.elapsed() <= COUNTER_LAG {
+                if *change > 0 {
+                    puts_pending += 1;
+                } else {
+                    deletes_pending += 1;
+                }
+            }
+        }
+        let low = self.puts - puts_pending - self.deletes;
+        let high = self.puts - (self.deletes - deletes_pending);
+        (low..=high).contains(&delta)
+    }
 }
 
 /// The namespace, while its store lives.
@@ -234,14 +403,14 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
         let Some(f) = filter.upgrade() else {
             return Ok(());
         };
-        f.rebuild_shard(&ns, shard, before.get(&shard).cloned())
-            .await?;
+        f.rebuild_shard(&ns, shard, before.get(&shard)).await?;
         if shard % 64 == 63 {
             tracing::info!(ns = %name, shards = shard + 1, of = INDEX_SHARDS, "building presence filter");
         }
     }
     drop(ns);
     if let Some(f) = filter.upgrade() {
+        *f.build_time.lock().unwrap() = Some(started.elapsed());
         f.ready.store(true, Ordering::Release);
         let s = f.stats();
         tracing::info!(
@@ -264,16 +433,35 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
                 continue;
             }
         };
-        let changed: Vec<usize> = {
+        let changed: Vec<(usize, bool)> = {
             let shards = f.shards.read().unwrap();
-            (0..INDEX_SHARDS)
-                .filter(|s| now.get(s) != shards[*s].seen.as_ref())
-                .collect()
+            let changed: Vec<usize> = (0..INDEX_SHARDS)
+                .filter(|s| needs_rebuild(&shards[*s], now.get(s)))
+                .collect();
+            // The rolling refresh: the shards listed longest ago, a few per
+            // poll, so that each is listed within REFRESH_INTERVAL.
+            let per_poll = INDEX_SHARDS
+                .div_ceil((REFRESH_INTERVAL.as_secs() / POLL_INTERVAL.as_secs()).max(1) as usize);
+            let mut stale: Vec<usize> = (0..INDEX_SHARDS)
+                .filter(|s| {
+                    !changed.contains(s)
+                        && shards[*s].listed_at.elapsed() >= REFRESH_INTERVAL - POLL_INTERVAL
+                })
+                .collect();
+            stale.sort_by_key(|s| shards[*s].listed_at);
+            let changed: Vec<(usize, bool)> = changed.into_iter().map(|s| (s, true)).collect();
+            changed
+                .into_iter()
+                .chain(stale.into_iter().take(per_poll).map(|s| (s, false)))
+                .collect::<Vec<_>>()
         };
-        for shard in changed {
-            match f.rebuild_shard(&ns, shard, now.get(&shard).cloned()).await {
-                Ok(()) => {
+        for (shard, seen_change) in changed {
+            match f.rebuild_shard(&ns, shard, now.get(&shard)).await {
+                Ok(()) if seen_change => {
                     f.rebuilds.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(()) => {
+                    f.refreshes.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => tracing::warn!(shard, cause = %e, "shard rebuild failed; retrying"),
             }
@@ -302,6 +490,26 @@ impl Namespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_writes_explain_only_what_they_can() {
+        let mut w = OwnWrites::default();
+        assert!(w.explain(0));
+        assert!(!w.explain(1), "a foreign put");
+        w.note(1);
+        w.note(1);
+        w.note(-1);
+        // Recent: each may or may not be counted yet.
+        assert!(w.explain(-1) && w.explain(0) && w.explain(1) && w.explain(2));
+        assert!(!w.explain(3) && !w.explain(-2));
+        // Once old enough, they must all be counted: +2 - 1.
+        for r in w.recent.iter_mut() {
+            r.0 -= COUNTER_LAG + Duration::from_secs(1);
+        }
+        assert!(w.explain(1));
+        assert!(!w.explain(0), "our put plus a foreign delete");
+        assert!(!w.explain(2));
+    }
 
     fn mh(i: u32) -> Multihash<64> {
         let mut d = [0u8; 32];

@@ -6,6 +6,15 @@
 //! the block (to a write quorum), then the index entry. A crash leaves at
 //! most a ref without an index entry, never an index entry for a block
 //! that is not stored. A delete goes the other way: index first, then refs.
+//! Blocks of at most [`INLINE_MAX`] bytes skip the ref and the block: the
+//! index entry holds them, so their put is one index write.
+//!
+//! Ref and index writes go through the connector's group commit, so
+//! concurrent puts share requests. With a presence filter, a put of a block
+//! the filter knows is absent skips the index read (a blind write), and a
+//! bounded cache (`cache.rs`) keeps index entries and block bytes of
+//! recent lookups; both answer only while the filter does, so they are
+//! exactly as fresh as it is.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,11 +33,12 @@ use multihash::Multihash;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::anchor::{AnchorId, Anchors, MAX_GENERATIONS};
+use super::cache::BlockCache;
 use super::filter::{FilterStats, NsFilter};
-use super::index::{self, Entry};
+use super::index::{self, Entry, INLINE_MAX};
 use super::{check_namespace, BlockStore, Error};
 use crate::cid as cidutil;
-use crate::garage::{error::deadline, Connector, Error as GError};
+use crate::garage::{error::deadline, Call, Connector, Error as GError, Op};
 
 /// Namespaces with a presence filter, at most, per store.
 pub const MAX_FILTERED_NAMESPACES: usize = 64;
@@ -36,12 +46,23 @@ pub const MAX_FILTERED_NAMESPACES: usize = 64;
 /// Index entries fetched per listing request.
 const LIST_PAGE: usize = 1000;
 
+/// Bytes the block cache of a filtered store holds, at most.
+pub const CACHE_BYTES: usize = 64 << 20;
+
+/// Block data in flight in puts, at most, in KiB (back-pressure: further
+/// puts wait).
+pub const IN_FLIGHT_KIB: usize = 64 << 10;
+
 /// The store: one connector, any number of namespaces.
 pub struct GarageStore {
     conn: Arc<Connector>,
     anchors: Anchors,
     /// Presence filters per namespace, when enabled (`with_filters`).
     filters: Option<Mutex<HashMap<String, Arc<NsFilter>>>>,
+    /// Recent entries and blocks, used only where a filter answers.
+    pub(super) cache: BlockCache,
+    /// Bytes of block data in flight in puts, bounded.
+    in_flight: Arc<tokio::sync::Semaphore>,
     /// Namespaces this process has seen in the registry.
     pub(super) registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -74,6 +95,8 @@ impl GarageStore {
             conn,
             anchors: Anchors::default(),
             filters: filters.then(Default::default),
+            cache: BlockCache::new(if filters { CACHE_BYTES } else { 0 }),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB)),
             registered: Default::default(),
         })
     }
@@ -81,6 +104,16 @@ impl GarageStore {
     /// The connector underneath.
     pub fn connector(&self) -> &Arc<Connector> {
         &self.conn
+    }
+
+    /// Bytes of block data currently in flight in puts.
+    pub fn bytes_in_flight(&self) -> u64 {
+        (IN_FLIGHT_KIB - self.in_flight.available_permits()) as u64 * 1024
+    }
+
+    /// The block cache's hit and miss counters.
+    pub fn cache_stats(&self) -> super::cache::CacheStats {
+        self.cache.stats()
     }
 
     /// A handle on one namespace. Namespaces need no creation: an empty one
@@ -134,14 +167,30 @@ impl Namespace {
     /// absent (then no cluster request at all).
     async fn indexed_size(&self, mh: &Multihash<64>) -> Result<Option<Entry>, Error> {
         let filtered = self.filter.as_ref().map(|f| (f, f.check(mh)));
-        if let Some((_, Some(false))) = filtered {
-            return Ok(None);
+        let epoch = match filtered {
+            Some((_, Some(false))) => return Ok(None),
+            Some((f, Some(true))) => Some(f.epoch(mh)),
+            _ => None,
+        };
+        if let Some(epoch) = epoch {
+            if let Some(hit) = self.store.cache.entry(self.id, mh, epoch) {
+                return Ok(Some(hit));
+            }
         }
         let (entry, _) = self.entry(mh).await?;
-        if let (Some((f, Some(true))), None) = (filtered, entry) {
-            f.note_false_positive();
+        match (&entry, filtered, epoch) {
+            (None, Some((f, Some(true))), _) => f.note_false_positive(),
+            (Some(e), _, Some(epoch)) => self.store.cache.put_entry(self.id, mh, epoch, e),
+            _ => (),
         }
         Ok(entry)
+    }
+
+    /// The filter's epoch for a multihash's shard when the filter answers
+    /// (cached data is valid only under the epoch it was cached in).
+    fn cache_epoch(&self, mh: &Multihash<64>) -> Option<u32> {
+        let f = self.filter.as_ref()?;
+        f.is_ready().then(|| f.epoch(mh))
     }
 
     pub(super) fn conn(&self) -> &Connector {
@@ -185,6 +234,7 @@ impl Namespace {
     /// All refs of a block, live and deleted, in every namespace.
     pub(super) async fn refs_of(&self, hash: &Hash) -> Result<Vec<BlockRef>, Error> {
         let conn = self.conn();
+        conn.call_counters().add(Call::TableRead);
         Ok(deadline(
             conn.config.timeouts.rpc(),
             "reading block refs",
@@ -200,19 +250,12 @@ impl Namespace {
         version: Uuid,
         deleted: bool,
     ) -> Result<(), Error> {
-        let conn = self.conn();
         let r = BlockRef {
             block: hash,
             version,
             deleted: crdt::Bool::new(deleted),
         };
-        deadline(
-            conn.config.timeouts.rpc(),
-            "writing a block ref",
-            conn.block_ref.insert(&r),
-        )
-        .await?;
-        Ok(())
+        Ok(self.conn().write_block_ref(r).await?)
     }
 
     /// Picks the generation whose ref will hold the block: the first whose
@@ -244,11 +287,26 @@ impl Namespace {
     async fn put_verified(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
         self.store.register(&self.name).await?;
         let mh = cid.hash();
-        let (existing, context) = self.entry(mh).await?;
+        // A block the filter knows is absent has no live entry: write
+        // blindly. (A tombstone left by a delete then becomes a sibling of
+        // the new value, and a live value wins over a tombstone.)
+        let known_absent = self.filter.as_ref().and_then(|f| f.peek(mh)) == Some(false);
+        let (existing, context) = if known_absent {
+            (None, None)
+        } else {
+            self.entry(mh).await?
+        };
         if existing.is_some() {
             if let Some(f) = &self.filter {
-                f.note_put(mh);
+                f.note_present(mh);
             }
+            return Ok(());
+        }
+        if data.len() <= INLINE_MAX {
+            let entry = Entry::inline(cid.codec(), data);
+            self.rpc_index_insert(mh, context, DvvsValue::Value(entry.encode()))
+                .await?;
+            self.note_stored(mh, &entry);
             return Ok(());
         }
         let hash = blake2sum(&data);
@@ -273,19 +331,43 @@ impl Namespace {
             size,
             generation,
             codec: cid.codec(),
+            inline: None,
         };
         self.rpc_index_insert(mh, context, DvvsValue::Value(entry.encode()))
             .await?;
-        if let Some(f) = &self.filter {
-            f.note_put(mh);
-        }
+        self.note_stored(mh, &entry);
         Ok(())
     }
 
+    /// An acknowledged put: into the filter and the cache.
+    fn note_stored(&self, mh: &Multihash<64>, entry: &Entry) {
+        if let Some(f) = &self.filter {
+            f.note_put(mh);
+        }
+        if let Some(epoch) = self.cache_epoch(mh) {
+            self.store.cache.put_entry(self.id, mh, epoch, entry);
+        }
+    }
+
     async fn get_verified(&self, cid: &Cid) -> Result<Option<Bytes>, Error> {
-        let Some(entry) = self.indexed_size(cid.hash()).await? else {
+        let mh = cid.hash();
+        let Some(entry) = self.indexed_size(mh).await? else {
             return Ok(None);
         };
+        if let Some(data) = entry.inline {
+            // Verified like any block: the index is storage too.
+            cidutil::verify(cid, &data).map_err(|e| Error::Unreadable {
+                cid: *cid,
+                cause: format!("inline copy: {e}"),
+            })?;
+            return Ok(Some(data));
+        }
+        let epoch = self.cache_epoch(mh);
+        if let Some(epoch) = epoch {
+            if let Some(data) = self.store.cache.data(self.id, mh, epoch) {
+                return Ok(Some(data));
+            }
+        }
         let bytes = self
             .conn()
             .rpc_get_block(entry.hash, |b| cidutil::verify(cid, b).is_ok())
@@ -294,15 +376,28 @@ impl Namespace {
                 cid: *cid,
                 cause: e.to_string(),
             })?;
+        if let Some(epoch) = epoch {
+            self.store
+                .cache
+                .put_data(self.id, mh, epoch, &entry, &bytes);
+        }
         Ok(Some(bytes))
     }
 
     async fn delete_entry(&self, cid: &Cid) -> Result<bool, Error> {
+        self.store.cache.remove(self.id, cid.hash());
         let (entry, context) = self.entry(cid.hash()).await?;
         let Some(entry) = entry else { return Ok(false) };
         // Index first: an index entry must never outlive its block.
         self.rpc_index_insert(cid.hash(), context, DvvsValue::Deleted)
             .await?;
+        self.store.cache.remove(self.id, cid.hash());
+        if let Some(f) = &self.filter {
+            f.note_delete(cid.hash());
+        }
+        if entry.inline.is_some() {
+            return Ok(true);
+        }
         let refs = self.refs_of(&entry.hash).await?;
         for g in 0..MAX_GENERATIONS {
             let uuid = AnchorId::of(self.id, g, &entry.hash).version_uuid();
@@ -318,7 +413,7 @@ impl Namespace {
     pub fn list_entries(&self) -> BoxStream<'static, Result<(Multihash<64>, Entry), Error>> {
         let (tx, rx) = tokio::sync::mpsc::channel(LIST_PAGE);
         let ns = self.clone();
-        tokio::spawn(async move {
+        tokio::spawn(Op::List.scope(async move {
             for shard in 0..index::INDEX_SHARDS {
                 if let Err(e) = ns.list_shard(shard, &tx).await {
                     let _ = tx.send(Err(e)).await;
@@ -328,7 +423,7 @@ impl Namespace {
                     return;
                 }
             }
-        });
+        }));
         Box::pin(ReceiverStream::new(rx))
     }
 
@@ -409,7 +504,17 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(());
         }
-        retry_transient(|| self.put_verified(cid, data.clone())).await
+        // Bounded memory: a put holds its block's KiB in the budget.
+        let kib = (data.len() / 1024 + 1).min(IN_FLIGHT_KIB) as u32;
+        let _permit = self
+            .store
+            .in_flight
+            .acquire_many(kib)
+            .await
+            .expect("never closed");
+        Op::Put
+            .scope(retry_transient(|| self.put_verified(cid, data.clone())))
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
@@ -418,7 +523,9 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(Some(Bytes::copy_from_slice(cid.hash().digest())));
         }
-        retry_transient(|| self.get_verified(cid)).await
+        Op::Get
+            .scope(retry_transient(|| self.get_verified(cid)))
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(ns = %self.name, cid = %cid))]
@@ -432,7 +539,9 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(Some(cid.hash().size() as u64));
         }
-        let entry = retry_transient(|| self.indexed_size(cid.hash())).await?;
+        let entry = Op::Has
+            .scope(retry_transient(|| self.indexed_size(cid.hash())))
+            .await?;
         Ok(entry.map(|e| e.size as u64))
     }
 
@@ -442,7 +551,9 @@ impl BlockStore for Namespace {
         if cidutil::is_identity(cid) {
             return Ok(false);
         }
-        retry_transient(|| self.delete_entry(cid)).await
+        Op::Delete
+            .scope(retry_transient(|| self.delete_entry(cid)))
+            .await
     }
 
     fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {

@@ -6,6 +6,7 @@
 
 mod anchor;
 mod blockstore_trait;
+pub mod cache;
 mod error;
 pub mod filter;
 mod garage;

@@ -1,0 +1,176 @@
+//! Group commit: concurrent small writes share one request.
+//!
+//! Each put of the store writes a `block_ref` row and a K2V index item.
+//! Sent one by one, every such write is a round trip to the nodes and a
+//! database transaction on each of them; under load most of a put's cost
+//! is that per-request overhead. A [`Batcher`] queues writes and sends
+//! whatever is waiting as one request (`insert_many`, `InsertManyItems`),
+//! with at most `in_flight` requests at a time. While those are out, new
+//! writes pile up and leave together with the next request, so batches
+//! grow with load and a lone write is never held back by a timer.
+//!
+//! A write is acknowledged only when the request holding it succeeded on
+//! its quorum; if the request fails, every write in it gets the error.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::error::Error;
+use super::Op;
+
+/// How much a batcher queues and sends.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Writes per request, at most.
+    pub max_items: usize,
+    /// Bytes per request, at most (by the writes' own estimates).
+    pub max_bytes: usize,
+    /// Requests in flight at once.
+    pub in_flight: usize,
+    /// Writes waiting, at most; submitters wait beyond (back-pressure).
+    pub queue: usize,
+}
+
+struct Pending<T> {
+    item: T,
+    op: Op,
+    bytes: usize,
+    done: oneshot::Sender<Result<(), Error>>,
+}
+
+/// A group-commit queue for writes of type `T`.
+pub struct Batcher<T> {
+    tx: mpsc::Sender<Pending<T>>,
+}
+
+impl<T: Send + 'static> Batcher<T> {
+    /// Starts the batching task; `write` sends one batch. The task ends
+    /// when the batcher is dropped.
+    pub fn spawn<F, Fut>(limits: BatchLimits, write: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(limits.queue.max(1));
+        tokio::spawn(run(rx, limits, Arc::new(write)));
+        Self { tx }
+    }
+
+    /// Queues one write of about `bytes` bytes and waits until the request
+    /// holding it is acknowledged.
+    pub async fn submit(&self, item: T, bytes: usize) -> Result<(), Error> {
+        let (done, rx) = oneshot::channel();
+        let stopped = || Error::Rpc("the write batcher stopped".into());
+        self.tx
+            .send(Pending {
+                item,
+                op: Op::current(),
+                bytes,
+                done,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run<T, F, Fut>(mut rx: mpsc::Receiver<Pending<T>>, limits: BatchLimits, write: Arc<F>)
+where
+    T: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
+    loop {
+        // Take a slot first: while every slot is busy, writes accumulate.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < limits.max_items && bytes < limits.max_bytes {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let write = write.clone();
+        // The request counts under the operation of its first write.
+        let op = batch[0].op;
+        tokio::spawn(async move {
+            let (items, waiters): (Vec<T>, Vec<_>) =
+                batch.into_iter().map(|p| (p.item, p.done)).unzip();
+            let result = op.scope(op.sync_scope(|| write(items))).await;
+            for w in waiters {
+                let _ = w.send(result.as_ref().map(|_| ()).map_err(Error::duplicate));
+            }
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    fn limits(max_items: usize, in_flight: usize) -> BatchLimits {
+        BatchLimits {
+            max_items,
+            max_bytes: usize::MAX,
+            in_flight,
+            queue: 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_requests() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let b = Arc::new(Batcher::spawn(limits(64, 1), move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.len());
+            async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(())
+            }
+        }));
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { b.submit(i, 1).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 100);
+        assert!(sizes.len() < 10, "100 writes took {} requests", sizes.len());
+        assert!(sizes.iter().all(|n| *n <= 64));
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_fails_each_of_its_writes() {
+        let b = Arc::new(Batcher::spawn(limits(8, 2), |items: Vec<u32>| async move {
+            if items.contains(&13) {
+                Err(Error::Quorum("2 of 3 needed".into()))
+            } else {
+                Ok(())
+            }
+        }));
+        assert!(b.submit(1, 1).await.is_ok());
+        match b.submit(13, 1).await {
+            Err(Error::Quorum(m)) => assert!(m.contains("2 of 3")),
+            other => panic!("expected the quorum error, got {other:?}"),
+        }
+    }
+}

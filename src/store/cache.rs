@@ -1,0 +1,181 @@
+//! A bounded cache of index entries and block bytes.
+//!
+//! Popular content is read over and over; without a cache every read costs
+//! an index read and a block transfer from one of the block's three nodes.
+//! Blocks are immutable, so cached bytes never go stale; presence can (a
+//! delete by another connector). Entries are therefore only used while the
+//! namespace's presence filter answers, and each carries the filter epoch
+//! of its index shard when it was cached: a shard rebuilt after a change
+//! seen in the cluster gets a new epoch, which retires its cached entries.
+//! Our own deletes remove their entries directly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use garage_util::data::Uuid;
+use multihash::Multihash;
+use quick_cache::sync::Cache;
+use serde::Serialize;
+
+use super::index::Entry;
+
+#[derive(Clone)]
+struct Cached {
+    epoch: u32,
+    entry: Entry,
+    data: Option<Bytes>,
+}
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl quick_cache::Weighter<(Uuid, Multihash<64>), Cached> for ByBytes {
+    fn weight(&self, _: &(Uuid, Multihash<64>), v: &Cached) -> u64 {
+        let inline = v.entry.inline.as_ref().map_or(0, |d| d.len());
+        (200 + inline + v.data.as_ref().map_or(0, |d| d.len())) as u64
+    }
+}
+
+/// Hits and misses of the cache.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CacheStats {
+    /// Lookups answered from the cache.
+    pub hits: u64,
+    /// Lookups that went to the cluster.
+    pub misses: u64,
+    /// Bytes held (entries, inline blocks and block bytes).
+    pub bytes: u64,
+}
+
+/// The cache; capacity 0 disables it.
+pub struct BlockCache {
+    cache: Option<Cache<(Uuid, Multihash<64>), Cached, ByBytes>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl BlockCache {
+    /// A cache of at most `bytes` bytes.
+    pub fn new(bytes: usize) -> Self {
+        Self {
+            cache: (bytes > 0)
+                .then(|| Cache::with_weighter(bytes / 1024 + 16, bytes as u64, ByBytes)),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn lookup(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32) -> Option<Cached> {
+        let cache = self.cache.as_ref()?;
+        let hit = cache.get(&(ns, *mh)).filter(|c| c.epoch == epoch);
+        let counter = if hit.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        hit
+    }
+
+    /// The cached index entry, if cached under this epoch.
+    pub fn entry(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32) -> Option<Entry> {
+        self.lookup(ns, mh, epoch).map(|c| c.entry)
+    }
+
+    /// The cached block bytes, if cached under this epoch.
+    pub fn data(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32) -> Option<Bytes> {
+        self.lookup(ns, mh, epoch).and_then(|c| c.data)
+    }
+
+    /// Caches an index entry (keeping bytes cached under the same epoch).
+    pub fn put_entry(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32, entry: &Entry) {
+        let Some(cache) = &self.cache else { return };
+        let data = cache
+            .get(&(ns, *mh))
+            .filter(|c| c.epoch == epoch)
+            .and_then(|c| c.data);
+        cache.insert(
+            (ns, *mh),
+            Cached {
+                epoch,
+                entry: entry.clone(),
+                data,
+            },
+        );
+    }
+
+    /// Caches a block's bytes with its entry.
+    pub fn put_data(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32, entry: &Entry, data: &Bytes) {
+        let Some(cache) = &self.cache else { return };
+        cache.insert(
+            (ns, *mh),
+            Cached {
+                epoch,
+                entry: entry.clone(),
+                data: Some(data.clone()),
+            },
+        );
+    }
+
+    /// Forgets a block (our own delete).
+    pub fn remove(&self, ns: Uuid, mh: &Multihash<64>) {
+        if let Some(cache) = &self.cache {
+            cache.remove(&(ns, *mh));
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes: self.cache.as_ref().map_or(0, |c| c.weight()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use garage_util::data::blake2sum;
+
+    fn mh(i: u8) -> Multihash<64> {
+        Multihash::wrap(0x12, &[i; 32]).unwrap()
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            hash: blake2sum(b"x"),
+            size: 1,
+            generation: 0,
+            codec: 0x55,
+            inline: None,
+        }
+    }
+
+    #[test]
+    fn entries_live_only_in_their_epoch_and_until_removed() {
+        let c = BlockCache::new(1 << 20);
+        let ns = blake2sum(b"ns");
+        c.put_data(ns, &mh(1), 3, &entry(), &Bytes::from_static(b"x"));
+        assert_eq!(c.data(ns, &mh(1), 3).as_deref(), Some(&b"x"[..]));
+        assert!(c.entry(ns, &mh(1), 4).is_none(), "a newer epoch retires it");
+        assert!(c.entry(blake2sum(b"other"), &mh(1), 3).is_none());
+        c.remove(ns, &mh(1));
+        assert!(c.entry(ns, &mh(1), 3).is_none());
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses), (1, 3));
+    }
+
+    #[test]
+    fn stays_within_its_byte_budget() {
+        let c = BlockCache::new(1 << 20);
+        let ns = blake2sum(b"ns");
+        let block = Bytes::from(vec![0u8; 64 * 1024]);
+        for i in 0..100u8 {
+            c.put_data(ns, &mh(i), 0, &entry(), &block);
+        }
+        assert!(c.stats().bytes <= 1 << 20, "{} bytes", c.stats().bytes);
+        assert!(BlockCache::new(0).entry(ns, &mh(1), 0).is_none());
+    }
+}

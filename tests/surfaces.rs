@@ -381,3 +381,101 @@ fn store_blockstore_trait_on_garage() {
         assert!(!Blockstore::has(&ns, &cid).await.unwrap());
     });
 }
+
+/// A daemon with a presence filter answers absent blocks through the
+/// gateway with 404 and no cluster call at all, and `/metrics` shows the
+/// requests, the filter's hits and the connector's cluster calls.
+#[test]
+fn http_absent_blocks_cost_no_cluster_call_and_metrics_show_it() {
+    run(async {
+        let conn = new_connector("metrics").await;
+        let store = garage_ipfs::GarageStore::with_filters(conn.clone());
+        let namespace = unique_ns("metrics");
+        let ns = store.namespace(&namespace).unwrap();
+        let (present, data) = random_block(codec::RAW, 0x12, 100_000);
+        ns.put(&present, data.clone()).await.unwrap();
+        eventually(std::time::Duration::from_secs(60), "filter ready", || {
+            ns.filter_stats().unwrap().ready
+        })
+        .await;
+        let listeners = Listeners::bind_loopback().await.unwrap();
+        let [gateway, rpc, grpc] = listeners.addrs().unwrap();
+        let opts = ApiOptions::for_tests(Some(TOKEN)).with_namespace(&namespace);
+        tokio::spawn(api::serve(
+            listeners,
+            store.clone(),
+            opts,
+            std::future::pending(),
+        ));
+        let c = http();
+
+        let calls_before = conn.rpc_calls();
+        for _ in 0..100 {
+            let (absent, _) = random_block(codec::RAW, 0x12, 64);
+            let url = format!("http://{gateway}/ipfs/{absent}?format=raw");
+            assert_eq!(status(&c, "GET", url.clone()).await, 404);
+            assert_eq!(status(&c, "HEAD", url).await, 404);
+        }
+        let spent = conn.rpc_calls() - calls_before;
+        // The filter's false positives (about 1 %) may each cost an index read.
+        assert!(spent <= 10, "{spent} cluster calls for 200 absent lookups");
+        let url = format!("http://{gateway}/ipfs/{present}?format=raw");
+        let body = c.get(url).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(body, data);
+        let mut client = pb::blockstore_client::BlockstoreClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        let has = client
+            .has(pb::HasRequest {
+                namespace: namespace.clone(),
+                cid: present.to_string(),
+            })
+            .await
+            .unwrap();
+        assert!(has.into_inner().has);
+
+        let text = c
+            .get(format!("http://{rpc}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let value = |prefix: &str| -> f64 {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{text}"))
+        };
+        let hits = value(&format!(
+            "garage_ipfs_filter_hits_total{{namespace=\"{namespace}\"}}"
+        ));
+        assert!(hits >= 190.0, "{hits} filter hits");
+        assert!(
+            value("garage_ipfs_requests_total{surface=\"gateway\",op=\"get\",status=\"client_error\"}")
+                >= 100.0
+        );
+        assert!(
+            value("garage_ipfs_requests_total{surface=\"gateway\",op=\"get\",status=\"ok\"}")
+                >= 1.0
+        );
+        assert!(
+            value("garage_ipfs_requests_total{surface=\"grpc\",op=\"Has\",status=\"ok\"}") >= 1.0
+        );
+        assert!(
+            value("garage_ipfs_request_duration_seconds_count{surface=\"gateway\",op=\"head\"}")
+                >= 100.0
+        );
+        assert!(value("garage_ipfs_cluster_calls_total{op=\"put\",call=\"block_put\"}") >= 1.0);
+        assert!(value("garage_ipfs_cluster_calls_total{op=\"get\",call=\"block_get\"}") >= 1.0);
+        assert_eq!(value("garage_ipfs_put_bytes_in_flight"), 0.0);
+        assert_eq!(
+            value(&format!(
+                "garage_ipfs_filter_ready{{namespace=\"{namespace}\"}}"
+            )),
+            1.0
+        );
+    });
+}

@@ -10,6 +10,7 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod kubo;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
@@ -32,12 +33,21 @@ pub trait Backend: Clone + Send + Sync + 'static {
     type Ns: BlockStore + Clone;
     /// The store of a namespace (the name is checked).
     fn namespace(&self, name: &str) -> Result<Self::Ns, store::Error>;
+
+    /// The Garage store, whose figures `/metrics` shows.
+    fn garage_store(&self) -> Option<&GarageStore> {
+        None
+    }
 }
 
 impl Backend for Arc<GarageStore> {
     type Ns = Namespace;
     fn namespace(&self, name: &str) -> Result<Namespace, store::Error> {
         GarageStore::namespace(self, name)
+    }
+
+    fn garage_store(&self) -> Option<&GarageStore> {
+        Some(self)
     }
 }
 
@@ -265,8 +275,25 @@ pub async fn serve<B: Backend>(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let gateway = gateway::router(ns.clone(), &opts);
-    let rpc = kubo::router(ns, &opts, WriteAuth::new(&opts, rpc_addr));
+    let gateway = gateway::router(ns.clone(), &opts).layer(metrics::Observe("gateway"));
+    let for_metrics = backend.clone();
+    let rpc = kubo::router(ns, &opts, WriteAuth::new(&opts, rpc_addr))
+        .layer(metrics::Observe("rpc"))
+        .merge(axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let backend = for_metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        metrics::render(backend.garage_store()),
+                    )
+                }
+            }),
+        ));
     let grpc = grpc::service(backend, WriteAuth::new(&opts, grpc_addr));
     tracing::info!(gateway = %gw_addr, rpc = %rpc_addr, grpc = %grpc_addr, "serving");
 
@@ -276,6 +303,7 @@ pub async fn serve<B: Backend>(
     let grpc = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(opts.max_concurrent_requests)
         .timeout(opts.request_timeout * 10)
+        .layer(metrics::Observe("grpc"))
         .add_service(grpc)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),

@@ -111,6 +111,21 @@ impl GarageStore {
         (IN_FLIGHT_KIB - self.in_flight.available_permits()) as u64 * 1024
     }
 
+    /// The presence filters' counters, per namespace.
+    pub fn filter_stats_all(&self) -> Vec<(String, FilterStats)> {
+        let Some(filters) = &self.filters else {
+            return Vec::new();
+        };
+        let mut all: Vec<_> = filters
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(name, f)| (name.clone(), f.stats()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
     /// The block cache's hit and miss counters.
     pub fn cache_stats(&self) -> super::cache::CacheStats {
         self.cache.stats()

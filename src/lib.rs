@@ -21,8 +21,11 @@
 //! - [`net`]: TCP_NODELAY on every TCP socket of the process.
 //! - [`harness`]: a local three-node Garage cluster of real `garage`
 //!   processes, for development and the integration tests.
+//! - [`bench`]: `garage-ipfs bench`, the connector against Garage's S3 API
+//!   and the local disk on one cluster.
 
 pub mod api;
+pub mod bench;
 pub mod cid;
 pub mod cli;
 pub mod config;

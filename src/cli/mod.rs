@@ -1,5 +1,6 @@
 //! The `garage-ipfs` command line: one file per noun.
 
+mod bench;
 mod block;
 mod car;
 mod check;
@@ -86,6 +87,12 @@ enum Command {
         after_help = "Example:\n  garage-ipfs gc --namespace photos --keep roots.txt --dry-run"
     )]
     Gc(check::GcArgs),
+    /// Benchmark the connector against Garage's S3 API and the local disk,
+    /// on a fresh three-node cluster.
+    #[command(after_help = "Examples:\n  garage-ipfs bench --quick\n  \
+        garage-ipfs bench --json results.json\n  \
+        garage-ipfs bench --systems connector,s3 --workloads put_1k,get_1k --no-scale")]
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -102,6 +109,7 @@ impl Cli {
             Command::Verify(args) => check::verify(&self.target, args).await,
             Command::Repair(args) => check::repair(&self.target, args).await,
             Command::Gc(args) => check::gc(&self.target, args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct CacheStats {
 /// The cache; capacity 0 disables it.
 pub struct BlockCache {
     cache: Option<Cache<(Uuid, Multihash<64>), Cached, ByBytes>>,
+    /// Switched off, it neither answers nor stores.
+    enabled: std::sync::atomic::AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -60,13 +62,25 @@ impl BlockCache {
         Self {
             cache: (bytes > 0)
                 .then(|| Cache::with_weighter(bytes / 1024 + 16, bytes as u64, ByBytes)),
+            enabled: std::sync::atomic::AtomicBool::new(true),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
     }
 
+    fn active(&self) -> Option<&Cache<(Uuid, Multihash<64>), Cached, ByBytes>> {
+        self.cache
+            .as_ref()
+            .filter(|_| self.enabled.load(Ordering::Relaxed))
+    }
+
+    /// Switches the cache on or off (the benchmark's cold-read phases).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
     fn lookup(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32) -> Option<Cached> {
-        let cache = self.cache.as_ref()?;
+        let cache = self.active()?;
         let hit = cache.get(&(ns, *mh)).filter(|c| c.epoch == epoch);
         let counter = if hit.is_some() {
             &self.hits
@@ -89,7 +103,7 @@ impl BlockCache {
 
     /// Caches an index entry (keeping bytes cached under the same epoch).
     pub fn put_entry(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32, entry: &Entry) {
-        let Some(cache) = &self.cache else { return };
+        let Some(cache) = self.active() else { return };
         let data = cache
             .get(&(ns, *mh))
             .filter(|c| c.epoch == epoch)
@@ -106,7 +120,7 @@ impl BlockCache {
 
     /// Caches a block's bytes with its entry.
     pub fn put_data(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32, entry: &Entry, data: &Bytes) {
-        let Some(cache) = &self.cache else { return };
+        let Some(cache) = self.active() else { return };
         cache.insert(
             (ns, *mh),
             Cached {
@@ -121,6 +135,13 @@ impl BlockCache {
     pub fn remove(&self, ns: Uuid, mh: &Multihash<64>) {
         if let Some(cache) = &self.cache {
             cache.remove(&(ns, *mh));
+        }
+    }
+
+    /// Forgets everything (benchmarks measure cold reads).
+    pub fn clear(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
         }
     }
 

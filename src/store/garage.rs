@@ -126,6 +126,13 @@ impl GarageStore {
         all
     }
 
+    /// Empties the block cache and switches it on or off (the benchmark
+    /// measures cold reads with it off).
+    pub fn reset_cache(&self, enabled: bool) {
+        self.cache.clear();
+        self.cache.set_enabled(enabled);
+    }
+
     /// The block cache's hit and miss counters.
     pub fn cache_stats(&self) -> super::cache::CacheStats {
         self.cache.stats()

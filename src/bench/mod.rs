@@ -866,6 +866,24 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// The untimed warm-up (ops `0..warm`), then the timed phase (ops
+    /// `warm..warm + n`) of one workload.
+    #[allow(clippy::too_many_arguments)]
+    async fn warm_then_time(
+        &self,
+        label: &str,
+        sys: &System,
+        w: Workload,
+        n: usize,
+        warm: usize,
+        concurrency: usize,
+        op: impl Fn(usize) -> OpFn,
+    ) -> anyhow::Result<Metrics> {
+        self.untimed(warm, concurrency, op(0)).await?;
+        self.timed(label, sys, n, concurrency, w.moves_data(), op(warm))
+            .await
+    }
+
     /// Pauses, then runs `op` timed, between two snapshots.
     async fn timed(
         &self,
@@ -985,77 +1003,39 @@ impl Bench<'_> {
                     stored.small.clone()
                 });
                 let picks = Arc::new(uniform_picks(seed, warm + n, cids.len()));
-                self.untimed(
-                    warm,
-                    concurrency,
-                    get_op(sys.clone(), cids.clone(), picks.clone(), 0, size),
-                )
-                .await?;
-                self.timed(
-                    &label,
-                    &sys,
-                    n,
-                    concurrency,
-                    w.moves_data(),
-                    get_op(sys.clone(), cids, picks, warm, size),
-                )
+                self.warm_then_time(&label, &sys, w, n, warm, concurrency, |offset| {
+                    get_op(sys.clone(), cids.clone(), picks.clone(), offset, size)
+                })
                 .await
             }
             Workload::GetHot => {
                 let cids = self.hot_set(idx).await?;
                 let picks = Arc::new(zipf_picks(seed, warm + n, cids.len(), ZIPF_S)?);
-                self.untimed(
-                    warm,
-                    concurrency,
-                    get_op(sys.clone(), cids.clone(), picks.clone(), 0, SMALL_BLOCK),
-                )
-                .await?;
-                self.timed(
-                    &label,
-                    &sys,
-                    n,
-                    concurrency,
-                    w.moves_data(),
-                    get_op(sys.clone(), cids, picks, warm, SMALL_BLOCK),
-                )
+                self.warm_then_time(&label, &sys, w, n, warm, concurrency, |offset| {
+                    get_op(
+                        sys.clone(),
+                        cids.clone(),
+                        picks.clone(),
+                        offset,
+                        SMALL_BLOCK,
+                    )
+                })
                 .await
             }
             Workload::HasAbsent => {
                 let cids = Arc::new(absent_cids(warm + n));
-                self.untimed(
-                    warm,
-                    concurrency,
-                    lookup_op(sys.clone(), cids.clone(), None, 0, None),
-                )
-                .await?;
-                self.timed(
-                    &label,
-                    &sys,
-                    n,
-                    concurrency,
-                    w.moves_data(),
-                    lookup_op(sys.clone(), cids, None, warm, None),
-                )
+                self.warm_then_time(&label, &sys, w, n, warm, concurrency, |offset| {
+                    lookup_op(sys.clone(), cids.clone(), None, offset, None)
+                })
                 .await
             }
             Workload::HasPresent => {
                 let cids = self.hot_set(idx).await?;
                 let picks = Arc::new(uniform_picks(seed, warm + n, cids.len()));
                 let size = Some(SMALL_BLOCK as u64);
-                self.untimed(
-                    warm,
-                    concurrency,
-                    lookup_op(sys.clone(), cids.clone(), Some(picks.clone()), 0, size),
-                )
-                .await?;
-                self.timed(
-                    &label,
-                    &sys,
-                    n,
-                    concurrency,
-                    w.moves_data(),
-                    lookup_op(sys.clone(), cids, Some(picks), warm, size),
-                )
+                self.warm_then_time(&label, &sys, w, n, warm, concurrency, |offset| {
+                    lookup_op(sys.clone(), cids.clone(), Some(picks.clone()), offset, size)
+                })
                 .await
             }
             Workload::List => {

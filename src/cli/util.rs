@@ -69,8 +69,18 @@ pub fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints rows as a table with aligned columns; the first row is the header.
-pub fn print_table(rows: &[Vec<String>]) {
+/// How [`format_table`] aligns the cells after the first column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Text: left-aligned.
+    Left,
+    /// Figures: right-aligned.
+    Right,
+}
+
+/// Rows as a table with aligned columns (the first column always left),
+/// one line per row.
+pub fn format_table(rows: &[Vec<String>], align: Align) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -81,20 +91,25 @@ pub fn print_table(rows: &[Vec<String>]) {
                 .unwrap_or(0)
         })
         .collect();
+    let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row
+        let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(i, cell)| {
-                if i + 1 == row.len() {
-                    cell.clone()
-                } else {
-                    format!("{cell:<w$}", w = widths[i])
-                }
+            .map(|(i, cell)| match (i, align) {
+                (0, _) | (_, Align::Left) => format!("{cell:<w$}", w = widths[i]),
+                (_, Align::Right) => format!("{cell:>w$}", w = widths[i]),
             })
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
     }
+    out
+}
+
+/// Prints rows as a table with aligned columns; the first row is the header.
+pub fn print_table(rows: &[Vec<String>]) {
+    print!("{}", format_table(rows, Align::Left));
 }
 
 /// A progress bar on stderr when it is a terminal and output is not JSON;

@@ -473,3 +473,78 @@ fn cli_repair_moves_refs_off_a_dead_anchor() {
         assert_eq!(ns.get(&victim).await.unwrap(), Some(victim_data));
     });
 }
+
+/// `garage-ipfs bench` runs the three systems on its own cluster and writes
+/// the JSON the issue specifies. Figures are not judged here (that is what
+/// BENCHMARKS.md is for); the shape and the accounting are.
+#[test]
+fn cli_bench_quick_writes_its_json() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let json_path = dir.path().join("bench.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
+        .args([
+            "bench",
+            "--quick",
+            "--no-scale",
+            "--workloads",
+            "put_1k,get_1k,has_absent",
+        ])
+        .arg("--dir")
+        .arg(dir.path().join("cluster"))
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("cannot run garage-ipfs");
+    assert!(
+        out.status.success(),
+        "bench failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    for table in ["workloads", "workloads_c1"] {
+        for w in ["put_1k", "get_1k", "has_absent"] {
+            for sys in ["connector", "s3", "local"] {
+                let m = &report[table][w][sys];
+                for key in [
+                    "ops_per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "cluster_rpcs_per_op",
+                    "server_cpu_us_per_op",
+                    "client_cpu_us_per_op",
+                ] {
+                    assert!(m[key].is_number(), "{table}.{w}.{sys}.{key} in {m}");
+                }
+                assert!(m["ops_per_s"].as_f64().unwrap() > 0.0);
+            }
+        }
+    }
+    for w in ["put_1k", "get_1k", "has_absent"] {
+        assert!(report["ratios"][w].as_f64().unwrap() > 0.0, "ratio of {w}");
+    }
+    // Absent lookups: the connector asks the cluster only for the filter's
+    // false positives; S3 makes one request per lookup.
+    let absent = &report["workloads"]["has_absent"];
+    assert!(absent["connector"]["cluster_rpcs_per_op"].as_f64().unwrap() < 0.05);
+    assert_eq!(absent["s3"]["client_requests_per_op"].as_f64(), Some(1.0));
+    assert!(absent["s3"]["cluster_rpcs_per_op"].as_f64().unwrap() >= 1.0);
+    // The benchmark stopped the nodes it started: no process runs with a
+    // config from its cluster directory.
+    let cluster_dir = dir.path().join("cluster");
+    let ours = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|c| String::from_utf8_lossy(c).contains(cluster_dir.to_str().unwrap()))
+            .count()
+    };
+    let start = std::time::Instant::now();
+    while ours() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the benchmark's nodes still run"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -313,7 +313,11 @@ fn cli_verify_finds_corrupt_and_missing_replicas_and_repair_fixes_them() {
         ));
         assert_eq!(dry["repair"]["dry_run"], true);
         let out = json(&cli_ok(&cfg, &["repair", "-n", &ns_name, "--json"]));
-        assert_eq!(out["repair"]["replicas_written"], 2, "{out}");
+        // Reading the corrupt copy made Garage quarantine it and queue its
+        // own resync, which may restore it before repair looks (README):
+        // repair writes what is still broken, the missing one at least.
+        let written = out["repair"]["replicas_written"].as_u64().unwrap();
+        assert!((1..=2).contains(&written), "{out}");
         let clean = json(&cli_ok(&cfg, &["verify", "-n", &ns_name, "--json"]));
         assert_eq!(clean["healthy"], 6, "{clean}");
         for (_, d) in &blocks[..2] {

@@ -12,6 +12,43 @@ use serde::Deserialize;
 /// Environment variable that may hold the cluster's `rpc_secret`.
 pub const RPC_SECRET_ENV: &str = "GARAGE_IPFS_RPC_SECRET";
 
+/// A secret from the config (`rpc_secret`, the write token): read as a
+/// plain string, never shown by `Debug`, so that logging a config or an
+/// option struct cannot leak it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
+    /// The secret's text, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(text: &str) -> Self {
+        Self(text.to_string())
+    }
+}
+
 /// Configuration errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,7 +93,7 @@ pub struct Config {
     /// The cluster's `rpc_secret`, hex; prefer `rpc_secret_file` or the
     /// `GARAGE_IPFS_RPC_SECRET` environment variable.
     #[serde(default)]
-    pub rpc_secret: Option<String>,
+    pub rpc_secret: Option<Secret>,
     /// A file holding the cluster's `rpc_secret`.
     #[serde(default)]
     pub rpc_secret_file: Option<PathBuf>,
@@ -94,7 +131,7 @@ pub struct ApiConfig {
     pub namespace: String,
     /// Bearer token required by writes (`block/put`, `block/rm`,
     /// `dag/import`, gRPC `Put`/`PutMany`/`Delete`).
-    pub write_token: Option<String>,
+    pub write_token: Option<Secret>,
     /// A file holding the write token.
     pub write_token_file: Option<PathBuf>,
     /// Accept writes without a token, but only on loopback listeners and
@@ -134,20 +171,20 @@ impl ApiConfig {
     /// The write token, from exactly one of `write_token`,
     /// `write_token_file`, or `GARAGE_IPFS_WRITE_TOKEN`; `None` if none is
     /// set. Never logged.
-    pub fn resolve_write_token(&self) -> Result<Option<String>, ConfigError> {
+    pub fn resolve_write_token(&self) -> Result<Option<Secret>, ConfigError> {
         let token = match (&self.write_token, &self.write_token_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError::Invalid(
                     "both write_token and write_token_file are set: keep one".into(),
                 ))
             }
-            (Some(t), None) => Some(t.clone()),
+            (Some(t), None) => Some(t.expose().to_string()),
             (None, Some(f)) => Some(read_secret_file(f)?),
             (None, None) => std::env::var(WRITE_TOKEN_ENV).ok(),
         };
         match token.map(|t| t.trim().to_string()) {
             Some(t) if t.is_empty() => Err(ConfigError::Invalid("the write token is empty".into())),
-            other => Ok(other),
+            other => Ok(other.map(Secret)),
         }
     }
 }
@@ -251,7 +288,7 @@ impl Config {
             state_dir: state_dir.into(),
             rpc_bind_addr,
             rpc_public_addr: None,
-            rpc_secret: Some(rpc_secret.into()),
+            rpc_secret: Some(Secret::new(rpc_secret)),
             rpc_secret_file: None,
             bootstrap_peers,
             replication_factor: default_replication_factor(),
@@ -318,7 +355,7 @@ impl Config {
                     "both rpc_secret and rpc_secret_file are set: keep one".into(),
                 ))
             }
-            (Some(s), None) => s.clone(),
+            (Some(s), None) => s.expose().to_string(),
             (None, Some(f)) => read_secret_file(f)?,
             (None, None) => std::env::var(RPC_SECRET_ENV).map_err(|_| {
                 ConfigError::Secret(format!(
@@ -389,5 +426,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not hex"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let secret = "7f3a".repeat(16);
+        let mut c = parse_config(
+            &EXAMPLE.replace(
+                &EXAMPLE
+                    .lines()
+                    .find(|l| l.starts_with("rpc_secret"))
+                    .expect("the example sets rpc_secret")
+                    .to_string(),
+                &format!("rpc_secret = \"{secret}\""),
+            ),
+        )
+        .unwrap();
+        c.api.write_token = Some(Secret::new("tok-3141592653"));
+        assert_eq!(
+            c.resolve_secret().unwrap().to_vec(),
+            hex::decode(&secret).unwrap()
+        );
+        let shown = format!("{c:?} {:?}", c.api.resolve_write_token().unwrap());
+        assert!(!shown.contains(&secret), "{shown}");
+        assert!(!shown.contains("tok-3141592653"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

@@ -108,7 +108,7 @@ fn join_wrong_rpc_secret_is_a_clear_error() {
     run(async {
         let _serial = serial().await;
         let mut config = cluster().connector_config(state_dir("badsecret"), free_port().unwrap());
-        config.rpc_secret = Some(hex::encode([0x42u8; 32]));
+        config.rpc_secret = Some(hex::encode([0x42u8; 32]).into());
         config.timeouts.connect_ms = 6_000;
         let err = Connector::connect(config)
             .await

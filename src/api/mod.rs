@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 
 pub use error::ApiError;
 
-use crate::config::{ApiConfig, ConfigError};
+use crate::config::{ApiConfig, ConfigError, Secret};
 use crate::store::{self, BlockStore, GarageStore, MemBlockStore, Namespace};
 
 /// Where the API finds namespaces.
@@ -120,7 +120,7 @@ pub struct ApiOptions {
     /// Namespace of the gateway and the kubo RPC.
     pub namespace: String,
     /// Bearer token writes need.
-    pub write_token: Option<String>,
+    pub write_token: Option<Secret>,
     /// Accept writes without a token on loopback listeners.
     pub allow_anonymous_writes_on_loopback: bool,
     /// Largest request body.
@@ -154,7 +154,7 @@ impl ApiOptions {
     pub fn for_tests(write_token: Option<&str>) -> Self {
         Self::from_config(&ApiConfig::default(), [7; 32])
             .map(|o| Self {
-                write_token: write_token.map(str::to_string),
+                write_token: write_token.map(Secret::from),
                 ..o
             })
             .expect("defaults are valid")
@@ -170,7 +170,7 @@ impl ApiOptions {
 /// Who may write on one listener.
 #[derive(Debug, Clone)]
 pub struct WriteAuth {
-    token: Option<String>,
+    token: Option<Secret>,
     anonymous: bool,
 }
 
@@ -199,7 +199,7 @@ impl WriteAuth {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
             Ok(())
         } else {
             Err(ApiError::Unauthorized)

@@ -79,26 +79,25 @@ impl BlockCache {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
-    fn lookup(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32) -> Option<Cached> {
+    /// The cached index entry and, when cached too, the block's bytes,
+    /// if cached under this epoch. A lookup that needs the bytes of a
+    /// block stored outside the index and finds only the entry counts as
+    /// a miss: the cluster is asked anyway.
+    pub fn lookup(
+        &self,
+        ns: Uuid,
+        mh: &Multihash<64>,
+        epoch: u32,
+        need_data: bool,
+    ) -> Option<(Entry, Option<Bytes>)> {
         let cache = self.active()?;
-        let hit = cache.get(&(ns, *mh)).filter(|c| c.epoch == epoch);
-        let counter = if hit.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
+        let found = cache.get(&(ns, *mh)).filter(|c| c.epoch == epoch);
+        let answered = found
+            .as_ref()
+            .is_some_and(|c| !need_data || c.data.is_some() || c.entry.inline.is_some());
+        let counter = if answered { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
-        hit
-    }
-
-    /// The cached index entry, if cached under this epoch.
-    pub fn entry(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32) -> Option<Entry> {
-        self.lookup(ns, mh, epoch).map(|c| c.entry)
-    }
-
-    /// The cached block bytes, if cached under this epoch.
-    pub fn data(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32) -> Option<Bytes> {
-        self.lookup(ns, mh, epoch).and_then(|c| c.data)
+        found.map(|c| (c.entry, c.data))
     }
 
     /// Caches an index entry (keeping bytes cached under the same epoch).
@@ -178,14 +177,25 @@ mod tests {
     fn entries_live_only_in_their_epoch_and_until_removed() {
         let c = BlockCache::new(1 << 20);
         let ns = blake2sum(b"ns");
+        c.put_entry(ns, &mh(1), 3, &entry());
+        let (e, data) = c.lookup(ns, &mh(1), 3, true).expect("the entry is cached");
+        assert_eq!((e.size, data), (1, None), "no bytes yet: a miss");
+        assert!(
+            c.lookup(ns, &mh(1), 3, false).is_some(),
+            "the entry alone: a hit"
+        );
         c.put_data(ns, &mh(1), 3, &entry(), &Bytes::from_static(b"x"));
-        assert_eq!(c.data(ns, &mh(1), 3).as_deref(), Some(&b"x"[..]));
-        assert!(c.entry(ns, &mh(1), 4).is_none(), "a newer epoch retires it");
-        assert!(c.entry(blake2sum(b"other"), &mh(1), 3).is_none());
+        let (_, data) = c.lookup(ns, &mh(1), 3, true).unwrap();
+        assert_eq!(data.as_deref(), Some(&b"x"[..]));
+        assert!(
+            c.lookup(ns, &mh(1), 4, false).is_none(),
+            "a newer epoch retires it"
+        );
+        assert!(c.lookup(blake2sum(b"other"), &mh(1), 3, false).is_none());
         c.remove(ns, &mh(1));
-        assert!(c.entry(ns, &mh(1), 3).is_none());
+        assert!(c.lookup(ns, &mh(1), 3, false).is_none());
         let s = c.stats();
-        assert_eq!((s.hits, s.misses), (1, 3));
+        assert_eq!((s.hits, s.misses), (2, 4));
     }
 
     #[test]
@@ -197,6 +207,6 @@ mod tests {
             c.put_data(ns, &mh(i), 0, &entry(), &block);
         }
         assert!(c.stats().bytes <= 1 << 20, "{} bytes", c.stats().bytes);
-        assert!(BlockCache::new(0).entry(ns, &mh(1), 0).is_none());
+        assert!(BlockCache::new(0).lookup(ns, &mh(1), 0, false).is_none());
     }
 }

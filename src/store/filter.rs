@@ -152,14 +152,17 @@ impl NsFilter {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Like [`check`](Self::check), without counting a hit (for puts).
-    pub fn peek(&self, mh: &Multihash<64>) -> Option<bool> {
+    /// `None` while the filter is not ready; else whether the multihash
+    /// may be present (`false`: surely absent) and its shard's epoch, under
+    /// which cached data is valid. Counts nothing (puts use it).
+    pub fn peek(&self, mh: &Multihash<64>) -> Option<(bool, u32)> {
         if !self.is_ready() {
             return None;
         }
         let shards = self.shards.read().unwrap();
         let shard = &shards[shard_of(mh)];
-        Some(shard.overflow || shard.filter.contains(mh.to_bytes()))
+        let maybe = shard.overflow || shard.filter.contains(mh.to_bytes());
+        Some((maybe, shard.epoch))
     }
 
     /// The current epoch of the multihash's shard.
@@ -173,20 +176,15 @@ impl NsFilter {
         self.shards.write().unwrap()[shard_of(mh)].ours.note(-1);
     }
 
-    /// `Some(false)`: surely absent. `Some(true)`: maybe present. `None`:
-    /// the filter is not ready yet.
-    pub fn check(&self, mh: &Multihash<64>) -> Option<bool> {
-        if !self.ready.load(Ordering::Acquire) {
-            self.not_ready.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let shards = self.shards.read().unwrap();
-        let shard = &shards[shard_of(mh)];
-        let maybe = shard.overflow || shard.filter.contains(mh.to_bytes());
-        if !maybe {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(maybe)
+    /// [`peek`](Self::peek), counted: a sure "absent" is a hit.
+    pub fn check(&self, mh: &Multihash<64>) -> Option<(bool, u32)> {
+        let answer = self.peek(mh);
+        match answer {
+            None => self.not_ready.fetch_add(1, Ordering::Relaxed),
+            Some((false, _)) => self.hits.fetch_add(1, Ordering::Relaxed),
+            Some((true, _)) => 0,
+        };
+        answer
     }
 
     /// The index said absent after the filter said maybe.
@@ -521,17 +519,17 @@ mod tests {
     #[test]
     fn answers_only_when_ready_and_never_forgets_a_put() {
         let f = NsFilter::new();
-        assert_eq!(f.check(&mh(1)), None, "not ready: no answer");
+        assert_eq!(f.check(&mh(1)).map(|a| a.0), None, "not ready: no answer");
         f.ready.store(true, Ordering::Release);
         for i in 0..5000 {
             f.note_put(&mh(i));
         }
         // Past each shard's initial capacity: overflowed shards say maybe.
         for i in 0..5000 {
-            assert_eq!(f.check(&mh(i)), Some(true), "{i} forgotten");
+            assert_eq!(f.check(&mh(i)).map(|a| a.0), Some(true), "{i} forgotten");
         }
         let absent = (5000..25_000)
-            .filter(|i| f.check(&mh(*i)) == Some(false))
+            .filter(|i| f.check(&mh(*i)).map(|a| a.0) == Some(false))
             .count();
         assert!(absent > 0);
         let s = f.stats();

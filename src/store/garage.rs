@@ -67,6 +67,15 @@ pub struct GarageStore {
     pub(super) registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
+/// What [`Namespace::lookup`] found of a block.
+struct Found {
+    entry: Entry,
+    /// The bytes, when the cache had them.
+    data: Option<Bytes>,
+    /// The filter epoch to cache under (none while the filter is not ready).
+    epoch: Option<u32>,
+}
+
 /// A namespace of a [`GarageStore`]; cheap to clone.
 #[derive(Clone)]
 pub struct Namespace {
@@ -185,27 +194,36 @@ impl Namespace {
         self.filter.as_ref().map(|f| f.stats())
     }
 
-    /// The size of a block from the index, unless the filter knows it is
-    /// absent (then no cluster request at all).
-    async fn indexed_size(&self, mh: &Multihash<64>) -> Result<Option<Entry>, Error> {
+    /// A block's index entry, unless the filter knows it is absent (then
+    /// no cluster request at all), with its bytes when the cache holds
+    /// them, and the epoch under which what is found may be cached.
+    async fn lookup(&self, mh: &Multihash<64>, need_data: bool) -> Result<Option<Found>, Error> {
         let filtered = self.filter.as_ref().map(|f| (f, f.check(mh)));
         let epoch = match filtered {
-            Some((_, Some(false))) => return Ok(None),
-            Some((f, Some(true))) => Some(f.epoch(mh)),
+            Some((_, Some((false, _)))) => return Ok(None),
+            Some((_, Some((true, epoch)))) => Some(epoch),
             _ => None,
         };
         if let Some(epoch) = epoch {
-            if let Some(hit) = self.store.cache.entry(self.id, mh, epoch) {
-                return Ok(Some(hit));
+            if let Some((entry, data)) = self.store.cache.lookup(self.id, mh, epoch, need_data) {
+                return Ok(Some(Found {
+                    entry,
+                    data,
+                    epoch: Some(epoch),
+                }));
             }
         }
         let (entry, _) = self.entry(mh).await?;
         match (&entry, filtered, epoch) {
-            (None, Some((f, Some(true))), _) => f.note_false_positive(),
+            (None, Some((f, Some(_))), _) => f.note_false_positive(),
             (Some(e), _, Some(epoch)) => self.store.cache.put_entry(self.id, mh, epoch, e),
             _ => (),
         }
-        Ok(entry)
+        Ok(entry.map(|entry| Found {
+            entry,
+            data: None,
+            epoch,
+        }))
     }
 
     /// The filter's epoch for a multihash's shard when the filter answers
@@ -312,7 +330,10 @@ impl Namespace {
         // A block the filter knows is absent has no live entry: write
         // blindly. (A tombstone left by a delete then becomes a sibling of
         // the new value, and a live value wins over a tombstone.)
-        let known_absent = self.filter.as_ref().and_then(|f| f.peek(mh)) == Some(false);
+        let known_absent = matches!(
+            self.filter.as_ref().and_then(|f| f.peek(mh)),
+            Some((false, _))
+        );
         let (existing, context) = if known_absent {
             (None, None)
         } else {
@@ -373,7 +394,7 @@ impl Namespace {
 
     async fn get_verified(&self, cid: &Cid) -> Result<Option<Bytes>, Error> {
         let mh = cid.hash();
-        let Some(entry) = self.indexed_size(mh).await? else {
+        let Some(Found { entry, data, epoch }) = self.lookup(mh, true).await? else {
             return Ok(None);
         };
         if let Some(data) = entry.inline {
@@ -384,11 +405,8 @@ impl Namespace {
             })?;
             return Ok(Some(data));
         }
-        let epoch = self.cache_epoch(mh);
-        if let Some(epoch) = epoch {
-            if let Some(data) = self.store.cache.data(self.id, mh, epoch) {
-                return Ok(Some(data));
-            }
+        if let Some(data) = data {
+            return Ok(Some(data));
         }
         let bytes = self
             .conn()
@@ -407,6 +425,9 @@ impl Namespace {
     }
 
     async fn delete_entry(&self, cid: &Cid) -> Result<bool, Error> {
+        // Removed from the cache before and again after the tombstone: the
+        // second remove drops an entry that a concurrent lookup cached from
+        // the index between the two.
         self.store.cache.remove(self.id, cid.hash());
         let (entry, context) = self.entry(cid.hash()).await?;
         let Some(entry) = entry else { return Ok(false) };
@@ -562,7 +583,9 @@ impl BlockStore for Namespace {
             return Ok(Some(cid.hash().size() as u64));
         }
         let entry = Op::Has
-            .scope(retry_transient(|| self.indexed_size(cid.hash())))
+            .scope(retry_transient(|| async {
+                Ok(self.lookup(cid.hash(), false).await?.map(|f| f.entry))
+            }))
             .await?;
         Ok(entry.map(|e| e.size as u64))
     }

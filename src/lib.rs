@@ -34,6 +34,7 @@ pub mod dag;
 pub mod garage;
 pub mod harness;
 pub mod net;
+pub mod soak;
 pub mod store;
 
 pub use config::Config;

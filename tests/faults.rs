@@ -258,3 +258,409 @@ fn cache_counts(store: &garage_ipfs::GarageStore) -> (u64, u64) {
     let s = store.cache_stats();
     (s.hits, s.misses)
 }
+
+/// Blocks of 4 to 12 KiB: stored outside the index, so every put writes a
+/// block, a ref and an index entry.
+fn blocks(n: usize) -> Vec<(cid::Cid, bytes::Bytes)> {
+    (0..n)
+        .map(|i| random_block(codec::RAW, 0x12, 4096 + (i * 37) % 8192))
+        .collect()
+}
+
+/// Every acknowledged block reads back intact; returns how many.
+async fn assert_all_readable(
+    ns: &impl BlockStore,
+    acked: &[(cid::Cid, bytes::Bytes)],
+    when: &str,
+) -> usize {
+    for (cid, data) in acked {
+        let got = ns
+            .get(cid)
+            .await
+            .unwrap_or_else(|e| panic!("{when}: reading acknowledged {cid}: {e}"));
+        assert_eq!(got.as_ref(), Some(data), "{when}: acknowledged {cid} lost");
+    }
+    acked.len()
+}
+
+/// Verifies every block of the namespace; repairs what is wrong (once) and
+/// asserts that a second verify finds every block with all its replicas.
+/// Returns (problems first found, replicas repair wrote).
+async fn verify_repair_verify(ns: &garage_ipfs::store::Namespace) -> (u64, u64) {
+    use garage_ipfs::store::verify::{RepairSummary, VerifySummary};
+
+    async fn verify(ns: &garage_ipfs::store::Namespace) -> VerifySummary {
+        let entries = ns.list_entries().try_collect().await.unwrap();
+        ns.verify_entries(entries, |_| ()).await.expect("verify")
+    }
+    // A node restarted a moment ago may still look connected over its dead
+    // connection; verify again until the connector has reconnected.
+    let start = Instant::now();
+    let mut first = verify(ns).await;
+    while first.unreachable_replicas > 0 && start.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        first = verify(ns).await;
+    }
+    assert_eq!(first.unreachable_replicas, 0, "a node stays unreachable");
+    assert_eq!(first.lost, 0, "blocks with no intact replica: {:?}", first.problems.first());
+    let mut repaired = RepairSummary::default();
+    for report in &first.problems {
+        ns.repair_block(report, false, &mut repaired).await;
+    }
+    assert!(repaired.failed.is_empty(), "repair failed: {repaired:?}");
+    let second = verify(ns).await;
+    assert!(
+        second.clean(),
+        "after repair, {} of {} blocks still have problems, such as {:?}",
+        second.checked - second.healthy,
+        second.checked,
+        second.problems.first()
+    );
+    (first.checked - first.healthy, repaired.replicas_written)
+}
+
+/// `kill -9` of a node in the middle of a 2 000-block `put_many`: every
+/// block the batch acknowledges reads back, the batch names exactly the
+/// blocks it did not store, and verify + repair restore three replicas.
+#[test]
+fn fault_node_killed_during_put_many_loses_no_acknowledged_block() {
+    run(async {
+        let _serial = serial().await;
+        let store = store().await;
+        let ns = store.create_namespace(&unique_ns("kill-node")).await.unwrap();
+        let all = blocks(2000);
+        use garage_ipfs::garage::{Call, Op};
+        let calls = store.connector().call_counters();
+        let before = calls.get(Op::Put, Call::BlockPut);
+        let batch = tokio::spawn({
+            let (ns, all) = (ns.clone(), all.clone());
+            async move { ns.put_many(all).await }
+        });
+        // Kill once about a quarter of the block writes went out.
+        eventually(Duration::from_secs(60), "put_many under way", || {
+            calls.get(Op::Put, Call::BlockPut) - before > 500
+        })
+        .await;
+        cluster().kill_node(2);
+        let failed: Vec<cid::Cid> = match batch.await.unwrap() {
+            Ok(()) => Vec::new(),
+            Err(garage_ipfs::store::Error::Partial { failed, total }) => {
+                assert_eq!(total, 2000);
+                failed.into_iter().map(|(c, _)| c).collect()
+            }
+            Err(e) => panic!("put_many failed as a whole: {e}"),
+        };
+        let acked: Vec<_> = all
+            .iter()
+            .filter(|(c, _)| !failed.contains(c))
+            .cloned()
+            .collect();
+        eprintln!(
+            "node3 killed mid-batch: {} acknowledged, {} reported failed",
+            acked.len(),
+            failed.len()
+        );
+        assert_all_readable(&ns, &acked, "one node down").await;
+
+        restart_and_rejoin(&[2], store.connector()).await;
+        assert_all_readable(&ns, &acked, "after restart").await;
+        // What failed is named; it may or may not be stored, but a listed
+        // block always reads back (no entry without its block).
+        let listed: Vec<_> = ns.list().try_collect().await.unwrap();
+        assert!(listed.len() >= acked.len());
+        let (problems, written) = verify_repair_verify(&ns).await;
+        eprintln!("verify: {problems} blocks short of a replica; repair wrote {written}");
+    });
+}
+
+/// A node's data directory wiped while it is down (a replaced disk):
+/// Garage refuses to start on it (its marker file is gone) until the
+/// operator removes the node's `data_layout` file, as Garage says; then the node comes back empty, reads never notice, verify counts
+/// the missing replicas and repair puts every one back.
+#[test]
+fn fault_node_restarted_empty_gets_its_replicas_back() {
+    run(async {
+        let _serial = serial().await;
+        let store = store().await;
+        let ns = store.create_namespace(&unique_ns("wiped")).await.unwrap();
+        let all = blocks(60);
+        ns.put_many(all.clone()).await.unwrap();
+        for (_, d) in &all {
+            wait_for_replicas(d).await;
+        }
+        cluster().kill_node(2);
+        let data_dir = &cluster().nodes[2].data_dir;
+        std::fs::remove_dir_all(data_dir).unwrap();
+        std::fs::create_dir_all(data_dir).unwrap();
+        let refused = cluster().restart_nodes(&[2]).await.expect_err("starts on an empty disk");
+        assert!(refused.to_string().contains("exited during start"), "{refused}");
+        let log = std::fs::read_to_string(cluster().dir.join("node3.log")).unwrap();
+        assert!(log.contains("garage-marker"), "no word of the marker file");
+        // What Garage's message tells the operator of a replaced disk.
+        std::fs::remove_file(cluster().nodes[2].meta_dir.join("data_layout")).unwrap();
+        restart_and_rejoin(&[2], store.connector()).await;
+
+        assert_all_readable(&ns, &all, "node3 empty").await;
+        let (problems, written) = verify_repair_verify(&ns).await;
+        // Garage's own resync may restore some copies first; whatever it
+        // did not, repair wrote. Together: all 60.
+        assert!(problems <= 60 && written <= 60, "{problems} / {written}");
+        for (_, d) in &all {
+            assert_eq!(std::fs::read(replica_path(2, d)).unwrap(), d.to_vec());
+        }
+        eprintln!("wiped node: verify found {problems} blocks short, repair wrote {written}");
+    });
+}
+
+/// Two of a block's three replicas corrupted on disk: every read still
+/// returns the right bytes (checked against the CID), verify reports the
+/// corrupt copies, and repair rewrites them.
+#[test]
+fn fault_corrupt_replicas_reads_stay_correct_and_verify_reports_them() {
+    run(async {
+        let _serial = serial().await;
+        let store = store().await;
+        let ns = store.create_namespace(&unique_ns("corrupt")).await.unwrap();
+        let all = blocks(10);
+        ns.put_many(all.clone()).await.unwrap();
+        for (_, d) in &all {
+            wait_for_replicas(d).await;
+        }
+        for (_, d) in &all {
+            for node in [0, 1] {
+                let path = replica_path(node, d);
+                let mut bytes = std::fs::read(&path).unwrap();
+                bytes[7] ^= 0x5a;
+                std::fs::write(&path, bytes).unwrap();
+            }
+        }
+        // Reads first: each may meet a corrupt copy and must skip it.
+        assert_all_readable(&ns, &all, "two corrupt replicas").await;
+        let entries = ns.list_entries().try_collect().await.unwrap();
+        let report = ns.verify_entries(entries, |_| ()).await.unwrap();
+        assert_eq!((report.checked, report.lost), (10, 0), "{report:?}");
+        let corrupt_or_quarantined = report.corrupt_replicas + report.missing_replicas;
+        // Garage quarantines a corrupt copy when it reads it and may
+        // resync it at once; the others are still reported.
+        assert!(corrupt_or_quarantined > 0, "verify reported no bad replica");
+        verify_repair_verify(&ns).await;
+        assert_all_readable(&ns, &all, "after repair").await;
+        eprintln!("corrupt replicas: 20 made, {corrupt_or_quarantined} reported by verify");
+    });
+}
+
+/// Puts batches of blocks until `stop`; returns the acknowledged blocks
+/// and how many puts failed.
+async fn write_until(
+    ns: garage_ipfs::store::Namespace,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<(cid::Cid, bytes::Bytes)>, usize) {
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let batch = blocks(32);
+        let refused: Vec<cid::Cid> = match ns.put_many(batch.clone()).await {
+            Ok(()) => Vec::new(),
+            Err(garage_ipfs::store::Error::Partial { failed, .. }) => {
+                failed.into_iter().map(|(c, _)| c).collect()
+            }
+            Err(e) => panic!("put_many failed as a whole: {e}"),
+        };
+        failed += refused.len();
+        acked.extend(batch.into_iter().filter(|(c, _)| !refused.contains(c)));
+    }
+    (acked, failed)
+}
+
+/// Waits until the connector sees layout `version` as the only one in use
+/// (the cluster finished moving to it).
+async fn wait_layout_settled(conn: &Connector, version: u64) {
+    let start = Instant::now();
+    loop {
+        let layout = conn.system.cluster_layout();
+        let versions = layout.versions().map(|v| v.len()).unwrap_or(0);
+        let current = layout.current().map(|v| v.version).unwrap_or(0);
+        drop(layout);
+        if current == version && versions == 1 {
+            eprintln!("layout v{version} settled after {:?}", start.elapsed());
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "layout v{version} not settled in 240 s (current v{current}, {versions} in use)"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A fourth node joins the layout, then leaves it, while a writer keeps
+/// putting blocks: every acknowledged block reads back during and after,
+/// verify + repair leave three replicas on the final layout, and the
+/// blocks still read once the fourth node is gone.
+#[test]
+fn fault_layout_change_while_writing_loses_no_acknowledged_block() {
+    run(async {
+        let _serial = serial().await;
+        let store = store().await;
+        let conn = store.connector();
+        let ns = store.create_namespace(&unique_ns("layout")).await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = tokio::spawn(write_until(ns.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+
+        let c = cluster();
+        let node4 = c.start_extra_node(4).await.expect("node4 starts");
+        let v = c.layout_version().await.unwrap();
+        c.garage_cli(0, &["layout", "assign", "-z", "dc4", "-c", "1G", &node4.node.id])
+            .unwrap();
+        c.garage_cli(0, &["layout", "apply", "--version", &(v + 1).to_string()])
+            .unwrap();
+        wait_layout_settled(conn, v + 1).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c.garage_cli(0, &["layout", "remove", &node4.node.id]).unwrap();
+        c.garage_cli(0, &["layout", "apply", "--version", &(v + 2).to_string()])
+            .unwrap();
+        wait_layout_settled(conn, v + 2).await;
+
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (acked, failed) = writer.await.unwrap();
+        eprintln!(
+            "layout change: {} blocks acknowledged, {failed} puts refused",
+            acked.len()
+        );
+        assert!(acked.len() >= 100, "the writer wrote too little to test");
+        assert_all_readable(&ns, &acked, "after the layout changes").await;
+        let (problems, written) = verify_repair_verify(&ns).await;
+        eprintln!("layout change: verify found {problems} blocks short, repair wrote {written}");
+        drop(node4);
+        assert_all_readable(&ns, &acked, "with node4 gone").await;
+    });
+}
+
+/// The daemon (`garage-ipfs serve`) killed with SIGKILL while clients put
+/// blocks over the kubo RPC, then started again: every block it
+/// acknowledged is served, and verify (after repair, which rewrites the
+/// third replicas the killed daemon never sent) finds every block intact.
+/// Its log, at debug level, never shows the rpc_secret or the write token,
+/// and warns while the secret file is readable by others.
+#[test]
+fn fault_daemon_killed_mid_batch_then_restarted_loses_no_acknowledged_block() {
+    use std::os::unix::fs::PermissionsExt;
+    run(async {
+        let _serial = serial().await;
+        let c = cluster();
+        let dir = state_dir("killed-daemon");
+        let ns_name = unique_ns("killed");
+        let secret_file = dir.join("rpc_secret");
+        std::fs::write(&secret_file, &c.rpc_secret).unwrap();
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let token = format!("tok-{:016x}", rand::random::<u64>());
+        let [gw, rpc, grpc] = [free_port().unwrap(), free_port().unwrap(), free_port().unwrap()];
+        let peers = c.peers().iter().map(|p| format!("{p:?}")).collect::<Vec<_>>();
+        let config = dir.join("connector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"state\"\nrpc_bind_addr = \"127.0.0.1:{}\"\n\
+                 rpc_secret_file = \"rpc_secret\"\nbootstrap_peers = [{}]\n\n[api]\n\
+                 namespace = \"{ns_name}\"\ngateway_addr = \"127.0.0.1:{gw}\"\n\
+                 rpc_addr = \"127.0.0.1:{rpc}\"\ngrpc_addr = \"127.0.0.1:{grpc}\"\n",
+                free_port().unwrap(),
+                peers.join(", ")
+            ),
+        )
+        .unwrap();
+        let log = |n: usize| dir.join(format!("daemon-{n}.log"));
+        let start = |n: usize| {
+            let out = std::fs::File::create(log(n)).unwrap();
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"));
+            cmd.args(["serve", "--config"])
+                .arg(&config)
+                .env("GARAGE_IPFS_WRITE_TOKEN", &token)
+                .env("RUST_LOG", "debug")
+                .stdout(out.try_clone().unwrap())
+                .stderr(out);
+            ChildGuard::spawn(cmd)
+        };
+        let http = reqwest::Client::new();
+        let ready = |http: reqwest::Client| async move {
+            let url = format!("http://127.0.0.1:{rpc}/api/v0/version");
+            eventually_async(Duration::from_secs(60), "the daemon answers", || {
+                let (http, url) = (http.clone(), url.clone());
+                async move { http.post(&url).send().await.is_ok() }
+            })
+            .await;
+        };
+
+        let daemon = start(1);
+        ready(http.clone()).await;
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let (http, acked, token) = (http.clone(), acked.clone(), token.clone());
+            clients.push(tokio::spawn(async move {
+                loop {
+                    let (cid, data) = random_block(codec::RAW, 0x12, 4096 + rand::random::<u16>() as usize);
+                    let form = reqwest::multipart::Form::new()
+                        .part("file", reqwest::multipart::Part::bytes(data.to_vec()).file_name("b"));
+                    let sent = http
+                        .post(format!("http://127.0.0.1:{rpc}/api/v0/block/put?mhtype=sha2-256"))
+                        .bearer_auth(&token)
+                        .multipart(form)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => {
+                            let body = r.text().await.unwrap_or_default();
+                            if body.contains(&cid.to_string()) {
+                                acked.lock().unwrap().push((cid, data));
+                            }
+                        }
+                        Ok(r) => panic!("block/put answered {}", r.status()),
+                        Err(_) => return, // the daemon is gone
+                    }
+                }
+            }));
+        }
+        eventually(Duration::from_secs(60), "300 blocks acknowledged", || {
+            acked.lock().unwrap().len() >= 300
+        })
+        .await;
+        daemon.kill();
+        for cl in clients {
+            cl.await.unwrap();
+        }
+        let acked = acked.lock().unwrap().clone();
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let daemon = start(2);
+        ready(http.clone()).await;
+        for (cid, data) in &acked {
+            let r = http
+                .get(format!("http://127.0.0.1:{gw}/ipfs/{cid}?format=raw"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "acknowledged {cid} not served after restart");
+            assert_eq!(&r.bytes().await.unwrap(), data, "{cid}");
+        }
+        let store = store().await;
+        let ns = store.namespace(&ns_name).unwrap();
+        let (problems, written) = verify_repair_verify(&ns).await;
+        eprintln!(
+            "daemon killed after {} acknowledged puts: verify found {problems} blocks short, \
+             repair wrote {written}",
+            acked.len()
+        );
+        drop(daemon);
+
+        let first = std::fs::read_to_string(log(1)).unwrap();
+        let second = std::fs::read_to_string(log(2)).unwrap();
+        for text in [&first, &second] {
+            assert!(!text.contains(&c.rpc_secret), "the log shows the rpc_secret");
+            assert!(!text.contains(&token), "the log shows the write token");
+        }
+        assert!(first.contains("readable by other users"), "no warning:\n{first}");
+        assert!(!second.contains("readable by other users"));
+    });
+}

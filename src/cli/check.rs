@@ -1,6 +1,5 @@
 //! `garage-ipfs verify | repair | gc`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use futures::TryStreamExt;
@@ -63,17 +62,12 @@ async fn verify_ns(
             .collect();
     }
     let bar = progress(Some(entries.len() as u64), args.json.json, "verifying");
-    let mut summary = VerifySummary {
-        namespace: ns.name().to_string(),
-        ..Default::default()
-    };
-    let mut anchors = HashMap::new();
-    for (mh, entry) in entries {
-        let report = ns.verify_block(mh, entry, &mut anchors).await?;
-        summary.add(report);
-        bar.inc(1);
-        bar.set_message(format!("{} problem(s)", summary.problems.len()));
-    }
+    let summary = ns
+        .verify_entries(entries, |s| {
+            bar.inc(1);
+            bar.set_message(format!("{} problem(s)", s.problems.len()));
+        })
+        .await?;
     bar.finish_and_clear();
     let problems = summary.problems.clone();
     Ok((summary, problems))

@@ -8,6 +8,7 @@ mod cluster;
 mod dev;
 mod namespace;
 mod serve;
+mod soak;
 mod status;
 pub mod util;
 
@@ -93,6 +94,13 @@ enum Command {
         garage-ipfs bench --json results.json\n  \
         garage-ipfs bench --systems connector,s3 --workloads put_1k,get_1k --no-scale")]
     Bench(bench::BenchArgs),
+    /// Sustained mixed load (put/get/has/delete over HTTP and gRPC) on a
+    /// fresh three-node cluster; every answer and, at the end, every
+    /// acknowledged block is checked. Exits 1 on any loss, wrong answer or
+    /// memory over the bound.
+    #[command(after_help = "Examples:\n  garage-ipfs soak --clients 32 --seconds 60\n  \
+        garage-ipfs soak --clients 32 --seconds 3600 --json soak.json")]
+    Soak(soak::SoakArgs),
 }
 
 impl Cli {
@@ -110,6 +118,7 @@ impl Cli {
             Command::Repair(args) => check::repair(&self.target, args).await,
             Command::Gc(args) => check::gc(&self.target, args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Soak(args) => soak::run(args).await,
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod process;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -188,6 +188,28 @@ impl Node {
     }
 }
 
+/// A node started by [`Cluster::start_extra_node`]; killed on drop.
+pub struct ExtraNode {
+    /// The node.
+    pub node: Node,
+    child: Child,
+}
+
+impl ExtraNode {
+    /// Runs `garage -c <this node's config> ARGS` through the cluster's binary.
+    pub fn garage_cli(&self, cluster: &Cluster, args: &[&str]) -> Result<String, HarnessError> {
+        cluster.garage_cli_with(&self.node.config, args)
+    }
+}
+
+impl Drop for ExtraNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(self.node.pid_file());
+    }
+}
+
 /// A local three-node cluster.
 pub struct Cluster {
     /// The cluster directory.
@@ -262,7 +284,13 @@ impl Cluster {
 
     /// Starts node `i` (0-based) again, with its existing data.
     pub fn start_node(&self, i: usize) -> Result<(), HarnessError> {
-        let node = &self.nodes[i];
+        let child = self.spawn_node(&self.nodes[i])?;
+        self.children.lock().unwrap()[i] = Some(child);
+        Ok(())
+    }
+
+    /// Starts a node process (with the shim if built) and writes its PID file.
+    fn spawn_node(&self, node: &Node) -> Result<Child, HarnessError> {
         let log_path = node.log_file();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -290,8 +318,33 @@ impl Cluster {
         })?;
         let pid_file = node.pid_file();
         std::fs::write(&pid_file, child.id().to_string()).map_err(io_err(&pid_file))?;
-        self.children.lock().unwrap()[i] = Some(child);
-        Ok(())
+        Ok(child)
+    }
+
+    /// Starts a node beside the cluster's three, numbered `index` (4 and
+    /// up), with free ports and the cluster's secret, bootstrapped to the
+    /// three. It is in no layout until one assigns it. For layout-change
+    /// tests: the node is killed when the returned handle drops.
+    pub async fn start_extra_node(&self, index: usize) -> Result<ExtraNode, HarnessError> {
+        let (node, mut table) = render_node(&self.dir, index, NODE_CONFIGS[0], Ports::Free)?;
+        let peers = self.peers().into_iter().map(toml::Value::String).collect();
+        table.insert("bootstrap_peers".into(), toml::Value::Array(peers));
+        let text = toml::to_string(&table).expect("serializable");
+        std::fs::write(&node.config, text).map_err(io_err(&node.config))?;
+        let child = self.spawn_node(&node)?;
+        let extra = ExtraNode { node, child };
+        let start = Instant::now();
+        while TcpStream::connect_timeout(&extra.node.rpc, Duration::from_millis(200)).is_err() {
+            if start.elapsed() > START_TIMEOUT {
+                return Err(HarnessError::Timeout(format!(
+                    "node{index} did not open {} within {START_TIMEOUT:?}; see {}",
+                    extra.node.rpc,
+                    extra.node.log_file().display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(extra)
     }
 
     /// The PID of node `i` if it runs.
@@ -355,16 +408,26 @@ impl Cluster {
     /// Runs `garage -c <node i config> ARGS` and returns its output,
     /// or an error carrying stdout and stderr if it failed.
     pub fn garage_cli(&self, i: usize, args: &[&str]) -> Result<String, HarnessError> {
-        let out = self.garage_cli_raw(i, args)?;
+        self.garage_cli_with(&self.nodes[i].config, args)
+    }
+
+    /// Runs `garage -c CONFIG ARGS` (any node's config).
+    pub fn garage_cli_with(&self, config: &Path, args: &[&str]) -> Result<String, HarnessError> {
+        let out = Command::new(&self.garage)
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| {
+                HarnessError::Garage(format!("cannot run {}: {e}", self.garage.display()))
+            })?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             Err(HarnessError::Command {
-                command: format!(
-                    "garage -c {} {}",
-                    self.nodes[i].config.display(),
-                    args.join(" ")
-                ),
+                command: format!("garage -c {} {}", config.display(), args.join(" ")),
                 status: out.status.to_string(),
                 output: format!(
                     "{}{}",
@@ -373,17 +436,6 @@ impl Cluster {
                 ),
             })
         }
-    }
-
-    fn garage_cli_raw(&self, i: usize, args: &[&str]) -> Result<Output, HarnessError> {
-        Command::new(&self.garage)
-            .arg("-c")
-            .arg(&self.nodes[i].config)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| HarnessError::Garage(format!("cannot run {}: {e}", self.garage.display())))
     }
 
     async fn wait_rpc_ports(&self, which: &[usize]) -> Result<(), HarnessError> {
@@ -530,34 +582,8 @@ fn render_configs(dir: &Path, ports: Ports) -> Result<(Vec<Node>, String), Harne
     let mut tables = Vec::new();
     let mut nodes = Vec::new();
     for (i, template) in NODE_CONFIGS.iter().enumerate() {
-        let index = i + 1;
-        let mut table: toml::Table = toml::from_str(template).expect("shipped node config parses");
-        let node_dir = dir.join(format!("node{index}"));
-        let meta = node_dir.join("meta");
-        let data = node_dir.join("data");
-        for d in [&meta, &data] {
-            std::fs::create_dir_all(d).map_err(io_err(d))?;
-        }
-        set(&mut table, &["metadata_dir"], meta.display().to_string());
-        set(&mut table, &["data_dir"], data.display().to_string());
-        if ports == Ports::Free {
-            let [rpc, s3, admin] = [free_port()?, free_port()?, free_port()?];
-            set(&mut table, &["rpc_bind_addr"], format!("127.0.0.1:{rpc}"));
-            set(&mut table, &["rpc_public_addr"], format!("127.0.0.1:{rpc}"));
-            set(
-                &mut table,
-                &["s3_api", "api_bind_addr"],
-                format!("127.0.0.1:{s3}"),
-            );
-            set(
-                &mut table,
-                &["admin", "api_bind_addr"],
-                format!("127.0.0.1:{admin}"),
-            );
-        }
-        ensure_node_key(&meta)?;
-        let path = dir.join(format!("node{index}.toml"));
-        nodes.push(node_from_table(index, &path, &table)?);
+        let (node, table) = render_node(dir, i + 1, template, ports)?;
+        nodes.push(node);
         tables.push(table);
     }
     let secret = str_at(&tables[0], &["rpc_secret"])?.to_string();
@@ -572,6 +598,44 @@ fn render_configs(dir: &Path, ports: Ports) -> Result<(Vec<Node>, String), Harne
         std::fs::write(&node.config, text).map_err(io_err(&node.config))?;
     }
     Ok((nodes, secret))
+}
+
+/// Renders one node's config table (not yet written: its bootstrap peers
+/// are added by the caller) and creates its directories and key.
+fn render_node(
+    dir: &Path,
+    index: usize,
+    template: &str,
+    ports: Ports,
+) -> Result<(Node, toml::Table), HarnessError> {
+    let mut table: toml::Table = toml::from_str(template).expect("shipped node config parses");
+    let node_dir = dir.join(format!("node{index}"));
+    let meta = node_dir.join("meta");
+    let data = node_dir.join("data");
+    for d in [&meta, &data] {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    set(&mut table, &["metadata_dir"], meta.display().to_string());
+    set(&mut table, &["data_dir"], data.display().to_string());
+    if ports == Ports::Free {
+        let [rpc, s3, admin] = [free_port()?, free_port()?, free_port()?];
+        set(&mut table, &["rpc_bind_addr"], format!("127.0.0.1:{rpc}"));
+        set(&mut table, &["rpc_public_addr"], format!("127.0.0.1:{rpc}"));
+        set(
+            &mut table,
+            &["s3_api", "api_bind_addr"],
+            format!("127.0.0.1:{s3}"),
+        );
+        set(
+            &mut table,
+            &["admin", "api_bind_addr"],
+            format!("127.0.0.1:{admin}"),
+        );
+    }
+    ensure_node_key(&meta)?;
+    let path = dir.join(format!("node{index}.toml"));
+    let node = node_from_table(index, &path, &table)?;
+    Ok((node, table))
 }
 
 fn set(table: &mut toml::Table, path: &[&str], value: String) {

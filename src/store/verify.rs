@@ -194,6 +194,26 @@ fn classify(e: &crate::garage::Error) -> ReplicaState {
 }
 
 impl Namespace {
+    /// Verifies the given index entries (all of
+    /// [`list_entries`](Self::list_entries), or a sample of them), calling
+    /// `progress` after each block.
+    pub async fn verify_entries(
+        &self,
+        entries: Vec<(Multihash<64>, Entry)>,
+        mut progress: impl FnMut(&VerifySummary),
+    ) -> Result<VerifySummary, Error> {
+        let mut summary = VerifySummary {
+            namespace: self.name().to_string(),
+            ..Default::default()
+        };
+        let mut anchors = HashMap::new();
+        for (mh, entry) in entries {
+            summary.add(self.verify_block(mh, entry, &mut anchors).await?);
+            progress(&summary);
+        }
+        Ok(summary)
+    }
+
     /// Verifies one indexed block.
     pub async fn verify_block(
         &self,

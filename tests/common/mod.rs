@@ -429,3 +429,40 @@ pub async fn repair_to_completion(what: &str) {
         );
     }
 }
+
+/// Polls an async `cond` until it holds or `limit` passes.
+pub async fn eventually_async<F, Fut>(limit: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A child process that dies with the test process (even if the runner is
+/// killed) and is killed when dropped (a failing test leaves none behind).
+pub struct ChildGuard(std::process::Child);
+
+impl ChildGuard {
+    /// Starts `cmd` attached to this process.
+    pub fn spawn(cmd: std::process::Command) -> Self {
+        Self(garage_ipfs::harness::process::spawn_attached(cmd).expect("cannot start the process"))
+    }
+
+    /// SIGKILL, as a crash would, and reap it.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

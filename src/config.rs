@@ -147,6 +147,13 @@ pub struct ApiConfig {
     /// Deadline of one request, in seconds (`dag/import` and `dag/export`
     /// get ten times as long).
     pub request_timeout_secs: u64,
+    /// A client must send a request's headers within this many seconds
+    /// (and an idle keep-alive connection its next request's), or its
+    /// connection is closed: slow clients cannot hold connections open.
+    pub header_read_timeout_secs: u64,
+    /// Open connections per HTTP listener; beyond it, new connections wait
+    /// in the kernel's accept queue (memory stays bounded under a flood).
+    pub max_connections: usize,
 }
 
 impl Default for ApiConfig {
@@ -163,6 +170,8 @@ impl Default for ApiConfig {
             max_car_bytes: 4 * 1024 * 1024 * 1024,
             max_concurrent_requests: 256,
             request_timeout_secs: 60,
+            header_read_timeout_secs: 10,
+            max_connections: 1024,
         }
     }
 }

@@ -120,7 +120,10 @@ pub fn rss_bytes() -> u64 {
 /// stop when this returns.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.clients > 0, "--clients must be at least 1");
-    eprintln!("soak: starting a three-node garage cluster in {}", opts.dir.display());
+    eprintln!(
+        "soak: starting a three-node garage cluster in {}",
+        opts.dir.display()
+    );
     let cluster = Cluster::start(StartOptions {
         dir: opts.dir.clone(),
         ports: Ports::Free,
@@ -129,11 +132,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     })
     .await
     .context("starting the soak cluster")?;
-    let conn = Connector::connect(
-        cluster.connector_config(opts.dir.join("connector"), free_port()?),
-    )
-    .await
-    .context("joining the soak cluster")?;
+    let conn =
+        Connector::connect(cluster.connector_config(opts.dir.join("connector"), free_port()?))
+            .await
+            .context("joining the soak cluster")?;
     let store = GarageStore::with_filters(conn.clone());
     store.create_namespace(NAMESPACE).await?;
     let result = soak_daemon(opts, store.clone()).await;
@@ -210,22 +212,26 @@ async fn soak_daemon(opts: &Options, store: Arc<GarageStore>) -> anyhow::Result<
     );
     let ns = store.namespace(NAMESPACE)?;
     let mut final_lost = Vec::new();
-    let checks = futures::stream::iter(held.iter().map(|c| (c, true)).chain(gone.iter().map(|c| (c, false))))
-        .map(|(cid, present)| {
-            let ns = ns.clone();
-            async move {
-                let got = ns.get(cid).await;
-                let ok = match (&got, present) {
-                    (Ok(Some(data)), true) => cidutil::verify(cid, data).is_ok(),
-                    (Ok(None), false) => true,
-                    _ => false,
-                };
-                (cid, present, ok, got.err().map(|e| e.to_string()))
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
+    let checks = futures::stream::iter(
+        held.iter()
+            .map(|c| (c, true))
+            .chain(gone.iter().map(|c| (c, false))),
+    )
+    .map(|(cid, present)| {
+        let ns = ns.clone();
+        async move {
+            let got = ns.get(cid).await;
+            let ok = match (&got, present) {
+                (Ok(Some(data)), true) => cidutil::verify(cid, data).is_ok(),
+                (Ok(None), false) => true,
+                _ => false,
+            };
+            (cid, present, ok, got.err().map(|e| e.to_string()))
+        }
+    })
+    .buffer_unordered(16)
+    .collect::<Vec<_>>()
+    .await;
     for (cid, present, ok, err) in checks {
         if !ok {
             final_lost.push(match (present, err) {
@@ -344,7 +350,10 @@ struct Client {
 
 enum Surface {
     Http(Targets),
-    Grpc(pb::blockstore_client::BlockstoreClient<tonic::transport::Channel>, String),
+    Grpc(
+        pb::blockstore_client::BlockstoreClient<tonic::transport::Channel>,
+        String,
+    ),
 }
 
 impl Surface {
@@ -390,7 +399,7 @@ async fn client(
         let roll = c.rng.random_range(0..100);
         if c.live.is_empty() || (roll < 35 && c.live.len() < live_cap) {
             c.put(&shared).await;
-        } else if roll < 35 || roll >= 90 {
+        } else if !(35..90).contains(&roll) {
             c.delete(&shared).await;
         } else if roll < 65 {
             c.get(&shared).await;
@@ -419,8 +428,10 @@ impl Client {
         let (cid, data) = self.new_block();
         let outcome = match &mut self.surface {
             Surface::Http(t) => {
-                let form = reqwest::multipart::Form::new()
-                    .part("file", reqwest::multipart::Part::bytes(data.to_vec()).file_name("b"));
+                let form = reqwest::multipart::Form::new().part(
+                    "file",
+                    reqwest::multipart::Part::bytes(data.to_vec()).file_name("b"),
+                );
                 let sent = t
                     .http
                     .post(format!("{}/block/put?mhtype=sha2-256", t.rpc))
@@ -563,7 +574,11 @@ impl Client {
         match &mut self.surface {
             Surface::Http(t) => {
                 let url = format!("{}/ipfs/{cid}?format=raw", t.gateway);
-                let req = if head { t.http.head(url) } else { t.http.get(url) };
+                let req = if head {
+                    t.http.head(url)
+                } else {
+                    t.http.get(url)
+                };
                 let r = req.send().await.map_err(transport_class)?;
                 match r.status().as_u16() {
                     200 => Ok(Some(r.bytes().await.map_err(transport_class)?)),

@@ -302,7 +302,12 @@ async fn verify_repair_verify(ns: &garage_ipfs::store::Namespace) -> (u64, u64) 
         first = verify(ns).await;
     }
     assert_eq!(first.unreachable_replicas, 0, "a node stays unreachable");
-    assert_eq!(first.lost, 0, "blocks with no intact replica: {:?}", first.problems.first());
+    assert_eq!(
+        first.lost,
+        0,
+        "blocks with no intact replica: {:?}",
+        first.problems.first()
+    );
     let mut repaired = RepairSummary::default();
     for report in &first.problems {
         ns.repair_block(report, false, &mut repaired).await;
@@ -327,7 +332,10 @@ fn fault_node_killed_during_put_many_loses_no_acknowledged_block() {
     run(async {
         let _serial = serial().await;
         let store = store().await;
-        let ns = store.create_namespace(&unique_ns("kill-node")).await.unwrap();
+        let ns = store
+            .create_namespace(&unique_ns("kill-node"))
+            .await
+            .unwrap();
         let all = blocks(2000);
         use garage_ipfs::garage::{Call, Op};
         let calls = store.connector().call_counters();
@@ -392,8 +400,14 @@ fn fault_node_restarted_empty_gets_its_replicas_back() {
         let data_dir = &cluster().nodes[2].data_dir;
         std::fs::remove_dir_all(data_dir).unwrap();
         std::fs::create_dir_all(data_dir).unwrap();
-        let refused = cluster().restart_nodes(&[2]).await.expect_err("starts on an empty disk");
-        assert!(refused.to_string().contains("exited during start"), "{refused}");
+        let refused = cluster()
+            .restart_nodes(&[2])
+            .await
+            .expect_err("starts on an empty disk");
+        assert!(
+            refused.to_string().contains("exited during start"),
+            "{refused}"
+        );
         let log = std::fs::read_to_string(cluster().dir.join("node3.log")).unwrap();
         assert!(log.contains("garage-marker"), "no word of the marker file");
         // What Garage's message tells the operator of a replaced disk.
@@ -477,10 +491,13 @@ async fn write_until(
 async fn wait_layout_settled(conn: &Connector, version: u64) {
     let start = Instant::now();
     loop {
-        let layout = conn.system.cluster_layout();
-        let versions = layout.versions().map(|v| v.len()).unwrap_or(0);
-        let current = layout.current().map(|v| v.version).unwrap_or(0);
-        drop(layout);
+        let (versions, current) = {
+            let layout = conn.system.cluster_layout();
+            (
+                layout.versions().map(|v| v.len()).unwrap_or(0),
+                layout.current().map(|v| v.version).unwrap_or(0),
+            )
+        };
         if current == version && versions == 1 {
             eprintln!("layout v{version} settled after {:?}", start.elapsed());
             return;
@@ -511,13 +528,17 @@ fn fault_layout_change_while_writing_loses_no_acknowledged_block() {
         let c = cluster();
         let node4 = c.start_extra_node(4).await.expect("node4 starts");
         let v = c.layout_version().await.unwrap();
-        c.garage_cli(0, &["layout", "assign", "-z", "dc4", "-c", "1G", &node4.node.id])
-            .unwrap();
+        c.garage_cli(
+            0,
+            &["layout", "assign", "-z", "dc4", "-c", "1G", &node4.node.id],
+        )
+        .unwrap();
         c.garage_cli(0, &["layout", "apply", "--version", &(v + 1).to_string()])
             .unwrap();
         wait_layout_settled(conn, v + 1).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        c.garage_cli(0, &["layout", "remove", &node4.node.id]).unwrap();
+        c.garage_cli(0, &["layout", "remove", &node4.node.id])
+            .unwrap();
         c.garage_cli(0, &["layout", "apply", "--version", &(v + 2).to_string()])
             .unwrap();
         wait_layout_settled(conn, v + 2).await;
@@ -555,8 +576,16 @@ fn fault_daemon_killed_mid_batch_then_restarted_loses_no_acknowledged_block() {
         std::fs::write(&secret_file, &c.rpc_secret).unwrap();
         std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
         let token = format!("tok-{:016x}", rand::random::<u64>());
-        let [gw, rpc, grpc] = [free_port().unwrap(), free_port().unwrap(), free_port().unwrap()];
-        let peers = c.peers().iter().map(|p| format!("{p:?}")).collect::<Vec<_>>();
+        let [gw, rpc, grpc] = [
+            free_port().unwrap(),
+            free_port().unwrap(),
+            free_port().unwrap(),
+        ];
+        let peers = c
+            .peers()
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect::<Vec<_>>();
         let config = dir.join("connector.toml");
         std::fs::write(
             &config,
@@ -600,11 +629,16 @@ fn fault_daemon_killed_mid_batch_then_restarted_loses_no_acknowledged_block() {
             let (http, acked, token) = (http.clone(), acked.clone(), token.clone());
             clients.push(tokio::spawn(async move {
                 loop {
-                    let (cid, data) = random_block(codec::RAW, 0x12, 4096 + rand::random::<u16>() as usize);
-                    let form = reqwest::multipart::Form::new()
-                        .part("file", reqwest::multipart::Part::bytes(data.to_vec()).file_name("b"));
+                    let (cid, data) =
+                        random_block(codec::RAW, 0x12, 4096 + rand::random::<u16>() as usize);
+                    let form = reqwest::multipart::Form::new().part(
+                        "file",
+                        reqwest::multipart::Part::bytes(data.to_vec()).file_name("b"),
+                    );
                     let sent = http
-                        .post(format!("http://127.0.0.1:{rpc}/api/v0/block/put?mhtype=sha2-256"))
+                        .post(format!(
+                            "http://127.0.0.1:{rpc}/api/v0/block/put?mhtype=sha2-256"
+                        ))
                         .bearer_auth(&token)
                         .multipart(form)
                         .send()
@@ -641,7 +675,11 @@ fn fault_daemon_killed_mid_batch_then_restarted_loses_no_acknowledged_block() {
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(r.status(), 200, "acknowledged {cid} not served after restart");
+            assert_eq!(
+                r.status(),
+                200,
+                "acknowledged {cid} not served after restart"
+            );
             assert_eq!(&r.bytes().await.unwrap(), data, "{cid}");
         }
         let store = store().await;
@@ -657,10 +695,16 @@ fn fault_daemon_killed_mid_batch_then_restarted_loses_no_acknowledged_block() {
         let first = std::fs::read_to_string(log(1)).unwrap();
         let second = std::fs::read_to_string(log(2)).unwrap();
         for text in [&first, &second] {
-            assert!(!text.contains(&c.rpc_secret), "the log shows the rpc_secret");
+            assert!(
+                !text.contains(&c.rpc_secret),
+                "the log shows the rpc_secret"
+            );
             assert!(!text.contains(&token), "the log shows the write token");
         }
-        assert!(first.contains("readable by other users"), "no warning:\n{first}");
+        assert!(
+            first.contains("readable by other users"),
+            "no warning:\n{first}"
+        );
         assert!(!second.contains("readable by other users"));
     });
 }

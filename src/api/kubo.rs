@@ -41,11 +41,18 @@ pub fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions, auth: WriteAut
         .route("/api/v0/block/rm", post(block_rm::<S>))
         .route("/api/v0/version", post(version))
         .route("/api/v0/id", post(id::<S>))
-        .layer(DefaultBodyLimit::max(opts.max_body_bytes));
+        .layer(DefaultBodyLimit::max(opts.max_body_bytes))
+        // Refuses a declared Content-Length over the limit before reading.
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            opts.max_body_bytes,
+        ));
     let long = Router::new()
         .route("/api/v0/dag/import", post(dag_import::<S>))
         .route("/api/v0/dag/export", post(dag_export::<S>))
-        .layer(DefaultBodyLimit::max(opts.max_car_bytes));
+        .layer(DefaultBodyLimit::max(opts.max_car_bytes))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            opts.max_car_bytes,
+        ));
     let short = limited(short, opts, opts.request_timeout);
     let long = limited(long, opts, opts.request_timeout * 10);
     short

@@ -13,7 +13,7 @@ pub mod kubo;
 pub mod metrics;
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -131,6 +131,10 @@ pub struct ApiOptions {
     pub max_concurrent_requests: usize,
     /// Deadline of one request.
     pub request_timeout: Duration,
+    /// Deadline for a request's headers (and an idle connection's next).
+    pub header_read_timeout: Duration,
+    /// Open connections per HTTP listener.
+    pub max_connections: usize,
     /// Public key reported as the node's peer id by `/api/v0/id`.
     pub peer_key: [u8; 32],
 }
@@ -146,6 +150,8 @@ impl ApiOptions {
             max_car_bytes: api.max_car_bytes,
             max_concurrent_requests: api.max_concurrent_requests,
             request_timeout: Duration::from_secs(api.request_timeout_secs),
+            header_read_timeout: Duration::from_secs(api.header_read_timeout_secs),
+            max_connections: api.max_connections,
             peer_key,
         })
     }
@@ -254,6 +260,73 @@ fn limited<St: Clone + Send + Sync + 'static>(
     )
 }
 
+/// Serves one HTTP listener until `shutdown`, then lets the connections
+/// finish their requests. Unlike `axum::serve`, it bounds what a client
+/// can hold: headers must arrive within `header_read_timeout` (slow or
+/// idle clients are disconnected), and at most `max_connections` are open
+/// (more wait in the kernel's accept queue, not in our memory).
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    opts: &ApiOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // HTTP/1 only (what the gateway and kubo clients speak): the protocol
+    // sniffing of the auto builder would wait, with no deadline, for the
+    // first byte of a connection that never sends one.
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, a connection reset before
+                    // accept...: wait a little, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
+        let first_byte = opts.header_read_timeout;
+        tokio::spawn(async move {
+            // hyper's header deadline starts with the first byte; a client
+            // that sends none is dropped here.
+            let mut probe = [0u8; 1];
+            if tokio::time::timeout(first_byte, stream.peek(&mut probe))
+                .await
+                .is_err()
+            {
+                drop(permit);
+                return;
+            }
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+            drop(permit);
+        });
+    }
+    graceful.shutdown().await;
+}
+
 /// Serves the three surfaces until `shutdown` completes, then lets the
 /// requests in flight finish.
 pub async fn serve<B: Backend>(
@@ -297,9 +370,8 @@ pub async fn serve<B: Backend>(
     let grpc = grpc::service(backend, WriteAuth::new(&opts, grpc_addr));
     tracing::info!(gateway = %gw_addr, rpc = %rpc_addr, grpc = %grpc_addr, "serving");
 
-    let gw =
-        axum::serve(listeners.gateway, gateway).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let rpc = axum::serve(listeners.rpc, rpc).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let gw = serve_http(listeners.gateway, gateway, &opts, stopped(stop_rx.clone()));
+    let rpc = serve_http(listeners.rpc, rpc, &opts, stopped(stop_rx.clone()));
     let grpc = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(opts.max_concurrent_requests)
         .timeout(opts.request_timeout * 10)
@@ -309,9 +381,7 @@ pub async fn serve<B: Backend>(
             tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
             stopped(stop_rx),
         );
-    let (a, b, c) = tokio::join!(gw.into_future(), rpc.into_future(), grpc);
-    a?;
-    b?;
+    let ((), (), c) = tokio::join!(gw, rpc, grpc);
     c.map_err(std::io::Error::other)?;
     tracing::info!("all surfaces stopped");
     Ok(())
@@ -336,5 +406,169 @@ mod tests {
         assert!(WriteAuth::new(&opts, public).check(None).is_err());
         opts.allow_anonymous_writes_on_loopback = false;
         assert!(WriteAuth::new(&opts, loopback).check(None).is_err());
+    }
+
+    /// Sends raw bytes on a new connection; returns what came back before
+    /// the server closed it or `wait` passed, and how long that took.
+    async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, Duration) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let start = std::time::Instant::now();
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(wait, s.read_to_end(&mut got)).await;
+        (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+    }
+
+    fn status_of(answer: &str) -> u16 {
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Slow, idle, oversize, flooding and malformed clients get bounded
+    /// answers, and the server keeps serving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hostile_http_clients_are_bounded() {
+        let mut opts = ApiOptions::for_tests(Some("t0ken"));
+        opts.header_read_timeout = Duration::from_millis(500);
+        opts.request_timeout = Duration::from_secs(1);
+        opts.max_body_bytes = 64 * 1024;
+        opts.max_concurrent_requests = 2;
+        let listeners = Listeners::bind_loopback().await.unwrap();
+        let [gw, rpc, _] = listeners.addrs().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listeners, MemBackend::default(), opts, async {
+            let _ = stopped.await;
+        }));
+        let put_head = |len: usize| {
+            format!(
+                "POST /api/v0/block/put HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\
+                 Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len}\r\n\r\n"
+            )
+        };
+
+        // Headers that never end, and a connection that never speaks:
+        // both closed once the header deadline passes.
+        let (_, took) = raw(
+            rpc,
+            b"POST /api/v0/block/put HTTP/1.1\r\nHost: x\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(
+            took < Duration::from_secs(3),
+            "slow headers held for {took:?}"
+        );
+        let (_, took) = raw(gw, b"", Duration::from_secs(5)).await;
+        assert!(
+            took < Duration::from_secs(3),
+            "an idle connection held for {took:?}"
+        );
+
+        // A body that never arrives: 408 at the request deadline.
+        let (answer, took) = raw(rpc, put_head(10_000).as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&answer), 408, "{answer}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+
+        // A body over the limit: 413, nothing read beyond the headers.
+        let (answer, _) = raw(rpc, put_head(10 << 20).as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&answer), 413, "{answer}");
+
+        // A flood: two requests hold both slots; the next gets 503 at once.
+        let held: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(raw(
+                    rpc,
+                    put_head(10_000).leak().as_bytes(),
+                    Duration::from_secs(5),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (answer, took) = raw(rpc, put_head(10_000).as_bytes(), Duration::from_secs(5)).await;
+        assert_eq!(status_of(&answer), 503, "{answer}");
+        assert!(
+            answer.contains("Retry-After") || answer.contains("retry-after"),
+            "{answer}"
+        );
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        for h in held {
+            assert_eq!(status_of(&h.await.unwrap().0), 408);
+        }
+
+        // Invalid UTF-8, encoded and raw, traversal, odd and huge paths:
+        // a 4xx answer (or the connection refused by the parser), no 5xx.
+        let long = format!(
+            "GET /ipfs/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "a".repeat(16 * 1024)
+        );
+        let odd: [&[u8]; 9] = [
+            b"GET /ipfs/%ff%fe%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /ipfs/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /ipfs/../../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET //ipfs//bafkqaaa//x HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /ipfs/bafkqaaa/%2e%2e/%2e%2e HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /ipfs/bafkqaaa?format=%ff HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"BREW /ipfs/bafkqaaa HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /ipfs/bafkqaaa HTTP/1.1\r\nHost: x\r\nAccept: \xff\xfe\r\n\r\n",
+            long.as_bytes(),
+        ];
+        for (addr, name) in [(gw, "gateway"), (rpc, "rpc")] {
+            for req in odd {
+                let (answer, _) = raw(addr, req, Duration::from_secs(3)).await;
+                let code = status_of(&answer);
+                assert!(
+                    code == 0 || (400..500).contains(&code) || code == 200,
+                    "{name}: {code} for {:?}",
+                    String::from_utf8_lossy(&req[..req.len().min(60)])
+                );
+            }
+        }
+
+        // Still serving.
+        let (answer, _) = raw(
+            gw,
+            b"GET /ipfs/bafkqaaa?format=raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(3),
+        )
+        .await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// Beyond `max_connections`, a connection waits in the accept queue and
+    /// is served once another closes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_bound_wait_their_turn() {
+        let mut opts = ApiOptions::for_tests(None);
+        opts.header_read_timeout = Duration::from_millis(800);
+        opts.max_connections = 2;
+        let listeners = Listeners::bind_loopback().await.unwrap();
+        let [gw, _, _] = listeners.addrs().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listeners, MemBackend::default(), opts, async {
+            let _ = stopped.await;
+        }));
+        let held: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(raw(gw, b"GET /ipfs/", Duration::from_secs(5))))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let request =
+            b"GET /ipfs/bafkqaaa?format=raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let (answer, took) = raw(gw, request, Duration::from_secs(5)).await;
+        assert_eq!(status_of(&answer), 200, "{answer}");
+        assert!(
+            took >= Duration::from_millis(500),
+            "served at once ({took:?}) past the bound"
+        );
+        for h in held {
+            h.await.unwrap();
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 }

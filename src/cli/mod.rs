@@ -98,8 +98,10 @@ enum Command {
     /// fresh three-node cluster; every answer and, at the end, every
     /// acknowledged block is checked. Exits 1 on any loss, wrong answer or
     /// memory over the bound.
-    #[command(after_help = "Examples:\n  garage-ipfs soak --clients 32 --seconds 60\n  \
-        garage-ipfs soak --clients 32 --seconds 3600 --json soak.json")]
+    #[command(
+        after_help = "Examples:\n  garage-ipfs soak --clients 32 --seconds 60\n  \
+        garage-ipfs soak --clients 32 --seconds 3600 --json soak.json"
+    )]
     Soak(soak::SoakArgs),
 }
 

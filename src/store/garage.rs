@@ -520,7 +520,7 @@ const RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(150), Duration::from
 /// request notices). Every step of our operations is idempotent (CRDT table
 /// writes, content-addressed block writes), so a retry is safe. Timeouts
 /// are not retried: they already used their deadline.
-async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, Error>
+pub(super) async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Error>>,

@@ -73,6 +73,12 @@ impl GarageStore {
         if self.registered.lock().unwrap().contains(name) {
             return Ok(());
         }
+        // Read, then insert only if absent: safe to retry after a dropped
+        // connection (the first requests after a node restarts).
+        super::garage::retry_transient(|| self.register_once(name)).await
+    }
+
+    async fn register_once(&self, name: &str) -> Result<(), Error> {
         let item = self.connector().k2v_get(&registry(), name).await?;
         if item
             .as_ref()

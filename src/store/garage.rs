@@ -481,10 +481,14 @@ impl Namespace {
         };
         let mut start: Option<String> = None;
         loop {
-            let page = self
-                .conn()
-                .k2v_range(&partition, start.clone(), LIST_PAGE)
-                .await?;
+            // A page read is idempotent: retried after a dropped connection.
+            let page = retry_transient(|| async {
+                Ok(self
+                    .conn()
+                    .k2v_range(&partition, start.clone(), LIST_PAGE)
+                    .await?)
+            })
+            .await?;
             let full = page.len() == LIST_PAGE;
             for item in page {
                 // `start` is inclusive: skip the item that ended the last page.

@@ -32,7 +32,7 @@ use crate::api::grpc::pb;
 use crate::api::{self, ApiOptions, Listeners};
 use crate::cid::{self as cidutil, codec};
 use crate::config::{ApiConfig, Secret};
-use crate::harness::{free_port, Cluster, Lifetime, Ports, StartOptions};
+use crate::harness::free_port;
 use crate::store::{BlockStore, GarageStore};
 use crate::Connector;
 
@@ -124,14 +124,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         "soak: starting a three-node garage cluster in {}",
         opts.dir.display()
     );
-    let cluster = Cluster::start(StartOptions {
-        dir: opts.dir.clone(),
-        ports: Ports::Free,
-        lifetime: Lifetime::Attached,
-        nodelay: opts.nodelay,
-    })
-    .await
-    .context("starting the soak cluster")?;
+    crate::bench::refuse_running_cluster(&opts.dir)?;
+    let cluster = crate::bench::start_own_cluster(&opts.dir, opts.nodelay)
+        .await
+        .context("starting the soak cluster")?;
     let conn =
         Connector::connect(cluster.connector_config(opts.dir.join("connector"), free_port()?))
             .await

@@ -523,14 +523,9 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         opts.dir.display(),
         if opts.nodelay { "on" } else { "off" }
     ));
-    let cluster = Cluster::start(StartOptions {
-        dir: opts.dir.clone(),
-        ports: Ports::Free,
-        lifetime: Lifetime::Attached,
-        nodelay: opts.nodelay,
-    })
-    .await
-    .context("starting the benchmark cluster")?;
+    let cluster = start_own_cluster(&opts.dir, opts.nodelay)
+        .await
+        .context("starting the benchmark cluster")?;
     status(&format!("cluster healthy in {:.1?}", started.elapsed()));
 
     let mut bench = Bench {
@@ -556,9 +551,24 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Starts a cluster of a command's own (bench, soak) on free ports, its
+/// nodes attached to this process.
+pub(crate) async fn start_own_cluster(
+    dir: &std::path::Path,
+    nodelay: bool,
+) -> Result<Arc<Cluster>, harness::HarnessError> {
+    Cluster::start(StartOptions {
+        dir: dir.to_owned(),
+        ports: Ports::Free,
+        lifetime: Lifetime::Attached,
+        nodelay,
+    })
+    .await
+}
+
 /// A cluster directory whose nodes run would be re-rendered with other
 /// ports under them.
-fn refuse_running_cluster(dir: &std::path::Path) -> anyhow::Result<()> {
+pub(crate) fn refuse_running_cluster(dir: &std::path::Path) -> anyhow::Result<()> {
     if let Ok(existing) = Cluster::open(dir) {
         if (0..existing.nodes.len()).any(|i| existing.node_pid(i).is_some()) {
             anyhow::bail!(

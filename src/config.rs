@@ -150,9 +150,12 @@ pub struct ApiConfig {
     /// A client must send a request's headers within this many seconds
     /// (and an idle keep-alive connection its next request's), or its
     /// connection is closed: slow clients cannot hold connections open.
+    /// On gRPC: a new connection's first bytes, and the answer to an HTTP/2
+    /// ping sent after as long an idle time.
     pub header_read_timeout_secs: u64,
-    /// Open connections per HTTP listener; beyond it, new connections wait
-    /// in the kernel's accept queue (memory stays bounded under a flood).
+    /// Open connections per listener (HTTP and gRPC); beyond it, new
+    /// connections wait in the kernel's accept queue (memory stays bounded
+    /// under a flood).
     pub max_connections: usize,
 }
 

@@ -15,34 +15,11 @@ use garage_ipfs::harness::free_port;
 use garage_ipfs::store::BlockStore;
 use garage_ipfs::Connector;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Restarts nodes and waits until the cluster is healthy and `conn` sees
 /// all three storage nodes again.
 async fn restart_and_rejoin(nodes: &[usize], conn: &Connector) {
     cluster().restart_nodes(nodes).await.expect("nodes restart");
     sees_all_nodes(conn).await;
-}
-
-async fn sees_all_nodes(conn: &Connector) {
-    eventually(
-        Duration::from_secs(30),
-        "connector sees all nodes up",
-        || conn.system.health().storage_nodes_ok == 3,
-    )
-    .await;
-}
-
-/// Takes the serial lock, once the shared connector sees every node (an
-/// earlier test may have just restarted some).
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    let guard = SERIAL.lock().await;
-    cluster()
-        .wait_healthy(Duration::from_secs(30))
-        .await
-        .expect("cluster healthy");
-    sees_all_nodes(store().await.connector()).await;
-    guard
 }
 
 #[test]
@@ -259,71 +236,6 @@ fn cache_counts(store: &garage_ipfs::GarageStore) -> (u64, u64) {
     (s.hits, s.misses)
 }
 
-/// Blocks of 4 to 12 KiB: stored outside the index, so every put writes a
-/// block, a ref and an index entry.
-fn blocks(n: usize) -> Vec<(cid::Cid, bytes::Bytes)> {
-    (0..n)
-        .map(|i| random_block(codec::RAW, 0x12, 4096 + (i * 37) % 8192))
-        .collect()
-}
-
-/// Every acknowledged block reads back intact; returns how many.
-async fn assert_all_readable(
-    ns: &impl BlockStore,
-    acked: &[(cid::Cid, bytes::Bytes)],
-    when: &str,
-) -> usize {
-    for (cid, data) in acked {
-        let got = ns
-            .get(cid)
-            .await
-            .unwrap_or_else(|e| panic!("{when}: reading acknowledged {cid}: {e}"));
-        assert_eq!(got.as_ref(), Some(data), "{when}: acknowledged {cid} lost");
-    }
-    acked.len()
-}
-
-/// Verifies every block of the namespace; repairs what is wrong (once) and
-/// asserts that a second verify finds every block with all its replicas.
-/// Returns (problems first found, replicas repair wrote).
-async fn verify_repair_verify(ns: &garage_ipfs::store::Namespace) -> (u64, u64) {
-    use garage_ipfs::store::verify::{RepairSummary, VerifySummary};
-
-    async fn verify(ns: &garage_ipfs::store::Namespace) -> VerifySummary {
-        let entries = ns.list_entries().try_collect().await.unwrap();
-        ns.verify_entries(entries, |_| ()).await.expect("verify")
-    }
-    // A node restarted a moment ago may still look connected over its dead
-    // connection; verify again until the connector has reconnected.
-    let start = Instant::now();
-    let mut first = verify(ns).await;
-    while first.unreachable_replicas > 0 && start.elapsed() < Duration::from_secs(60) {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        first = verify(ns).await;
-    }
-    assert_eq!(first.unreachable_replicas, 0, "a node stays unreachable");
-    assert_eq!(
-        first.lost,
-        0,
-        "blocks with no intact replica: {:?}",
-        first.problems.first()
-    );
-    let mut repaired = RepairSummary::default();
-    for report in &first.problems {
-        ns.repair_block(report, false, &mut repaired).await;
-    }
-    assert!(repaired.failed.is_empty(), "repair failed: {repaired:?}");
-    let second = verify(ns).await;
-    assert!(
-        second.clean(),
-        "after repair, {} of {} blocks still have problems, such as {:?}",
-        second.checked - second.healthy,
-        second.checked,
-        second.problems.first()
-    );
-    (first.checked - first.healthy, repaired.replicas_written)
-}
-
 /// `kill -9` of a node in the middle of a 2 000-block `put_many`: every
 /// block the batch acknowledges reads back, the batch names exactly the
 /// blocks it did not store, and verify + repair restore three replicas.
@@ -463,29 +375,6 @@ fn fault_corrupt_replicas_reads_stay_correct_and_verify_reports_them() {
     });
 }
 
-/// Puts batches of blocks until `stop`; returns the acknowledged blocks
-/// and how many puts failed.
-async fn write_until(
-    ns: garage_ipfs::store::Namespace,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (Vec<(cid::Cid, bytes::Bytes)>, usize) {
-    let mut acked = Vec::new();
-    let mut failed = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let batch = blocks(32);
-        let refused: Vec<cid::Cid> = match ns.put_many(batch.clone()).await {
-            Ok(()) => Vec::new(),
-            Err(garage_ipfs::store::Error::Partial { failed, .. }) => {
-                failed.into_iter().map(|(c, _)| c).collect()
-            }
-            Err(e) => panic!("put_many failed as a whole: {e}"),
-        };
-        failed += refused.len();
-        acked.extend(batch.into_iter().filter(|(c, _)| !refused.contains(c)));
-    }
-    (acked, failed)
-}
-
 /// Waits until the connector sees layout `version` as the only one in use
 /// (the cluster finished moving to it).
 async fn wait_layout_settled(conn: &Connector, version: u64) {
@@ -521,8 +410,7 @@ fn fault_layout_change_while_writing_loses_no_acknowledged_block() {
         let store = store().await;
         let conn = store.connector();
         let ns = store.create_namespace(&unique_ns("layout")).await.unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = tokio::spawn(write_until(ns.clone(), stop.clone()));
+        let writer = Writer::start(ns.clone());
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         let c = cluster();
@@ -543,12 +431,16 @@ fn fault_layout_change_while_writing_loses_no_acknowledged_block() {
             .unwrap();
         wait_layout_settled(conn, v + 2).await;
 
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let (acked, failed) = writer.await.unwrap();
+        let WriterReport {
+            acked,
+            refused,
+            batch_errors,
+        } = writer.finish().await;
         eprintln!(
-            "layout change: {} blocks acknowledged, {failed} puts refused",
+            "layout change: {} blocks acknowledged, {refused} puts refused",
             acked.len()
         );
+        assert!(batch_errors.is_empty(), "batches failed: {batch_errors:?}");
         assert!(acked.len() >= 100, "the writer wrote too little to test");
         assert_all_readable(&ns, &acked, "after the layout changes").await;
         let (problems, written) = verify_repair_verify(&ns).await;

@@ -6,6 +6,7 @@
 //! `127.0.0.1:0` and run the daemon in-process. Everything is generic over
 //! a [`Backend`]: the Garage store in production, memory in unit tests.
 
+mod conn;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
@@ -272,7 +273,7 @@ async fn serve_http(
     shutdown: impl Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let permits = Arc::new(tokio::sync::Semaphore::new(opts.max_connections.max(1)));
+    let mut admitted = conn::admit(listener, opts.max_connections, 1, opts.header_read_timeout);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // HTTP/1 only (what the gateway and kubo clients speak): the protocol
     // sniffing of the auto builder would wait, with no deadline, for the
@@ -285,43 +286,20 @@ async fn serve_http(
         .header_read_timeout(opts.header_read_timeout);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors, a connection reset before
-                    // accept...: wait a little, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            s = admitted.recv() => match s {
+                Some(s) => s,
+                None => break,
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
         let (builder, router, watcher) = (builder.clone(), router.clone(), graceful.watcher());
-        let first_byte = opts.header_read_timeout;
         tokio::spawn(async move {
-            // hyper's header deadline starts with the first byte; a client
-            // that sends none is dropped here.
-            let mut probe = [0u8; 1];
-            if tokio::time::timeout(first_byte, stream.peek(&mut probe))
-                .await
-                .is_err()
-            {
-                drop(permit);
-                return;
-            }
             let service = hyper_util::service::TowerToHyperService::new(router);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(error = %e, "connection closed with an error");
             }
-            drop(permit);
         });
     }
     graceful.shutdown().await;
@@ -375,10 +353,20 @@ pub async fn serve<B: Backend>(
     let grpc = tonic::transport::Server::builder()
         .concurrency_limit_per_connection(opts.max_concurrent_requests)
         .timeout(opts.request_timeout * 10)
+        .http2_keepalive_interval(Some(opts.header_read_timeout))
+        .http2_keepalive_timeout(Some(opts.header_read_timeout))
         .layer(metrics::Observe("grpc"))
         .add_service(grpc)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listeners.grpc),
+            tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(conn::admit(
+                    listeners.grpc,
+                    opts.max_connections,
+                    conn::HTTP2_PREFACE,
+                    opts.header_read_timeout,
+                )),
+                Ok::<_, std::io::Error>,
+            ),
             stopped(stop_rx),
         );
     let ((), (), c) = tokio::join!(gw, rpc, grpc);
@@ -561,6 +549,59 @@ mod tests {
             b"GET /ipfs/bafkqaaa?format=raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         let (answer, took) = raw(gw, request, Duration::from_secs(5)).await;
         assert_eq!(status_of(&answer), 200, "{answer}");
+        assert!(
+            took >= Duration::from_millis(500),
+            "served at once ({took:?}) past the bound"
+        );
+        for h in held {
+            h.await.unwrap();
+        }
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// gRPC: a silent connection, one that sends part of the HTTP/2
+    /// preface and stops, and one that stops after the preface are all
+    /// closed within a few deadlines; while stalled ones hold the
+    /// connection bound, a real client waits its turn and is then served.
+    #[tokio::test]
+    async fn grpc_connections_are_bounded() {
+        let mut opts = ApiOptions::for_tests(None);
+        opts.header_read_timeout = Duration::from_millis(800);
+        opts.max_connections = 2;
+        let listeners = Listeners::bind_loopback().await.unwrap();
+        let [_, _, grpc] = listeners.addrs().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listeners, MemBackend::default(), opts, async {
+            let _ = stopped.await;
+        }));
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        for (what, bytes) in [
+            ("silent", &b""[..]),
+            ("part of the preface", &preface[..5]),
+            ("the preface only", &preface[..]),
+        ] {
+            let (_, took) = raw(grpc, bytes, Duration::from_secs(10)).await;
+            assert!(took < Duration::from_secs(4), "{what}: held {took:?}");
+        }
+        let held: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(raw(grpc, &preface[..5], Duration::from_secs(5))))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let start = std::time::Instant::now();
+        let mut client =
+            grpc::pb::blockstore_client::BlockstoreClient::connect(format!("http://{grpc}"))
+                .await
+                .unwrap();
+        let has = client
+            .has(grpc::pb::HasRequest {
+                namespace: "bounded".into(),
+                cid: "bafkqaaa".into(),
+            })
+            .await
+            .unwrap();
+        let took = start.elapsed();
+        assert!(has.into_inner().has, "the identity CID is always held");
         assert!(
             took >= Duration::from_millis(500),
             "served at once ({took:?}) past the bound"

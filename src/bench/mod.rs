@@ -562,6 +562,7 @@ pub(crate) async fn start_own_cluster(
         ports: Ports::Free,
         lifetime: Lifetime::Attached,
         nodelay,
+        network: harness::Network::Loopback,
     })
     .await
 }

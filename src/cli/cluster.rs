@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::DirArg;
-use crate::harness::{Cluster, Lifetime, Ports, StartOptions};
+use crate::harness::{Cluster, Lifetime, Network, Ports, StartOptions};
 
 /// Dev cluster commands.
 #[derive(Debug, Subcommand)]
@@ -51,6 +51,7 @@ pub async fn up(dir: &DirArg, nodelay: &NodelayArg) -> anyhow::Result<std::sync:
         ports: Ports::Configured,
         lifetime: Lifetime::Detached,
         nodelay: !nodelay.no_nodelay,
+        network: Network::Loopback,
     })
     .await?;
     Ok(cluster)

@@ -8,17 +8,23 @@
 //! Node keys are generated here before the first start, so every node's
 //! config can name the others as `bootstrap_peers` and the nodes connect
 //! by themselves.
+//!
+//! For partition tests, [`Network::Namespaces`] puts each node in a network
+//! namespace of its own on a private bridge ([`netns`]), where links can be
+//! cut and healed; everything else works the same.
 
 mod binary;
+pub mod netns;
 pub mod process;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use binary::{binary_version, garage_binary, GARAGE_VERSION};
+pub use netns::{NetLab, Peer};
 
 use crate::config::Config;
 use crate::garage::probe::{parse_peers, Probe};
@@ -94,6 +100,18 @@ pub enum Lifetime {
     Attached,
 }
 
+/// Where the nodes talk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Network {
+    /// All on 127.0.0.1.
+    #[default]
+    Loopback,
+    /// Each node in a network namespace of its own, joined by a bridge,
+    /// so that tests can cut links ([`NetLab`]). Needs root and `ip`;
+    /// only with free ports and attached nodes.
+    Namespaces,
+}
+
 /// How to start a cluster.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
@@ -106,6 +124,8 @@ pub struct StartOptions {
     /// Run the nodes with our TCP_NODELAY preload shim (`nodelay.c`),
     /// compiled into the cluster directory with the system C compiler.
     pub nodelay: bool,
+    /// The nodes' network.
+    pub network: Network,
 }
 
 /// The preload shim's file name in a cluster directory; nodes started
@@ -222,6 +242,8 @@ pub struct Cluster {
     pub rpc_secret: String,
     lifetime: Lifetime,
     children: Mutex<Vec<Option<Child>>>,
+    // Dropped after the nodes are stopped (`Drop` runs first).
+    lab: Option<NetLab>,
 }
 
 impl Cluster {
@@ -232,7 +254,22 @@ impl Cluster {
         let garage = garage_binary()?;
         std::fs::create_dir_all(&opts.dir).map_err(io_err(&opts.dir))?;
         let dir = opts.dir.canonicalize().map_err(io_err(&opts.dir))?;
-        let (nodes, rpc_secret) = render_configs(&dir, opts.ports)?;
+        let lab = match opts.network {
+            Network::Loopback => None,
+            Network::Namespaces => {
+                if opts.ports != Ports::Free || opts.lifetime != Lifetime::Attached {
+                    return Err(HarnessError::Other(
+                        "namespaced nodes need free ports and an attached lifetime".into(),
+                    ));
+                }
+                let lab = NetLab::create()?;
+                for index in 1..=NODE_CONFIGS.len() {
+                    lab.add_node(index)?;
+                }
+                Some(lab)
+            }
+        };
+        let (nodes, rpc_secret) = render_configs(&dir, opts.ports, lab.as_ref())?;
         let shim = dir.join(NODELAY_SHIM);
         if opts.nodelay {
             build_nodelay_shim(&shim)?;
@@ -246,6 +283,7 @@ impl Cluster {
             rpc_secret,
             lifetime: opts.lifetime,
             children: Mutex::new(vec![None, None, None]),
+            lab,
         });
         for i in 0..cluster.nodes.len() {
             if cluster.node_pid(i).is_none() {
@@ -279,6 +317,7 @@ impl Cluster {
             rpc_secret,
             lifetime: Lifetime::Detached,
             children: Mutex::new(vec![None, None, None]),
+            lab: None,
         })
     }
 
@@ -297,7 +336,10 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .map_err(io_err(&log_path))?;
-        let mut cmd = Command::new(&self.garage);
+        let mut cmd = match &self.lab {
+            Some(lab) => lab.command(node.index, &self.garage),
+            None => Command::new(&self.garage),
+        };
         cmd.arg("-c")
             .arg(&node.config)
             .arg("server")
@@ -326,7 +368,11 @@ impl Cluster {
     /// three. It is in no layout until one assigns it. For layout-change
     /// tests: the node is killed when the returned handle drops.
     pub async fn start_extra_node(&self, index: usize) -> Result<ExtraNode, HarnessError> {
-        let (node, mut table) = render_node(&self.dir, index, NODE_CONFIGS[0], Ports::Free)?;
+        let host = match &self.lab {
+            Some(lab) => lab.add_node(index)?,
+            None => LOCALHOST,
+        };
+        let (node, mut table) = render_node(&self.dir, index, NODE_CONFIGS[0], Ports::Free, host)?;
         let peers = self.peers().into_iter().map(toml::Value::String).collect();
         table.insert("bootstrap_peers".into(), toml::Value::Array(peers));
         let text = toml::to_string(&table).expect("serializable");
@@ -528,11 +574,22 @@ impl Cluster {
         self.nodes.iter().map(Node::peer).collect()
     }
 
+    /// The namespaces and links of a [`Network::Namespaces`] cluster.
+    pub fn net(&self) -> Option<&NetLab> {
+        self.lab.as_ref()
+    }
+
+    /// Where a connector of this process binds: the bridge's address for a
+    /// namespaced cluster (its nodes connect back to it), else 127.0.0.1.
+    pub fn connector_ip(&self) -> IpAddr {
+        self.lab.as_ref().map_or(LOCALHOST, NetLab::host_ip)
+    }
+
     /// A connector config for this cluster.
     pub fn connector_config(&self, state_dir: impl Into<PathBuf>, rpc_port: u16) -> Config {
         Config::new(
             state_dir,
-            SocketAddr::from(([127, 0, 0, 1], rpc_port)),
+            SocketAddr::new(self.connector_ip(), rpc_port),
             self.rpc_secret.clone(),
             self.peers(),
         )
@@ -553,7 +610,7 @@ impl Cluster {
         let text = format!(
             "# Written by `garage-ipfs cluster up` for the cluster in this directory.\n\
              state_dir = \"connector\"\n\
-             rpc_bind_addr = \"127.0.0.1:{DEV_CONNECTOR_PORT}\"\n\
+             rpc_bind_addr = \"{}:{DEV_CONNECTOR_PORT}\"\n\
              rpc_secret = {:?}\n\
              bootstrap_peers = [\n{peers}\n]\n\
              replication_factor = 3\n\
@@ -562,6 +619,7 @@ impl Cluster {
              [api]\n\
              # Local development only: writes without a token on loopback.\n\
              allow_anonymous_writes_on_loopback = true\n",
+            self.connector_ip(),
             self.rpc_secret
         );
         let path = self.connector_config_path();
@@ -577,12 +635,19 @@ impl Drop for Cluster {
     }
 }
 
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
 /// Renders the node configs into `dir`, generating node keys as needed.
-fn render_configs(dir: &Path, ports: Ports) -> Result<(Vec<Node>, String), HarnessError> {
+fn render_configs(
+    dir: &Path,
+    ports: Ports,
+    lab: Option<&NetLab>,
+) -> Result<(Vec<Node>, String), HarnessError> {
     let mut tables = Vec::new();
     let mut nodes = Vec::new();
     for (i, template) in NODE_CONFIGS.iter().enumerate() {
-        let (node, table) = render_node(dir, i + 1, template, ports)?;
+        let host = lab.map_or(LOCALHOST, |lab| lab.node_ip(i + 1));
+        let (node, table) = render_node(dir, i + 1, template, ports, host)?;
         nodes.push(node);
         tables.push(table);
     }
@@ -601,12 +666,14 @@ fn render_configs(dir: &Path, ports: Ports) -> Result<(Vec<Node>, String), Harne
 }
 
 /// Renders one node's config table (not yet written: its bootstrap peers
-/// are added by the caller) and creates its directories and key.
+/// are added by the caller) and creates its directories and key. With free
+/// ports, the node listens on `host`.
 fn render_node(
     dir: &Path,
     index: usize,
     template: &str,
     ports: Ports,
+    host: IpAddr,
 ) -> Result<(Node, toml::Table), HarnessError> {
     let mut table: toml::Table = toml::from_str(template).expect("shipped node config parses");
     let node_dir = dir.join(format!("node{index}"));
@@ -619,18 +686,11 @@ fn render_node(
     set(&mut table, &["data_dir"], data.display().to_string());
     if ports == Ports::Free {
         let [rpc, s3, admin] = [free_port()?, free_port()?, free_port()?];
-        set(&mut table, &["rpc_bind_addr"], format!("127.0.0.1:{rpc}"));
-        set(&mut table, &["rpc_public_addr"], format!("127.0.0.1:{rpc}"));
-        set(
-            &mut table,
-            &["s3_api", "api_bind_addr"],
-            format!("127.0.0.1:{s3}"),
-        );
-        set(
-            &mut table,
-            &["admin", "api_bind_addr"],
-            format!("127.0.0.1:{admin}"),
-        );
+        let at = |port| SocketAddr::new(host, port).to_string();
+        set(&mut table, &["rpc_bind_addr"], at(rpc));
+        set(&mut table, &["rpc_public_addr"], at(rpc));
+        set(&mut table, &["s3_api", "api_bind_addr"], at(s3));
+        set(&mut table, &["admin", "api_bind_addr"], at(admin));
     }
     ensure_node_key(&meta)?;
     let path = dir.join(format!("node{index}.toml"));

@@ -9,6 +9,10 @@
 //! Test names are prefixed by area: `store_`, `fault_`, `join_`.
 #![allow(dead_code)]
 
+mod durability;
+#[allow(unused_imports)] // not every test binary uses them
+pub use durability::*;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cid::Cid;
 use futures::TryStreamExt;
-use garage_ipfs::harness::{free_port, Cluster, Lifetime, Ports, StartOptions};
+use garage_ipfs::harness::{free_port, Cluster, Lifetime, Network, Ports, StartOptions};
 use garage_ipfs::store::{BlockStore, GarageStore};
 use garage_ipfs::{cid as cidutil, Connector};
 use rand::RngCore;
@@ -50,10 +54,38 @@ fn test_root() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("garage-ipfs-tests")
 }
 
+static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
+static NETWORK: OnceLock<Network> = OnceLock::new();
+
+/// This binary's cluster, its nodes in network namespaces (partition
+/// tests). Call it before anything else that starts the cluster.
+pub fn namespaced_cluster() -> &'static Arc<Cluster> {
+    let _ = NETWORK.set(Network::Namespaces);
+    assert_eq!(
+        NETWORK.get(),
+        Some(&Network::Namespaces),
+        "this binary's cluster was started on loopback"
+    );
+    cluster()
+}
+
+/// The links of a namespaced cluster.
+pub fn net() -> &'static garage_ipfs::harness::NetLab {
+    namespaced_cluster().net().expect("a namespaced cluster")
+}
+
+/// Statics are never dropped: remove the cluster's namespaces and bridge
+/// when the test process exits (its nodes die with it anyway).
+extern "C" fn teardown_network() {
+    if let Some(lab) = CLUSTER.get().and_then(|c| c.net()) {
+        lab.teardown();
+    }
+}
+
 /// This binary's cluster, started on first use.
 pub fn cluster() -> &'static Arc<Cluster> {
-    static CLUSTER: OnceLock<Arc<Cluster>> = OnceLock::new();
     CLUSTER.get_or_init(|| {
+        let network = *NETWORK.get_or_init(|| Network::Loopback);
         let name = std::env::current_exe()
             .ok()
             .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
@@ -68,11 +100,16 @@ pub fn cluster() -> &'static Arc<Cluster> {
                 ports: Ports::Free,
                 lifetime: Lifetime::Attached,
                 nodelay: true,
+                network,
             }))
         })
         .join()
         .expect("cluster start panicked")
         .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        if network == Network::Namespaces {
+            // SAFETY: registers a plain function; it only runs `ip`.
+            unsafe { libc::atexit(teardown_network) };
+        }
         eprintln!(
             "test cluster up in {:.1?} at {}",
             started.elapsed(),
@@ -229,10 +266,10 @@ pub fn config_file(label: &str) -> PathBuf {
         .collect::<Vec<_>>()
         .join(", ");
     let text = format!(
-        "state_dir = {:?}\nrpc_bind_addr = \"127.0.0.1:{}\"\nrpc_secret = {:?}\n\
+        "state_dir = {:?}\nrpc_bind_addr = \"{}\"\nrpc_secret = {:?}\n\
          bootstrap_peers = [{peers}]\nreplication_factor = 3\n",
         dir.display().to_string(),
-        free_port().unwrap(),
+        std::net::SocketAddr::new(c.connector_ip(), free_port().unwrap()),
         c.rpc_secret,
     );
     let path = dir.join("connector.toml");

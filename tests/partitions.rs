@@ -41,6 +41,59 @@ async fn heal() -> Duration {
     start.elapsed()
 }
 
+/// A writer and a reader on a fresh namespace of the shared store.
+struct Load {
+    ns: garage_ipfs::store::Namespace,
+    writer: Writer,
+    reader: Reader,
+}
+
+impl Load {
+    /// Starts them; returns once `warmup` blocks are acknowledged.
+    async fn start(label: &str, warmup: usize) -> Self {
+        let store = store().await;
+        let ns = store.create_namespace(&unique_ns(label)).await.unwrap();
+        let writer = Writer::start(ns.clone());
+        let reader = Reader::start(ns.clone(), &writer);
+        writer
+            .wait_for_more(
+                warmup,
+                Duration::from_secs(60),
+                "writes before the first cut",
+            )
+            .await;
+        Self { ns, writer, reader }
+    }
+
+    /// After the last heal: waits for `more` acknowledgements, stops, and
+    /// asserts that no read saw an acknowledged block absent or wrong, that
+    /// all read back, that verify + repair leave three replicas and that
+    /// every node runs. Prints the figures under `what`.
+    async fn finish(self, what: &str, more: usize) -> WriterReport {
+        let took = heal().await;
+        self.writer
+            .wait_for_more(more, Duration::from_secs(60), "writes after healing")
+            .await;
+        let written = self.writer.finish().await;
+        let read = self.reader.finish().await;
+        eprintln!(
+            "{what}: {} acknowledged, {} refused ({} whole batches failed); reads {} correct, \
+             {} failed; the connector saw every node {took:?} after healing",
+            written.acked.len(),
+            written.refused,
+            written.batch_errors.len(),
+            read.correct,
+            read.errors
+        );
+        assert!(read.violations.is_empty(), "{:?}", read.violations);
+        assert_all_readable(&self.ns, &written.acked, "after healing").await;
+        let (problems, repaired) = verify_repair_verify(&self.ns).await;
+        eprintln!("{what}: verify found {problems} blocks short, repair wrote {repaired}");
+        assert_nodes_running(what);
+        written
+    }
+}
+
 /// Node3 cut off from everyone (nodes and connector) for 20 s while a
 /// writer and a reader run: two nodes are a quorum, so every batch is
 /// acknowledged across the cut, no read sees an acknowledged block absent
@@ -49,36 +102,13 @@ async fn heal() -> Duration {
 fn partition_one_node_cut_off_while_writing_loses_no_acknowledged_block() {
     run(async {
         let _serial = partition_serial().await;
-        let store = store().await;
-        let ns = store
-            .create_namespace(&unique_ns("cut-node"))
-            .await
-            .unwrap();
-        let writer = Writer::start(ns.clone());
-        let reader = Reader::start(ns.clone(), &writer);
-        writer
-            .wait_for_more(200, Duration::from_secs(60), "writes before the cut")
-            .await;
-
+        let load = Load::start("cut-node", 200).await;
         net().isolate(3).unwrap();
-        let at_cut = writer.acked();
+        let at_cut = load.writer.acked();
         tokio::time::sleep(Duration::from_secs(20)).await;
-        let during = writer.acked() - at_cut;
-        let took = heal().await;
-        writer
-            .wait_for_more(200, Duration::from_secs(60), "writes after healing")
-            .await;
-        let written = writer.finish().await;
-        let read = reader.finish().await;
-
-        eprintln!(
-            "node3 cut off 20 s: {during} blocks acknowledged during the cut, {} in all, \
-             {} refused; reads {} correct, {} errors; reconnected {took:?} after healing",
-            written.acked.len(),
-            written.refused,
-            read.correct,
-            read.errors
-        );
+        let during = load.writer.acked() - at_cut;
+        eprintln!("node3 cut off 20 s: {during} blocks acknowledged during the cut");
+        let written = load.finish("node3 cut off", 200).await;
         assert!(
             written.batch_errors.is_empty() && written.refused == 0,
             "writes refused with a quorum reachable: {} blocks, {:?}",
@@ -86,11 +116,6 @@ fn partition_one_node_cut_off_while_writing_loses_no_acknowledged_block() {
             written.batch_errors.first()
         );
         assert!(during >= 100, "only {during} blocks written across the cut");
-        assert!(read.violations.is_empty(), "{:?}", read.violations);
-        assert_all_readable(&ns, &written.acked, "after healing").await;
-        let (problems, repaired) = verify_repair_verify(&ns).await;
-        eprintln!("node3 cut off: verify found {problems} blocks short, repair wrote {repaired}");
-        assert_nodes_running("after the cut");
     });
 }
 
@@ -198,49 +223,18 @@ fn nemesis(round: usize) -> (&'static str, Vec<(Peer, Peer)>) {
 fn partition_flapping_links_lose_no_acknowledged_block() {
     run(async {
         let _serial = partition_serial().await;
-        let store = store().await;
-        let ns = store
-            .create_namespace(&unique_ns("flapping"))
-            .await
-            .unwrap();
-        let writer = Writer::start(ns.clone());
-        let reader = Reader::start(ns.clone(), &writer);
-        writer
-            .wait_for_more(100, Duration::from_secs(60), "writes before the first cut")
-            .await;
+        let load = Load::start("flapping", 100).await;
         for round in 0..12 {
             net().heal_all().unwrap();
             let (what, cuts) = nemesis(round);
             for (a, b) in cuts {
                 net().cut(a, b).unwrap();
             }
-            let before = writer.acked();
+            let before = load.writer.acked();
             tokio::time::sleep(Duration::from_secs(4)).await;
-            eprintln!(
-                "round {round}: {what}: {} acknowledged",
-                writer.acked() - before
-            );
+            let acked = load.writer.acked() - before;
+            eprintln!("round {round}: {what}: {acked} acknowledged");
         }
-        let took = heal().await;
-        writer
-            .wait_for_more(100, Duration::from_secs(60), "writes after the last heal")
-            .await;
-        let written = writer.finish().await;
-        let read = reader.finish().await;
-
-        eprintln!(
-            "flapping: {} acknowledged, {} refused ({} whole batches failed); reads {} correct, \
-             {} errors; reconnected {took:?} after the last heal",
-            written.acked.len(),
-            written.refused,
-            written.batch_errors.len(),
-            read.correct,
-            read.errors
-        );
-        assert!(read.violations.is_empty(), "{:?}", read.violations);
-        assert_all_readable(&ns, &written.acked, "after the last heal").await;
-        let (problems, repaired) = verify_repair_verify(&ns).await;
-        eprintln!("flapping: verify found {problems} blocks short, repair wrote {repaired}");
-        assert_nodes_running("after flapping links");
+        load.finish("flapping", 100).await;
     });
 }

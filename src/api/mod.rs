@@ -528,19 +528,30 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
-    /// Beyond `max_connections`, a connection waits in the accept queue and
-    /// is served once another closes.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn connections_beyond_the_bound_wait_their_turn() {
+    /// The surfaces on loopback, at most 2 connections per listener and an
+    /// 800 ms header deadline: their addresses, a stop switch, the server.
+    async fn two_connection_server() -> (
+        [SocketAddr; 3],
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let mut opts = ApiOptions::for_tests(None);
         opts.header_read_timeout = Duration::from_millis(800);
         opts.max_connections = 2;
         let listeners = Listeners::bind_loopback().await.unwrap();
-        let [gw, _, _] = listeners.addrs().unwrap();
+        let addrs = listeners.addrs().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listeners, MemBackend::default(), opts, async {
             let _ = stopped.await;
         }));
+        (addrs, stop, server)
+    }
+
+    /// Beyond `max_connections`, a connection waits in the accept queue and
+    /// is served once another closes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_beyond_the_bound_wait_their_turn() {
+        let ([gw, _, _], stop, server) = two_connection_server().await;
         let held: Vec<_> = (0..2)
             .map(|_| tokio::spawn(raw(gw, b"GET /ipfs/", Duration::from_secs(5))))
             .collect();
@@ -566,15 +577,7 @@ mod tests {
     /// connection bound, a real client waits its turn and is then served.
     #[tokio::test]
     async fn grpc_connections_are_bounded() {
-        let mut opts = ApiOptions::for_tests(None);
-        opts.header_read_timeout = Duration::from_millis(800);
-        opts.max_connections = 2;
-        let listeners = Listeners::bind_loopback().await.unwrap();
-        let [_, _, grpc] = listeners.addrs().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listeners, MemBackend::default(), opts, async {
-            let _ = stopped.await;
-        }));
+        let ([_, _, grpc], stop, server) = two_connection_server().await;
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         for (what, bytes) in [
             ("silent", &b""[..]),

@@ -552,14 +552,35 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_beyond_the_bound_wait_their_turn() {
         let ([gw, _, _], stop, server) = two_connection_server().await;
-        let held: Vec<_> = (0..2)
-            .map(|_| tokio::spawn(raw(gw, b"GET /ipfs/", Duration::from_secs(5))))
-            .collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let held = fill_both_slots(gw, b"GET /ipfs/").await;
         let request =
             b"GET /ipfs/bafkqaaa?format=raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
         let (answer, took) = raw(gw, request, Duration::from_secs(5)).await;
         assert_eq!(status_of(&answer), 200, "{answer}");
+        waited_for_a_slot(took, held).await;
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// Two clients that send `bytes` and stall, holding both slots of a
+    /// [`two_connection_server`] listener until its deadline drops them.
+    async fn fill_both_slots(
+        addr: SocketAddr,
+        bytes: &'static [u8],
+    ) -> Vec<tokio::task::JoinHandle<(String, Duration)>> {
+        let held = (0..2)
+            .map(|_| tokio::spawn(raw(addr, bytes, Duration::from_secs(5))))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        held
+    }
+
+    /// Asserts that a request served after `took` waited for a slot, and
+    /// waits for the stalled clients to be dropped.
+    async fn waited_for_a_slot(
+        took: Duration,
+        held: Vec<tokio::task::JoinHandle<(String, Duration)>>,
+    ) {
         assert!(
             took >= Duration::from_millis(500),
             "served at once ({took:?}) past the bound"
@@ -567,8 +588,6 @@ mod tests {
         for h in held {
             h.await.unwrap();
         }
-        let _ = stop.send(());
-        server.await.unwrap().unwrap();
     }
 
     /// gRPC: a silent connection, one that sends part of the HTTP/2
@@ -578,19 +597,16 @@ mod tests {
     #[tokio::test]
     async fn grpc_connections_are_bounded() {
         let ([_, _, grpc], stop, server) = two_connection_server().await;
-        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         for (what, bytes) in [
             ("silent", &b""[..]),
-            ("part of the preface", &preface[..5]),
-            ("the preface only", &preface[..]),
+            ("part of the preface", &PREFACE[..5]),
+            ("the preface only", PREFACE),
         ] {
             let (_, took) = raw(grpc, bytes, Duration::from_secs(10)).await;
             assert!(took < Duration::from_secs(4), "{what}: held {took:?}");
         }
-        let held: Vec<_> = (0..2)
-            .map(|_| tokio::spawn(raw(grpc, &preface[..5], Duration::from_secs(5))))
-            .collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let held = fill_both_slots(grpc, &PREFACE[..5]).await;
         let start = std::time::Instant::now();
         let mut client =
             grpc::pb::blockstore_client::BlockstoreClient::connect(format!("http://{grpc}"))
@@ -605,13 +621,7 @@ mod tests {
             .unwrap();
         let took = start.elapsed();
         assert!(has.into_inner().has, "the identity CID is always held");
-        assert!(
-            took >= Duration::from_millis(500),
-            "served at once ({took:?}) past the bound"
-        );
-        for h in held {
-            h.await.unwrap();
-        }
+        waited_for_a_slot(took, held).await;
         let _ = stop.send(());
         server.await.unwrap().unwrap();
     }

@@ -32,7 +32,7 @@ use crate::api::grpc::pb;
 use crate::api::{self, ApiOptions, Listeners};
 use crate::cid::{self as cidutil, codec};
 use crate::config::{ApiConfig, Secret};
-use crate::harness::free_port;
+use crate::harness::{free_port, Cluster};
 use crate::store::{BlockStore, GarageStore};
 use crate::Connector;
 
@@ -101,8 +101,72 @@ pub struct Report {
     pub start_rss_bytes: u64,
     /// The bound.
     pub max_rss_bytes: u64,
+    /// The cluster's block storage when the load started.
+    pub disk_start: ClusterDisk,
+    /// The most it held at a sample (once a minute, and at the end).
+    pub disk_peak_bytes: u64,
+    /// When the load ended. Garage frees deleted blocks' space later,
+    /// from its resync queue: a queue that grows through a long soak
+    /// means the space of deletes comes back more slowly than they come.
+    pub disk_end: ClusterDisk,
     /// No violation, nothing lost, memory under the bound.
     pub passed: bool,
+}
+
+/// The cluster's block storage at one moment. Not part of the verdict:
+/// how fast Garage collects deleted blocks is its own business (and
+/// tunable: `garage worker set resync-tranquility` and
+/// `resync-worker-count`), but a soak should show it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ClusterDisk {
+    /// Block files on all nodes together.
+    pub block_files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Items in node1's block resync queue, from `garage worker list`
+    /// (`None` if it did not answer).
+    pub resync_queue: Option<u64>,
+}
+
+impl ClusterDisk {
+    /// Walks every node's data directory and asks node1 for its queue.
+    /// Blocking: a few seconds at a hundred thousand files.
+    pub fn sample(cluster: &Cluster) -> Self {
+        fn walk(dir: &std::path::Path, disk: &mut ClusterDisk) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries.flatten() {
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => walk(&e.path(), disk),
+                    Ok(t) if t.is_file() && e.file_name() != "garage-marker" => {
+                        disk.block_files += 1;
+                        disk.bytes += e.metadata().map_or(0, |m| m.len());
+                    }
+                    _ => (),
+                }
+            }
+        }
+        let mut disk = Self::default();
+        for node in &cluster.nodes {
+            walk(&node.data_dir, &mut disk);
+        }
+        disk.resync_queue = cluster
+            .garage_cli(0, &["worker", "list"])
+            .ok()
+            .and_then(|out| resync_queue(&out));
+        disk
+    }
+}
+
+/// The queue column of the first block resync worker in `garage worker
+/// list` (columns: TID, State, Name, Tranq, Done, Queue, ...).
+fn resync_queue(worker_list: &str) -> Option<u64> {
+    let line = worker_list
+        .lines()
+        .find(|l| l.contains("Block resync worker #1"))?;
+    let mut after = line.split("#1").nth(1)?.split_whitespace();
+    after.nth(2)?.parse().ok()
 }
 
 /// The resident memory of this process, in bytes.
@@ -134,7 +198,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             .context("joining the soak cluster")?;
     let store = GarageStore::with_filters(conn.clone());
     store.create_namespace(NAMESPACE).await?;
-    let result = soak_daemon(opts, store.clone()).await;
+    let result = soak_daemon(opts, store.clone(), cluster.clone()).await;
     conn.shutdown();
     drop(store);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -142,7 +206,11 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     result
 }
 
-async fn soak_daemon(opts: &Options, store: Arc<GarageStore>) -> anyhow::Result<Report> {
+async fn soak_daemon(
+    opts: &Options,
+    store: Arc<GarageStore>,
+    cluster: Arc<Cluster>,
+) -> anyhow::Result<Report> {
     let token = hex::encode(rand::random::<[u8; 16]>());
     let api_config = ApiConfig {
         namespace: NAMESPACE.into(),
@@ -167,6 +235,7 @@ async fn soak_daemon(opts: &Options, store: Arc<GarageStore>) -> anyhow::Result<
     };
 
     let shared = Arc::new(Shared::default());
+    let disk_start = sample_disk(&cluster, &shared).await;
     let start_rss = rss_bytes();
     shared.peak_rss.store(start_rss, Ordering::Relaxed);
     eprintln!(
@@ -180,7 +249,12 @@ async fn soak_daemon(opts: &Options, store: Arc<GarageStore>) -> anyhow::Result<
     );
     let started = Instant::now();
     let deadline = started + opts.duration;
-    let monitor = tokio::spawn(monitor(shared.clone(), deadline, opts.progress_every));
+    let monitor = tokio::spawn(monitor(
+        shared.clone(),
+        cluster.clone(),
+        deadline,
+        opts.progress_every,
+    ));
     let mut clients = Vec::new();
     for id in 0..opts.clients {
         let (targets, shared) = (targets.clone(), shared.clone());
@@ -198,6 +272,7 @@ async fn soak_daemon(opts: &Options, store: Arc<GarageStore>) -> anyhow::Result<
     }
     let seconds = started.elapsed().as_secs_f64();
     monitor.abort();
+    let disk_end = sample_disk(&cluster, &shared).await;
     let _ = stop_tx.send(());
     server.await??;
 
@@ -259,6 +334,9 @@ async fn soak_daemon(opts: &Options, store: Arc<GarageStore>) -> anyhow::Result<
         peak_rss_bytes: peak,
         start_rss_bytes: start_rss,
         max_rss_bytes: opts.max_rss_bytes,
+        disk_start,
+        disk_peak_bytes: shared.peak_disk.load(Ordering::Relaxed),
+        disk_end,
         passed,
     })
 }
@@ -282,7 +360,24 @@ struct Shared {
     deletes: AtomicU64,
     done: AtomicU64,
     peak_rss: AtomicU64,
+    peak_disk: AtomicU64,
+    last_disk: Mutex<Option<ClusterDisk>>,
 }
+
+/// Samples the cluster's disk off the runtime's threads; keeps the peak
+/// and the latest sample.
+async fn sample_disk(cluster: &Arc<Cluster>, shared: &Shared) -> ClusterDisk {
+    let c = cluster.clone();
+    let disk = tokio::task::spawn_blocking(move || ClusterDisk::sample(&c))
+        .await
+        .unwrap_or_default();
+    shared.peak_disk.fetch_max(disk.bytes, Ordering::Relaxed);
+    *shared.last_disk.lock().unwrap() = Some(disk);
+    disk
+}
+
+/// How often the monitor samples the cluster's disk.
+const DISK_EVERY: Duration = Duration::from_secs(60);
 
 impl Shared {
     fn count(&self, surface: &str, op: &str, outcome: &Result<(), String>) {
@@ -313,23 +408,34 @@ impl Shared {
     }
 }
 
-/// Samples resident memory every 250 ms; prints progress.
-async fn monitor(shared: Arc<Shared>, deadline: Instant, every: Duration) {
+/// Samples resident memory every 250 ms and the cluster's disk every
+/// minute; prints progress.
+async fn monitor(shared: Arc<Shared>, cluster: Arc<Cluster>, deadline: Instant, every: Duration) {
     let mut last_print = Instant::now();
+    let mut last_disk = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let rss = rss_bytes();
         shared.peak_rss.fetch_max(rss, Ordering::Relaxed);
+        if last_disk.elapsed() >= DISK_EVERY {
+            last_disk = Instant::now();
+            sample_disk(&cluster, &shared).await;
+        }
         if last_print.elapsed() >= every {
             last_print = Instant::now();
             let errors: u64 = shared.errors.lock().unwrap().values().sum();
+            let disk = shared.last_disk.lock().unwrap().unwrap_or_default();
             eprintln!(
-                "soak: {} ops, {} errors, {} violations, rss {} MiB, {}s left",
+                "soak: {} ops, {} errors, {} violations, rss {} MiB, {}s left; \
+                 cluster: {} block files, {} MiB, resync queue {}",
                 shared.done.load(Ordering::Relaxed),
                 errors,
                 shared.violations.lock().unwrap().len(),
                 rss >> 20,
-                deadline.saturating_duration_since(Instant::now()).as_secs()
+                deadline.saturating_duration_since(Instant::now()).as_secs(),
+                disk.block_files,
+                disk.bytes >> 20,
+                disk.resync_queue.map_or("?".into(), |q| q.to_string()),
             );
         }
     }
@@ -645,4 +751,19 @@ fn transport_class(e: reqwest::Error) -> String {
 
 fn grpc_class(s: tonic::Status) -> String {
     format!("{:?}", s.code())
+}
+
+#[cfg(test)]
+mod disk_tests {
+    #[test]
+    fn resync_queue_is_read_from_worker_list() {
+        let busy = "TID  State  Name                                Tranq  Done  Queue  Errors\n\
+                    1    Idle   Block resync queue deferred worker  -      -     94     -\n\
+                    2    Busy   Block resync worker #1              2      -     64367  -\n\
+                    3    Idle   Block resync worker #2              -      -     -      -\n";
+        assert_eq!(super::resync_queue(busy), Some(64367));
+        let idle = "2    Idle   Block resync worker #1              -      -     -      -\n";
+        assert_eq!(super::resync_queue(idle), None);
+        assert_eq!(super::resync_queue("error: cannot connect"), None);
+    }
 }

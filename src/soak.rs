@@ -157,6 +157,11 @@ impl ClusterDisk {
             .and_then(|out| resync_queue(&out));
         disk
     }
+
+    /// The resync queue for humans: its length, or `?`.
+    pub fn resync_queue_text(&self) -> String {
+        self.resync_queue.map_or("?".into(), |q| q.to_string())
+    }
 }
 
 /// The queue column of the first block resync worker in `garage worker
@@ -435,7 +440,7 @@ async fn monitor(shared: Arc<Shared>, cluster: Arc<Cluster>, deadline: Instant, 
                 deadline.saturating_duration_since(Instant::now()).as_secs(),
                 disk.block_files,
                 disk.bytes >> 20,
-                disk.resync_queue.map_or("?".into(), |q| q.to_string()),
+                disk.resync_queue_text(),
             );
         }
     }

@@ -483,29 +483,13 @@ fn cli_repair_moves_refs_off_a_dead_anchor() {
 /// BENCHMARKS.md is for); the shape and the accounting are.
 #[test]
 fn cli_bench_quick_writes_its_json() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let json_path = dir.path().join("bench.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
-        .args([
-            "bench",
-            "--quick",
-            "--no-scale",
-            "--workloads",
-            "put_1k,get_1k,has_absent",
-        ])
-        .arg("--dir")
-        .arg(dir.path().join("cluster"))
-        .arg("--json")
-        .arg(&json_path)
-        .output()
-        .expect("cannot run garage-ipfs");
-    assert!(
-        out.status.success(),
-        "bench failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let (report, _) = run_on_own_cluster(&[
+        "bench",
+        "--quick",
+        "--no-scale",
+        "--workloads",
+        "put_1k,get_1k,has_absent",
+    ]);
     for table in ["workloads", "workloads_c1"] {
         for w in ["put_1k", "get_1k", "has_absent"] {
             for sys in ["connector", "s3", "local"] {
@@ -533,7 +517,28 @@ fn cli_bench_quick_writes_its_json() {
     assert!(absent["connector"]["cluster_rpcs_per_op"].as_f64().unwrap() < 0.05);
     assert_eq!(absent["s3"]["client_requests_per_op"].as_f64(), Some(1.0));
     assert!(absent["s3"]["cluster_rpcs_per_op"].as_f64().unwrap() >= 1.0);
-    assert_no_node_runs_in(&dir.path().join("cluster"));
+}
+
+/// Runs `garage-ipfs ARGS --dir DIR --json FILE`, a command that starts a
+/// cluster of its own, in a fresh directory; asserts that it succeeded and
+/// that it stopped the nodes it started. Returns its JSON report and its
+/// stderr.
+fn run_on_own_cluster(args: &[&str]) -> (serde_json::Value, String) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let (cluster, json_path) = (dir.path().join("cluster"), dir.path().join("report.json"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
+        .args(args)
+        .arg("--dir")
+        .arg(&cluster)
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("cannot run garage-ipfs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{} failed:\n{stderr}", args[0]);
+    assert_no_node_runs_in(&cluster);
+    let report = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    (report, stderr)
 }
 
 /// A command that starts its own cluster stopped the nodes it started: no
@@ -562,25 +567,15 @@ fn assert_no_node_runs_in(cluster_dir: &std::path::Path) {
 /// bound, the report counts what was done, and the nodes are stopped.
 #[test]
 fn cli_soak_loses_nothing_under_mixed_load() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let json_path = dir.path().join("soak.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
-        .args([
-            "soak",
-            "--clients",
-            "32",
-            "--seconds",
-            "45",
-            "--max-rss-mib",
-            "512",
-        ])
-        .arg("--dir")
-        .arg(dir.path().join("cluster"))
-        .arg("--json")
-        .arg(&json_path)
-        .output()
-        .expect("cannot run garage-ipfs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (r, stderr) = run_on_own_cluster(&[
+        "soak",
+        "--clients",
+        "32",
+        "--seconds",
+        "45",
+        "--max-rss-mib",
+        "512",
+    ]);
     eprintln!(
         "{}",
         stderr
@@ -589,8 +584,6 @@ fn cli_soak_loses_nothing_under_mixed_load() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(out.status.success(), "soak failed:\n{stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     assert_eq!(r["passed"], true, "{r}");
     assert_eq!(r["violations"].as_array().unwrap().len(), 0, "{r}");
     assert_eq!(r["final_lost"].as_array().unwrap().len(), 0, "{r}");
@@ -616,5 +609,4 @@ fn cli_soak_loses_nothing_under_mixed_load() {
         "{r}"
     );
     assert!(r["peak_rss_bytes"].as_u64().unwrap() <= 512 << 20);
-    assert_no_node_runs_in(&dir.path().join("cluster"));
 }

@@ -134,7 +134,7 @@ pub struct ApiOptions {
     pub request_timeout: Duration,
     /// Deadline for a request's headers (and an idle connection's next).
     pub header_read_timeout: Duration,
-    /// Open connections per HTTP listener.
+    /// Open connections per listener (HTTP and gRPC).
     pub max_connections: usize,
     /// Public key reported as the node's peer id by `/api/v0/id`.
     pub peer_key: [u8; 32],
@@ -425,12 +425,7 @@ mod tests {
         opts.request_timeout = Duration::from_secs(1);
         opts.max_body_bytes = 64 * 1024;
         opts.max_concurrent_requests = 2;
-        let listeners = Listeners::bind_loopback().await.unwrap();
-        let [gw, rpc, _] = listeners.addrs().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listeners, MemBackend::default(), opts, async {
-            let _ = stopped.await;
-        }));
+        let ([gw, rpc, _], stop, server) = test_server(opts).await;
         let put_head = |len: usize| {
             format!(
                 "POST /api/v0/block/put HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0ken\r\n\
@@ -528,8 +523,26 @@ mod tests {
         server.await.unwrap().unwrap();
     }
 
-    /// The surfaces on loopback, at most 2 connections per listener and an
-    /// 800 ms header deadline: their addresses, a stop switch, the server.
+    /// The surfaces on loopback with `opts` over memory: their addresses,
+    /// a stop switch, the server.
+    async fn test_server(
+        opts: ApiOptions,
+    ) -> (
+        [SocketAddr; 3],
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
+        let listeners = Listeners::bind_loopback().await.unwrap();
+        let addrs = listeners.addrs().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listeners, MemBackend::default(), opts, async {
+            let _ = stopped.await;
+        }));
+        (addrs, stop, server)
+    }
+
+    /// [`test_server`] with at most 2 connections per listener and an
+    /// 800 ms header deadline.
     async fn two_connection_server() -> (
         [SocketAddr; 3],
         tokio::sync::oneshot::Sender<()>,
@@ -538,13 +551,7 @@ mod tests {
         let mut opts = ApiOptions::for_tests(None);
         opts.header_read_timeout = Duration::from_millis(800);
         opts.max_connections = 2;
-        let listeners = Listeners::bind_loopback().await.unwrap();
-        let addrs = listeners.addrs().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listeners, MemBackend::default(), opts, async {
-            let _ = stopped.await;
-        }));
-        (addrs, stop, server)
+        test_server(opts).await
     }
 
     /// Beyond `max_connections`, a connection waits in the accept queue and

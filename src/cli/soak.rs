@@ -119,7 +119,6 @@ fn print_report(r: &soak::Report) {
         r.max_rss_bytes >> 20,
         if r.passed { "PASSED" } else { "FAILED" }
     );
-    let queue = |d: &soak::ClusterDisk| d.resync_queue.map_or("?".into(), |q| q.to_string());
     eprintln!(
         "cluster block storage (all nodes): {} files, {} MiB at start; {} MiB peak; \
          {} files, {} MiB when the load ended, Garage's resync queue {} (it frees deleted \
@@ -129,6 +128,6 @@ fn print_report(r: &soak::Report) {
         r.disk_peak_bytes >> 20,
         r.disk_end.block_files,
         r.disk_end.bytes >> 20,
-        queue(&r.disk_end),
+        r.disk_end.resync_queue_text(),
     );
 }

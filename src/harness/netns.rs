@@ -144,11 +144,6 @@ impl NetLab {
         Ok(())
     }
 
-    /// The links cut now.
-    pub fn cuts(&self) -> Vec<(Peer, Peer)> {
-        self.cuts.lock().unwrap().iter().copied().collect()
-    }
-
     /// The host and every node.
     pub fn peers(&self) -> Vec<Peer> {
         let nodes = self.nodes.lock().unwrap();

@@ -162,9 +162,9 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
-            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            rpc_addr: SocketAddr::from(([127, 0, 0, 1], 5001)),
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 5003)),
+            gateway_addr: SocketAddr::from(([127, 0, 0, 1], 3980)),
+            rpc_addr: SocketAddr::from(([127, 0, 0, 1], 3981)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 3982)),
             namespace: "default".into(),
             write_token: None,
             write_token_file: None,

@@ -44,8 +44,7 @@ fn status(e: impl Into<ApiError>) -> Status {
 
 impl<B: Backend> Service<B> {
     fn ns(&self, name: &str) -> Result<B::Ns, Status> {
-        let name = if name.is_empty() { "default" } else { name };
-        self.backend.namespace(name).map_err(status)
+        self.backend.namespace(ns_name(name)).map_err(status)
     }
 
     fn check_write<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -63,8 +62,65 @@ fn parse(cid: &str) -> Result<Cid, Status> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// The namespace of a request: empty means `default`.
+fn ns_name(name: &str) -> &str {
+    if name.is_empty() {
+        "default"
+    } else {
+        name
+    }
+}
+
 #[tonic::async_trait]
 impl<B: Backend> Blockstore for Service<B> {
+    async fn open(
+        &self,
+        req: Request<pb::OpenRequest>,
+    ) -> Result<Response<pb::OpenResponse>, Status> {
+        let name = ns_name(&req.get_ref().namespace).to_string();
+        // A client that presents a token must hear now if it is wrong, not
+        // at its first write; one without a token learns whether it may
+        // write anyway (anonymous writes on loopback).
+        let writable = if req.metadata().contains_key("authorization") {
+            self.check_write(&req)?;
+            true
+        } else {
+            self.auth.check(None).is_ok()
+        };
+        self.ns(&name)?;
+        if !self.backend.is_registered(&name).await.map_err(status)? {
+            return Err(Status::not_found(format!(
+                "namespace {name:?} is not registered (create it with `garage-ipfs namespace create {name}`)"
+            )));
+        }
+        Ok(Response::new(pb::OpenResponse {
+            writable,
+            max_block_size: cidutil::MAX_BLOCK_SIZE as u64,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn stat(
+        &self,
+        req: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::StatResponse>, Status> {
+        let name = ns_name(&req.get_ref().namespace).to_string();
+        let ns = self.ns(&name)?;
+        if !self.backend.is_registered(&name).await.map_err(status)? {
+            return Err(Status::not_found(format!(
+                "namespace {name:?} is not registered"
+            )));
+        }
+        let mut out = pb::StatResponse::default();
+        let mut blocks = ns.list_sized();
+        while let Some(item) = blocks.next().await {
+            let (_, size) = item.map_err(status)?;
+            out.blocks += 1;
+            out.bytes += size;
+        }
+        Ok(Response::new(out))
+    }
+
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.check_write(&req)?;
         let r = req.into_inner();
@@ -212,10 +268,11 @@ impl<B: Backend> Blockstore for Service<B> {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
         let r = req.into_inner();
-        let stream = self.ns(&r.namespace)?.list().map(|r| {
-            r.map(|mh| pb::ListResponse {
+        let stream = self.ns(&r.namespace)?.list_sized().map(|r| {
+            r.map(|(mh, size)| pb::ListResponse {
                 multihash: mh.to_bytes(),
                 cid: cidutil::raw_cid(mh).to_string(),
+                size,
             })
             .map_err(status)
         });

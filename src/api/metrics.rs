@@ -11,7 +11,9 @@
 //!   blocks answered from memory), false positives, entries, memory,
 //!   rebuilds, readiness;
 //! - `garage_ipfs_cache_*`: block cache hits, misses, bytes;
-//! - `garage_ipfs_put_bytes_in_flight`: block bytes held by puts.
+//! - `garage_ipfs_put_bytes_in_flight`: block bytes held by puts;
+//! - `garage_ipfs_cluster_storage_nodes{,_up}`: the layout's storage
+//!   nodes, and those the connector is connected to now.
 //!
 //! Store figures are read at scrape time; request figures are recorded as
 //! they happen, in the process-wide `metrics` recorder installed here.
@@ -62,6 +64,9 @@ pub fn render(store: Option<&GarageStore>) -> String {
 }
 
 fn export_store(store: &GarageStore) {
+    let health = store.connector().system.health();
+    metrics::gauge!("garage_ipfs_cluster_storage_nodes").set(health.storage_nodes as f64);
+    metrics::gauge!("garage_ipfs_cluster_storage_nodes_up").set(health.storage_nodes_ok as f64);
     let calls = store.connector().call_counters();
     for op in Op::ALL {
         for call in Call::ALL {

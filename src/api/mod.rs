@@ -35,6 +35,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// The store of a namespace (the name is checked).
     fn namespace(&self, name: &str) -> Result<Self::Ns, store::Error>;
 
+    /// Whether a namespace is registered (`namespace create`, or the
+    /// daemon's own): clients that must not write into a mistyped
+    /// namespace ask this first.
+    fn is_registered(&self, name: &str) -> impl Future<Output = Result<bool, store::Error>> + Send;
+
     /// The Garage store, whose figures `/metrics` shows.
     fn garage_store(&self) -> Option<&GarageStore> {
         None
@@ -45,6 +50,10 @@ impl Backend for Arc<GarageStore> {
     type Ns = Namespace;
     fn namespace(&self, name: &str) -> Result<Namespace, store::Error> {
         GarageStore::namespace(self, name)
+    }
+
+    async fn is_registered(&self, name: &str) -> Result<bool, store::Error> {
+        Ok(self.namespace_record(name).await?.is_some())
     }
 
     fn garage_store(&self) -> Option<&GarageStore> {
@@ -67,6 +76,12 @@ impl Backend for MemBackend {
             .entry(name.to_string())
             .or_default()
             .clone())
+    }
+
+    /// A memory namespace is registered once something used it.
+    async fn is_registered(&self, name: &str) -> Result<bool, store::Error> {
+        store::check_namespace(name)?;
+        Ok(self.0.lock().unwrap().contains_key(name))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `garage-ipfs dev`: the dev cluster, a smoke test of the store, then the
 //! daemon on its default ports until Ctrl-C.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -21,6 +22,15 @@ pub struct DevArgs {
     /// Stop after the smoke test instead of serving.
     #[arg(long)]
     no_serve: bool,
+    /// Also run a kubo node whose blocks live on the dev cluster (repo
+    /// `<dir>/kubo`, made on first use, namespace `kubo-<peer id>`), on
+    /// kubo's default ports (swarm 4001, API 5001, gateway 8080).
+    #[arg(long)]
+    kubo: bool,
+    /// kubo profiles for the repo when it is made, e.g. `test` (loopback
+    /// only, random ports, no bootstrap peers).
+    #[arg(long = "kubo-profile", value_delimiter = ',', requires = "kubo")]
+    kubo_profiles: Vec<String>,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -43,7 +53,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let config = crate::config::read_config(&cluster.connector_config_path())?;
     let t = Instant::now();
-    let daemon = Daemon::start(config).await?;
+    let daemon = Daemon::start(config.clone()).await?;
     let conn = daemon.store.connector();
     println!(
         "connector: joined as a roleless peer in {:.1?} (layout version {}, write quorum {})",
@@ -68,7 +78,40 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          Ctrl-C stops the daemon; the cluster keeps running (garage-ipfs cluster down).",
         daemon.options.namespace
     );
-    daemon.serve(shutdown_signal()).await?;
+    // The kubo node starts once the daemon serves (kubo writes a block at
+    // init and at start), and stops before it.
+    let node = Arc::new(Mutex::new(None));
+    if args.kubo {
+        let (store, slot, dir) = (daemon.store.clone(), node.clone(), cluster.dir.clone());
+        tokio::spawn(async move {
+            match super::kubo::dev_node(&store, &config, &dir, &args.kubo_profiles).await {
+                Ok(n) => {
+                    println!(
+                        "\nkubo node {} on the dev cluster (repo {}):\n  \
+                         API      {}\n  gateway  {}\n\
+                         Try:\n  echo hello | IPFS_PATH={} {} add\n",
+                        n.peer_id().unwrap_or_default(),
+                        n.repo.display(),
+                        n.api_url().unwrap_or_default(),
+                        n.gateway_url().unwrap_or_default(),
+                        n.repo.display(),
+                        n.bin.display(),
+                    );
+                    *slot.lock().unwrap() = Some(n);
+                }
+                Err(e) => eprintln!("the kubo node did not start: {e:#}"),
+            }
+        });
+    }
+    let shutdown = async move {
+        shutdown_signal().await;
+        let n = node.lock().unwrap().take();
+        if let Some(n) = n {
+            let _ = tokio::task::spawn_blocking(move || n.stop()).await;
+            println!("kubo node stopped");
+        }
+    };
+    daemon.serve(shutdown).await?;
     println!("daemon stopped; the dev cluster is still running (garage-ipfs cluster down)");
     Ok(())
 }

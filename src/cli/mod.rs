@@ -6,6 +6,7 @@ mod car;
 mod check;
 mod cluster;
 mod dev;
+mod kubo;
 mod namespace;
 mod serve;
 mod soak;
@@ -88,6 +89,10 @@ enum Command {
         after_help = "Example:\n  garage-ipfs gc --namespace photos --keep roots.txt --dry-run"
     )]
     Gc(check::GcArgs),
+    /// kubo nodes whose blocks live in Garage: make a repo, build kubo
+    /// with the datastore plugin.
+    #[command(subcommand)]
+    Kubo(kubo::KuboCmd),
     /// Benchmark the connector against Garage's S3 API and the local disk,
     /// on a fresh three-node cluster.
     #[command(after_help = "Examples:\n  garage-ipfs bench --quick\n  \
@@ -119,6 +124,7 @@ impl Cli {
             Command::Verify(args) => check::verify(&self.target, args).await,
             Command::Repair(args) => check::repair(&self.target, args).await,
             Command::Gc(args) => check::gc(&self.target, args).await,
+            Command::Kubo(cmd) => kubo::run(&self.target, cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Soak(args) => soak::run(args).await,
         }

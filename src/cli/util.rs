@@ -41,7 +41,13 @@ pub struct JsonArg {
 impl Target {
     /// Joins the cluster as a client (its own key in `state_dir/cli`).
     pub async fn store(&self) -> anyhow::Result<Arc<GarageStore>> {
-        let config = crate::config::read_config(&self.config).map_err(|e| {
+        let conn = Connector::connect_as(self.config()?, Role::Client).await?;
+        Ok(GarageStore::new(conn))
+    }
+
+    /// Reads the connector config.
+    pub fn config(&self) -> anyhow::Result<crate::config::Config> {
+        crate::config::read_config(&self.config).map_err(|e| {
             if !self.config.exists() && self.config.as_os_str() == DEFAULT_CONFIG {
                 anyhow::anyhow!(
                     "{e}\n(no --config given and no dev cluster here: run `garage-ipfs dev` \
@@ -50,9 +56,7 @@ impl Target {
             } else {
                 e.into()
             }
-        })?;
-        let conn = Connector::connect_as(config, Role::Client).await?;
-        Ok(GarageStore::new(conn))
+        })
     }
 
     /// Joins and opens an existing namespace.

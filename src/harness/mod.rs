@@ -14,6 +14,7 @@
 //! cut and healed; everything else works the same.
 
 mod binary;
+pub mod kubo;
 pub mod netns;
 pub mod process;
 
@@ -67,6 +68,9 @@ pub enum HarnessError {
         /// Its stdout and stderr.
         output: String,
     },
+    /// A kubo binary, repo or daemon.
+    #[error("kubo: {0}")]
+    Kubo(String),
     /// The cluster did not come up in time.
     #[error("{0}")]
     Timeout(String),

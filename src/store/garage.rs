@@ -605,8 +605,11 @@ impl BlockStore for Namespace {
             .await
     }
 
-    fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {
+    fn list_sized(&self) -> BoxStream<'static, Result<(Multihash<64>, u64), Error>> {
         use futures::StreamExt;
-        Box::pin(self.list_entries().map(|r| r.map(|(mh, _)| mh)))
+        Box::pin(
+            self.list_entries()
+                .map(|r| r.map(|(mh, e)| (mh, u64::from(e.size)))),
+        )
     }
 }

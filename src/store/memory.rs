@@ -69,13 +69,16 @@ impl BlockStore for MemBlockStore {
             .is_some())
     }
 
-    fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {
+    fn list_sized(&self) -> BoxStream<'static, Result<(Multihash<64>, u64), Error>> {
         let keys: Vec<_> = self
             .blocks
             .lock()
             .unwrap()
-            .keys()
-            .map(|k| Ok(Multihash::from_bytes(k).expect("stored keys are multihashes")))
+            .iter()
+            .map(|(k, v)| {
+                let mh = Multihash::from_bytes(k).expect("stored keys are multihashes");
+                Ok((mh, v.len() as u64))
+            })
             .collect();
         Box::pin(futures::stream::iter(keys))
     }

@@ -79,8 +79,13 @@ pub trait BlockStore: Send + Sync + 'static {
     /// Removes the block; returns whether it was there.
     fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool, Error>> + Send;
 
+    /// Every block stored, streamed as its multihash and size in bytes.
+    fn list_sized(&self) -> BoxStream<'static, Result<(Multihash<64>, u64), Error>>;
+
     /// Every multihash stored, streamed.
-    fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>>;
+    fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {
+        Box::pin(self.list_sized().map(|r| r.map(|(mh, _)| mh)))
+    }
 }
 
 /// Checks a namespace name.
@@ -118,7 +123,7 @@ impl<T: BlockStore> BlockStore for std::sync::Arc<T> {
     fn delete(&self, cid: &Cid) -> impl Future<Output = Result<bool, Error>> + Send {
         (**self).delete(cid)
     }
-    fn list(&self) -> BoxStream<'static, Result<Multihash<64>, Error>> {
-        (**self).list()
+    fn list_sized(&self) -> BoxStream<'static, Result<(Multihash<64>, u64), Error>> {
+        (**self).list_sized()
     }
 }

@@ -9,8 +9,11 @@
 //! Test names are prefixed by area: `store_`, `fault_`, `join_`.
 #![allow(dead_code)]
 
+mod daemon;
 mod durability;
 #[allow(unused_imports)] // not every test binary uses them
+pub use daemon::*;
+#[allow(unused_imports)]
 pub use durability::*;
 
 use std::future::Future;
@@ -494,6 +497,19 @@ impl ChildGuard {
     pub fn kill(mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+
+    /// SIGTERM, as an operator would, and wait for it to exit (SIGKILL
+    /// after 30 s).
+    pub fn terminate(mut self) {
+        let _ = garage_ipfs::harness::process::signal(self.0.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

@@ -1,0 +1,157 @@
+//! The daemon as a process of its own (`garage-ipfs serve`), on free ports,
+//! with a write token: started, stopped, killed and restarted by tests.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use garage_ipfs::harness::free_port;
+
+use super::{cluster, eventually_async, state_dir, ChildGuard};
+
+/// A `garage-ipfs serve` process and its config.
+pub struct DaemonProc {
+    /// The config file.
+    pub config: PathBuf,
+    /// Its directory (state, logs, token file).
+    pub dir: PathBuf,
+    /// The write token.
+    pub token: String,
+    /// A file holding the token.
+    pub token_file: PathBuf,
+    /// Gateway, kubo RPC and gRPC ports.
+    pub ports: [u16; 3],
+    child: Mutex<Option<ChildGuard>>,
+    starts: Mutex<u32>,
+}
+
+impl DaemonProc {
+    /// Writes a config (`namespace` served by the gateway and kubo RPC,
+    /// free ports, a random write token in a file); nothing runs yet.
+    pub fn new(label: &str, namespace: &str) -> Self {
+        let c = cluster();
+        let dir = state_dir(label);
+        let token = format!("tok-{:016x}", rand::random::<u64>());
+        let token_file = dir.join("write_token");
+        std::fs::write(&token_file, &token).unwrap();
+        let ports = [
+            free_port().unwrap(),
+            free_port().unwrap(),
+            free_port().unwrap(),
+        ];
+        let peers: Vec<String> = c.peers().iter().map(|p| format!("{p:?}")).collect();
+        let config = dir.join("connector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"state\"\nrpc_bind_addr = \"127.0.0.1:{}\"\n\
+                 rpc_secret = {:?}\nbootstrap_peers = [{}]\n\n[api]\n\
+                 namespace = \"{namespace}\"\ngateway_addr = \"127.0.0.1:{}\"\n\
+                 rpc_addr = \"127.0.0.1:{}\"\ngrpc_addr = \"127.0.0.1:{}\"\n\
+                 write_token_file = {:?}\n",
+                free_port().unwrap(),
+                c.rpc_secret,
+                peers.join(", "),
+                ports[0],
+                ports[1],
+                ports[2],
+                token_file.display().to_string(),
+            ),
+        )
+        .unwrap();
+        Self {
+            config,
+            dir,
+            token,
+            token_file,
+            ports,
+            child: Mutex::new(None),
+            starts: Mutex::new(0),
+        }
+    }
+
+    /// The gRPC address, `127.0.0.1:PORT`.
+    pub fn grpc_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.ports[2])
+    }
+
+    /// The kubo RPC base URL.
+    pub fn rpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ports[1])
+    }
+
+    /// Starts the daemon and waits until it answers.
+    pub async fn start(&self) {
+        let n = {
+            let mut s = self.starts.lock().unwrap();
+            *s += 1;
+            *s
+        };
+        let log = std::fs::File::create(self.dir.join(format!("daemon-{n}.log"))).unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"));
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        *self.child.lock().unwrap() = Some(ChildGuard::spawn(cmd));
+        let http = reqwest::Client::new();
+        let url = format!("{}/api/v0/version", self.rpc_url());
+        eventually_async(Duration::from_secs(60), "the daemon answers", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { http.post(&url).send().await.is_ok() }
+        })
+        .await;
+    }
+
+    /// Stops the daemon gracefully (SIGTERM) and waits for it.
+    pub fn stop(&self) {
+        if let Some(child) = self.child.lock().unwrap().take() {
+            child.terminate();
+        }
+    }
+
+    /// Kills the daemon (SIGKILL), as a crash would.
+    pub fn kill(&self) {
+        if let Some(child) = self.child.lock().unwrap().take() {
+            child.kill();
+        }
+    }
+
+    /// Waits until the daemon is connected to all three storage nodes
+    /// again (after nodes restarted).
+    pub async fn wait_sees_all_nodes(&self) {
+        eventually_async(
+            Duration::from_secs(90),
+            "the daemon sees all nodes up",
+            || async {
+                metric(
+                    &self.metrics().await,
+                    "garage_ipfs_cluster_storage_nodes_up",
+                ) == 3.0
+            },
+        )
+        .await;
+    }
+
+    /// The daemon's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.rpc_url()))
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// The value of one sample of a Prometheus text, 0 when absent:
+/// `name{labels}` as the exposition prints it (labels in its order).
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name_and_labels).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}

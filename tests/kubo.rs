@@ -1,0 +1,804 @@
+//! Real kubo nodes on garage-ipfs: kubo built with our datastore plugin
+//! (node A, blocks in its own namespace through the daemon's gRPC) and
+//! stock kubo (node B, flatfs), on the test cluster of three real Garage
+//! nodes, with the daemon as a process of its own.
+//!
+//! Every kubo node runs with kubo's `test` profile: loopback only, random
+//! ports, no bootstrap peers, no delegated routers; B reaches A by a
+//! `swarm connect` over loopback and nothing else.
+//!
+//! The tests share node A and the daemon and run one at a time (they
+//! restart both, and kill Garage nodes).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::{StreamExt, TryStreamExt};
+use garage_ipfs::harness::free_port;
+use garage_ipfs::harness::kubo::{kubo_binary, Flavour, KuboNode};
+use garage_ipfs::store::BlockStore;
+use multihash::Multihash;
+use rand::{RngCore, SeedableRng};
+use tokio::sync::OnceCell;
+
+/// The plugin's per-call deadline in these tests.
+const PLUGIN_TIMEOUT_SECS: u64 = 20;
+
+struct Fixture {
+    daemon: DaemonProc,
+    a: KuboNode,
+    ns: String,
+}
+
+/// The daemon and node A, made on first use.
+async fn fixture() -> &'static Fixture {
+    static FIX: OnceCell<Fixture> = OnceCell::const_new();
+    FIX.get_or_init(|| async {
+        let daemon = DaemonProc::new("kubo-daemon", "default");
+        daemon.start().await;
+        let repo = daemon.dir.join("kubo-a");
+        let (a, ns) = garage_node(&daemon, &repo, &[]).await;
+        a.start(Duration::from_secs(120)).expect("node A starts");
+        Fixture { daemon, a, ns }
+    })
+    .await
+}
+
+fn ipfs_bin(flavour: Flavour) -> PathBuf {
+    kubo_binary(flavour).unwrap_or_else(|e| panic!("cannot build kubo: {e}"))
+}
+
+/// A repo on garage-ipfs made by `garage-ipfs kubo init` (default
+/// namespace, the daemon's token file), and its node (not started).
+async fn garage_node(daemon: &DaemonProc, repo: &Path, extra: &[&str]) -> (KuboNode, String) {
+    let bin = ipfs_bin(Flavour::Garage);
+    let timeout = format!("{PLUGIN_TIMEOUT_SECS}s");
+    let mut args = vec![
+        "kubo",
+        "init",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--profile",
+        "test",
+        "--timeout",
+        &timeout,
+        "--ipfs",
+        bin.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = cli_ok(&daemon.config, &args);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ns = report["namespace"].as_str().unwrap().to_string();
+    let node = KuboNode::new(bin, repo);
+    assert_eq!(ns, format!("kubo-{}", node.peer_id().unwrap()));
+    (node, ns)
+}
+
+/// A stock kubo node (flatfs), test profile, started.
+fn stock_node(label: &str) -> KuboNode {
+    let bin = ipfs_bin(Flavour::Stock);
+    let repo = state_dir(label).join("repo");
+    let node = KuboNode::new(bin, &repo);
+    let out = node
+        .command()
+        .args(["init", "--profile=test"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.start(Duration::from_secs(120))
+        .expect("stock node starts");
+    node
+}
+
+fn ok(node: &KuboNode, args: &[&str]) -> String {
+    node.run(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `n` pseudo-random bytes from `seed`.
+fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
+    v
+}
+
+/// Writes a file of `n` random bytes.
+fn write_file(dir: &Path, name: &str, seed: u64, n: usize) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes(seed, n)).unwrap();
+    p
+}
+
+/// A directory tree of 30 files (sizes 0 B to 1.2 MiB) in nested dirs.
+fn write_tree(root: &Path, seed: u64) {
+    for i in 0..30u64 {
+        let sub = root.join(format!("d{}", i % 3)).join(format!("e{}", i % 2));
+        let size = [0, 1, 100, 3000, 3100, 70_000, 262_144, 262_145, 1_200_000][i as usize % 9];
+        write_file(&sub, &format!("f{i}.bin"), seed + i, size);
+    }
+}
+
+/// `ipfs add -Q` of a path: the root CID.
+fn add(node: &KuboNode, path: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["add", "-Q", "-r"];
+    args.extend_from_slice(extra);
+    args.push(path.to_str().unwrap());
+    ok(node, &args).trim().to_string()
+}
+
+/// The multihashes of a DAG (root included), as kubo walks it.
+fn dag_multihashes(node: &KuboNode, root: &str) -> BTreeSet<Vec<u8>> {
+    let out = ok(node, &["refs", "-r", "--unique", root]);
+    std::iter::once(root)
+        .chain(out.lines())
+        .map(|c| cid::Cid::try_from(c.trim()).unwrap().hash().to_bytes())
+        .collect()
+}
+
+/// The namespace's blocks, read through a fresh connector of ours (no
+/// cache, no filter): multihash → size.
+async fn namespace_blocks(ns: &str) -> std::collections::BTreeMap<Vec<u8>, u64> {
+    let store = store().await;
+    let ns = store.namespace(ns).unwrap();
+    ns.list_sized()
+        .map_ok(|(mh, size)| (mh.to_bytes(), size))
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// Files under `dir` (recursively) whose name looks like a flatfs block.
+fn block_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "data") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn cat(node: &KuboNode, path: &str) -> Vec<u8> {
+    let out = node.command().args(["cat", path]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ipfs cat {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Every file of `tree` (on disk) equals `ipfs cat root/relative path`.
+fn assert_tree_served(node: &KuboNode, root: &str, tree: &Path) {
+    let mut stack = vec![tree.to_path_buf()];
+    let mut files = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(tree).unwrap().to_str().unwrap();
+                let got = cat(node, &format!("/ipfs/{root}/{rel}"));
+                assert!(got == std::fs::read(&p).unwrap(), "{rel} differs");
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 30, "only {files} files checked");
+}
+
+#[test]
+fn kubo_add_and_cat_keep_blocks_in_the_nodes_namespace_across_restarts() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let work = state_dir("kubo-add");
+        let file = write_file(&work, "big.bin", 1, 6 * 1024 * 1024 + 12345);
+        let tree = work.join("tree");
+        write_tree(&tree, 100);
+
+        let file_root = add(&f.a, &file, &[]);
+        // `add -r` of a directory: the wrapping root is the directory.
+        let tree_root = add(&f.a, &tree, &[]);
+
+        // The blocks are in A's namespace, as our own API lists them.
+        let listed = namespace_blocks(&f.ns).await;
+        for root in [&file_root, &tree_root] {
+            let dag = dag_multihashes(&f.a, root);
+            let missing = dag.iter().filter(|mh| !listed.contains_key(*mh)).count();
+            assert_eq!(
+                missing,
+                0,
+                "{missing} of {} blocks of {root} not in {}",
+                dag.len(),
+                f.ns
+            );
+        }
+        // ... and none is in A's repo.
+        assert!(
+            !f.a.repo.join("blocks").exists(),
+            "A's repo has a blocks/ dir"
+        );
+        assert_eq!(block_files(&f.a.repo), Vec::<PathBuf>::new());
+
+        let want = std::fs::read(&file).unwrap();
+        assert!(cat(&f.a, &file_root) == want, "cat differs");
+        assert_tree_served(&f.a, &tree_root, &tree);
+
+        // Restart the daemon under a running A (its plugin reconnects),
+        // then A itself: still there, still identical.
+        f.daemon.stop();
+        f.daemon.start().await;
+        assert!(
+            cat(&f.a, &file_root) == want,
+            "cat differs after the daemon's restart"
+        );
+        f.a.stop();
+        f.a.start(Duration::from_secs(120)).unwrap();
+        assert!(cat(&f.a, &file_root) == want, "cat differs after restarts");
+        assert_tree_served(&f.a, &tree_root, &tree);
+        eprintln!(
+            "A added {} + {} blocks to {}; read back identical after restarting A and the daemon",
+            dag_multihashes(&f.a, &file_root).len(),
+            dag_multihashes(&f.a, &tree_root).len(),
+            f.ns
+        );
+    });
+}
+
+/// Connects `b` to `a` over loopback.
+fn connect(b: &KuboNode, a: &KuboNode) {
+    let id: serde_json::Value = serde_json::from_str(&ok(a, &["id"])).unwrap();
+    let addr = id["Addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .find(|s| s.starts_with("/ip4/127.0.0.1/tcp/"))
+        .expect("A listens on loopback tcp")
+        .to_string();
+    ok(b, &["swarm", "connect", &addr]);
+}
+
+#[test]
+fn kubo_stock_peer_fetches_from_a_over_bitswap() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let work = state_dir("kubo-bitswap");
+        let file = write_file(&work, "shared.bin", 2, 5 * 1024 * 1024 + 7);
+        let root = add(&f.a, &file, &[]);
+        let b = stock_node("kubo-b");
+        connect(&b, &f.a);
+        let peers = ok(&b, &["swarm", "peers"]);
+        assert_eq!(
+            peers.lines().count(),
+            1,
+            "B has other peers than A: {peers}"
+        );
+        let got = cat(&b, &root);
+        assert!(got == std::fs::read(&file).unwrap(), "B's copy differs");
+        b.stop();
+    });
+}
+
+/// Multihashes from lines of CIDs.
+fn multihashes(lines: &str) -> BTreeSet<Vec<u8>> {
+    lines
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|c| cid::Cid::try_from(c.trim()).unwrap().hash().to_bytes())
+        .collect()
+}
+
+/// Everything kubo's GC must keep: the DAGs of the pins and of the MFS root.
+fn kept_by_gc(node: &KuboNode) -> BTreeSet<Vec<u8>> {
+    let recursive = ok(node, &["pin", "ls", "--type=recursive", "--quiet"]);
+    let mfs = ok(node, &["files", "stat", "--hash", "/"]);
+    let direct = ok(node, &["pin", "ls", "--type=direct", "--quiet"]);
+    recursive
+        .lines()
+        .chain(mfs.lines())
+        .filter(|l| !l.trim().is_empty())
+        .flat_map(|root| dag_multihashes(node, root.trim()))
+        .chain(multihashes(&direct))
+        .collect()
+}
+
+#[test]
+fn kubo_refs_local_repo_stat_and_gc_match_the_namespace() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let work = state_dir("kubo-gc");
+        let kept = add(
+            &f.a,
+            &write_file(&work, "kept.bin", 3, 3 * 1024 * 1024),
+            &[],
+        );
+        let unpinned = add(
+            &f.a,
+            &write_file(&work, "unpinned.bin", 4, 2 * 1024 * 1024),
+            &["--pin=false"],
+        );
+        let unpinned_later = add(
+            &f.a,
+            &write_file(&work, "later.bin", 5, 1024 * 1024 + 1),
+            &[],
+        );
+
+        // refs local: exactly the namespace's blocks.
+        let local = multihashes(&ok(&f.a, &["refs", "local"]));
+        let listed = namespace_blocks(&f.ns).await;
+        let ns_set: BTreeSet<Vec<u8>> = listed.keys().cloned().collect();
+        assert_eq!(local, ns_set, "refs local differs from the namespace");
+
+        // repo stat: their count, and their bytes within the repo's size.
+        let stat: serde_json::Value =
+            serde_json::from_str(&ok(&f.a, &["repo", "stat", "--enc=json"])).unwrap();
+        let bytes: u64 = listed.values().sum();
+        assert_eq!(stat["NumObjects"].as_u64().unwrap(), listed.len() as u64);
+        let repo_size = stat["RepoSize"].as_u64().unwrap();
+        let local_dir = dir_size(&f.a.repo);
+        assert!(
+            repo_size >= bytes && repo_size <= bytes + local_dir,
+            "RepoSize {repo_size}: not the namespace's {bytes} B plus at most the repo dir's {local_dir} B"
+        );
+
+        // pin rm + repo gc: exactly the unpinned blocks go.
+        ok(&f.a, &["pin", "rm", &unpinned_later]);
+        let keep = kept_by_gc(&f.a);
+        let before = ns_set;
+        let gc_out = ok(&f.a, &["repo", "gc", "--quiet"]);
+        let removed = multihashes(&gc_out);
+        let after: BTreeSet<Vec<u8>> = namespace_blocks(&f.ns).await.keys().cloned().collect();
+        let expected_gone: BTreeSet<Vec<u8>> = before.difference(&keep).cloned().collect();
+        assert_eq!(
+            removed, expected_gone,
+            "gc removed other blocks than the unpinned ones"
+        );
+        assert_eq!(
+            after,
+            before.intersection(&keep).cloned().collect(),
+            "namespace after gc"
+        );
+        for root in [&unpinned, &unpinned_later] {
+            let root_mh = cid::Cid::try_from(root.as_str()).unwrap().hash().to_bytes();
+            assert!(!after.contains(&root_mh), "{root} survived gc");
+        }
+        assert!(dag_multihashes(&f.a, &kept).is_subset(&after));
+        assert_eq!(multihashes(&ok(&f.a, &["refs", "local"])), after);
+        eprintln!(
+            "refs local = namespace ({} blocks, {bytes} B); gc removed {} unpinned blocks, kept {}",
+            before.len(),
+            removed.len(),
+            after.len()
+        );
+    });
+}
+
+/// Bytes of the files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(p),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn kubo_gc_on_one_node_never_removes_what_another_node_holds() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let work = state_dir("kubo-two");
+        let (c, c_ns) = garage_node(&f.daemon, &work.join("kubo-c"), &[]).await;
+        assert_ne!(c_ns, f.ns, "each node gets a namespace of its own");
+        c.start(Duration::from_secs(120)).unwrap();
+        let file = write_file(&work, "both.bin", 6, 2 * 1024 * 1024 + 3);
+        let root_a = add(&f.a, &file, &[]);
+        let root_c = add(&c, &file, &[]);
+        assert_eq!(root_a, root_c);
+        let dag = dag_multihashes(&f.a, &root_a);
+
+        ok(&c, &["pin", "rm", &root_c]);
+        ok(&c, &["repo", "gc", "--quiet"]);
+        let in_c = namespace_blocks(&c_ns).await;
+        let in_a = namespace_blocks(&f.ns).await;
+        assert!(
+            dag.iter().all(|mh| !in_c.contains_key(mh)),
+            "C's gc left blocks in C"
+        );
+        assert!(
+            dag.iter().all(|mh| in_a.contains_key(mh)),
+            "C's gc removed A's blocks"
+        );
+
+        // A still reads them, and so does a fresh connector of ours.
+        assert!(cat(&f.a, &root_a) == std::fs::read(&file).unwrap());
+        let store = store().await;
+        let ns = store.namespace(&f.ns).unwrap();
+        for mh in &dag {
+            let mh = Multihash::<64>::from_bytes(mh).unwrap();
+            let cid = cid::Cid::new_v1(0x55, mh);
+            assert!(ns.get(&cid).await.unwrap().is_some(), "{cid} unreadable");
+        }
+        c.stop();
+    });
+}
+
+#[test]
+fn kubo_adds_with_one_garage_node_down_and_fails_clearly_with_two() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let c = cluster();
+        let work = state_dir("kubo-faults");
+
+        c.kill_node(2);
+        let file = write_file(&work, "one-down.bin", 7, 3 * 1024 * 1024 + 5);
+        let root = add(&f.a, &file, &[]);
+        assert!(cat(&f.a, &root) == std::fs::read(&file).unwrap());
+        let acknowledged = dag_multihashes(&f.a, &root);
+
+        c.kill_node(1);
+        let second = write_file(&work, "two-down.bin", 8, 2 * 1024 * 1024);
+        let started = Instant::now();
+        let err =
+            f.a.run(&["add", "-Q", second.to_str().unwrap()])
+                .expect_err("ipfs add with two of three Garage nodes down");
+        let took = started.elapsed();
+        let text = err.to_string();
+        eprintln!("ipfs add with two nodes down failed after {took:.1?}: {text}");
+        assert!(
+            text.contains("garage-ipfs")
+                && (text.contains("unavailable") || text.contains("quorum")),
+            "unclear error: {text}"
+        );
+        // The plugin tries again while its per-call deadline allows, then
+        // reports the daemon's last answer; kubo gives up on that failure.
+        assert!(
+            took < Duration::from_secs(PLUGIN_TIMEOUT_SECS + 10),
+            "ipfs add failed only after {took:?}"
+        );
+
+        c.restart_nodes(&[1, 2]).await.unwrap();
+        c.wait_healthy(Duration::from_secs(60)).await.unwrap();
+        sees_all_nodes(store().await.connector()).await;
+        let back = Instant::now();
+        f.daemon.wait_sees_all_nodes().await;
+        eprintln!(
+            "the daemon reconnected to the restarted nodes in {:.1?}",
+            back.elapsed()
+        );
+        assert!(cat(&f.a, &root) == std::fs::read(&file).unwrap());
+        let store = store().await;
+        let ns = store.namespace(&f.ns).unwrap();
+        for mh in &acknowledged {
+            let cid = cid::Cid::new_v1(0x55, Multihash::<64>::from_bytes(mh).unwrap());
+            assert!(
+                ns.get(&cid).await.unwrap().is_some(),
+                "acknowledged {cid} lost"
+            );
+        }
+        // kubo adds again once the cluster is back; the replicas the
+        // killed nodes missed are restored.
+        let again = add(&f.a, &second, &[]);
+        assert!(cat(&f.a, &again) == std::fs::read(&second).unwrap());
+        let (short, written) = verify_repair_verify(&ns).await;
+        eprintln!("after the nodes returned: {short} blocks short, repair wrote {written}");
+    });
+}
+
+#[test]
+fn kubo_killed_mid_add_adds_again_and_verify_is_clean() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let work = state_dir("kubo-kill");
+        let file = write_file(&work, "interrupted.bin", 9, 96 * 1024 * 1024);
+        let before = namespace_blocks(&f.ns).await.len();
+
+        let mut add_cmd = f.a.command();
+        add_cmd
+            .args(["add", "-Q", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let client = ChildGuard::spawn(add_cmd);
+        // Kill A once the add has stored some blocks, well before the end.
+        eventually_async(
+            Duration::from_secs(120),
+            "the add stores 40 blocks",
+            || async { namespace_blocks(&f.ns).await.len() >= before + 40 },
+        )
+        .await;
+        f.a.kill();
+        client.kill();
+        let stored_by_then = namespace_blocks(&f.ns).await.len() - before;
+        assert!(stored_by_then < 380, "the add finished before the kill");
+
+        f.a.start(Duration::from_secs(120)).unwrap();
+        let root = add(&f.a, &file, &[]);
+        assert!(cat(&f.a, &root) == std::fs::read(&file).unwrap());
+        let out = cli_ok(
+            &f.daemon.config,
+            &["verify", "--namespace", &f.ns, "--json"],
+        );
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        eprintln!(
+            "A killed after {stored_by_then} blocks of 384; add again completed; verify: {out}"
+        );
+        assert_eq!(report["healthy"], report["checked"], "verify: {out}");
+    });
+}
+
+/// Edits the `garageipfs` child of a repo's datastore spec (and, for the
+/// namespace, `datastore_spec`, which kubo compares at every open).
+fn edit_spec(repo: &Path, key: &str, value: &str) {
+    let path = repo.join("config");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for m in config["Datastore"]["Spec"]["mounts"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if m["mountpoint"] == "/blocks" {
+            m["child"][key] = serde_json::json!(value);
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    if key == "namespace" {
+        let path = repo.join("datastore_spec");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut spec: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let old = spec["mounts"][0]["namespace"].as_str().map(str::to_string);
+        // datastore_spec holds the identity of each mount; ours is the one
+        // with a namespace.
+        for m in spec["mounts"].as_array_mut().unwrap() {
+            if m.get("namespace").is_some() {
+                m["namespace"] = serde_json::json!(value);
+            }
+        }
+        assert!(old.is_some() || text.contains("namespace"), "{text}");
+        std::fs::write(&path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn kubo_bad_set_up_fails_clearly_within_the_deadline() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let work = state_dir("kubo-bad");
+        let (node, _) = garage_node(&f.daemon, &work.join("good"), &[]).await;
+        let file = write_file(&work, "x.bin", 10, 1000);
+        // The repo works as made.
+        add(&node, &file, &[]);
+        // datastore_spec holds identity only: no endpoint, no token.
+        let spec = std::fs::read_to_string(node.repo.join("datastore_spec")).unwrap();
+        assert!(
+            !spec.contains("endpoint") && !spec.contains("token"),
+            "{spec}"
+        );
+        assert!(
+            spec.contains("garageipfs") && spec.contains("kubo-"),
+            "{spec}"
+        );
+
+        let wrong_token = work.join("wrong_token");
+        std::fs::write(&wrong_token, "not-the-token").unwrap();
+        let closed = free_port().unwrap();
+        let cases: [(&str, String, &str); 3] = [
+            (
+                "token_file",
+                wrong_token.display().to_string(),
+                "refused the write token",
+            ),
+            (
+                "endpoint",
+                format!("127.0.0.1:{closed}"),
+                "cannot reach the daemon",
+            ),
+            (
+                "namespace",
+                "no-such-namespace".into(),
+                "garage-ipfs namespace create no-such-namespace",
+            ),
+        ];
+        for (key, value, want) in cases {
+            let repo = work.join(format!("bad-{key}"));
+            copy_dir(&node.repo, &repo);
+            edit_spec(&repo, key, &value);
+            let bad = KuboNode::new(&node.bin, &repo);
+            let started = Instant::now();
+            let err = bad
+                .run(&["add", "-Q", file.to_str().unwrap()])
+                .expect_err("ipfs add with a bad set-up");
+            let took = started.elapsed();
+            let text = err.to_string();
+            eprintln!(
+                "{key}: ipfs add failed in {took:.1?}: {}",
+                text.lines().last().unwrap_or("")
+            );
+            assert!(text.contains(want), "{key}: unclear error: {text}");
+            assert!(
+                !text.contains(&f.daemon.token),
+                "{key}: the error shows the token"
+            );
+            assert!(
+                took < Duration::from_secs(PLUGIN_TIMEOUT_SECS),
+                "{key}: took {took:?}"
+            );
+            // The daemon too refuses to start, saying why.
+            let started = Instant::now();
+            let out = bad.command().arg("daemon").output().unwrap();
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && text.contains(want),
+                "{key}: ipfs daemon: {text}"
+            );
+            assert!(started.elapsed() < Duration::from_secs(PLUGIN_TIMEOUT_SECS));
+        }
+    });
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(name));
+        } else if name != "repo.lock" && name != "api" && name != "gateway" {
+            std::fs::copy(&p, to.join(name)).unwrap();
+        }
+    }
+}
+
+/// The cluster calls the daemon made for block lookups and reads (not the
+/// presence filter's own polling) and the filter's counters, for one
+/// namespace.
+fn lookup_figures(metrics: &str, ns: &str) -> (f64, f64, f64) {
+    let calls: f64 = ["get", "has"]
+        .iter()
+        .flat_map(|op| {
+            [
+                "block_put",
+                "block_get",
+                "table_read",
+                "table_write",
+                "k2v_write",
+            ]
+            .map(|call| format!("garage_ipfs_cluster_calls_total{{op=\"{op}\",call=\"{call}\"}}"))
+        })
+        .map(|k| metric(metrics, &k))
+        .sum();
+    let hits = metric(
+        metrics,
+        &format!("garage_ipfs_filter_hits_total{{namespace=\"{ns}\"}}"),
+    );
+    let fps = metric(
+        metrics,
+        &format!("garage_ipfs_filter_false_positives_total{{namespace=\"{ns}\"}}"),
+    );
+    (calls, hits, fps)
+}
+
+#[test]
+fn kubo_absent_flood_from_a_peer_costs_no_more_cluster_calls_than_false_positives() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let b = stock_node("kubo-flood");
+        connect(&b, &f.a);
+        let api = b.api_url().unwrap();
+        let absent: Vec<String> = (0..10_000u64)
+            .map(|i| {
+                let data = bytes(1_000_000 + i, 32);
+                garage_ipfs::cid::compute(0x55, 0x12, &data)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let before = f.daemon.metrics().await;
+        let started = Instant::now();
+        // B wants each CID for a moment; every want goes to A, its only peer.
+        let http = reqwest::Client::new();
+        let results: Vec<bool> = futures::stream::iter(absent)
+            .map(|cid| {
+                let (http, api) = (http.clone(), api.clone());
+                async move {
+                    let r = http
+                        .post(format!("{api}/api/v0/block/stat?arg={cid}&timeout=1s"))
+                        .send()
+                        .await
+                        .unwrap();
+                    r.status().is_success()
+                }
+            })
+            // Under boxo's 1024 wants queued per peer, so A drops none.
+            .buffer_unordered(512)
+            .collect()
+            .await;
+        assert!(
+            results.iter().all(|found| !found),
+            "B found an absent block"
+        );
+        // A answers wants asynchronously: let the last ones arrive.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = f.daemon.metrics().await;
+        let (c0, h0, fp0) = lookup_figures(&before, &f.ns);
+        let (c1, h1, fp1) = lookup_figures(&after, &f.ns);
+        let (calls, hits, fps) = (c1 - c0, h1 - h0, fp1 - fp0);
+        eprintln!(
+            "10 000 absent CIDs wanted by B in {:.1?}: A's daemon answered {hits} lookups from its filter, \
+             {fps} false positives, {calls} cluster calls for lookups",
+            started.elapsed()
+        );
+        assert!(
+            hits >= 10_000.0,
+            "only {hits} lookups reached the daemon's filter"
+        );
+        assert!(
+            calls <= fps,
+            "{calls} cluster calls for {fps} false positives"
+        );
+        b.stop();
+    });
+}
+
+/// The plugin's own unit tests, `go vet`, and the committed gRPC stubs
+/// against `proto/`.
+#[test]
+fn kubo_plugin_go_checks_pass_and_stubs_match_the_proto() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kubo-plugin");
+    for args in [&["vet", "./..."][..], &["test", "-count=1", "./..."][..]] {
+        let out = std::process::Command::new("go")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("cannot run go");
+        assert!(
+            out.status.success(),
+            "go {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = std::process::Command::new("bash")
+        .arg(dir.join("gen.sh"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "stubs: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use garage_ipfs::harness::free_port;
 use garage_ipfs::harness::kubo::{kubo_binary, Flavour, KuboNode};
 use garage_ipfs::store::BlockStore;
@@ -262,20 +262,6 @@ fn kubo_add_and_cat_keep_blocks_in_the_nodes_namespace_across_restarts() {
     });
 }
 
-/// Connects `b` to `a` over loopback.
-fn connect(b: &KuboNode, a: &KuboNode) {
-    let id: serde_json::Value = serde_json::from_str(&ok(a, &["id"])).unwrap();
-    let addr = id["Addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .find(|s| s.starts_with("/ip4/127.0.0.1/tcp/"))
-        .expect("A listens on loopback tcp")
-        .to_string();
-    ok(b, &["swarm", "connect", &addr]);
-}
-
 #[test]
 fn kubo_stock_peer_fetches_from_a_over_bitswap() {
     run(async {
@@ -285,7 +271,7 @@ fn kubo_stock_peer_fetches_from_a_over_bitswap() {
         let file = write_file(&work, "shared.bin", 2, 5 * 1024 * 1024 + 7);
         let root = add(&f.a, &file, &[]);
         let b = stock_node("kubo-b");
-        connect(&b, &f.a);
+        b.connect(&f.a).unwrap();
         let peers = ok(&b, &["swarm", "peers"]);
         assert_eq!(
             peers.lines().count(),
@@ -714,40 +700,12 @@ fn kubo_absent_flood_from_a_peer_costs_no_more_cluster_calls_than_false_positive
         let _serial = serial().await;
         let f = fixture().await;
         let b = stock_node("kubo-flood");
-        connect(&b, &f.a);
-        let api = b.api_url().unwrap();
-        let absent: Vec<String> = (0..10_000u64)
-            .map(|i| {
-                let data = bytes(1_000_000 + i, 32);
-                garage_ipfs::cid::compute(0x55, 0x12, &data)
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        b.connect(&f.a).unwrap();
         let before = f.daemon.metrics().await;
         let started = Instant::now();
         // B wants each CID for a moment; every want goes to A, its only peer.
-        let http = reqwest::Client::new();
-        let results: Vec<bool> = futures::stream::iter(absent)
-            .map(|cid| {
-                let (http, api) = (http.clone(), api.clone());
-                async move {
-                    let r = http
-                        .post(format!("{api}/api/v0/block/stat?arg={cid}&timeout=1s"))
-                        .send()
-                        .await
-                        .unwrap();
-                    r.status().is_success()
-                }
-            })
-            // Under boxo's 1024 wants queued per peer, so A drops none.
-            .buffer_unordered(512)
-            .collect()
-            .await;
-        assert!(
-            results.iter().all(|found| !found),
-            "B found an absent block"
-        );
+        let found = garage_ipfs::bench::kubo::flood(&b, 10_000).await.unwrap();
+        assert_eq!(found, 0, "B found an absent block");
         // A answers wants asynchronously: let the last ones arrive.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = f.daemon.metrics().await;
@@ -801,4 +759,64 @@ fn kubo_plugin_go_checks_pass_and_stubs_match_the_proto() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `garage-ipfs kubo bench` on a small file: every system runs every
+/// workload, every answer it checks is right, and the flood costs what
+/// each design says (go-ds-s3: a HEAD per absent CID; ours: none).
+#[test]
+fn kubo_bench_runs_every_system_and_every_answer_is_right() {
+    run(async {
+        let _serial = serial().await;
+        let dir = state_dir("kubo-bench");
+        let json = dir.join("bench.json");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
+            .args([
+                "kubo",
+                "bench",
+                "--size-mib",
+                "8",
+                "--absent",
+                "600",
+                "--dir",
+            ])
+            .arg(dir.join("run"))
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubo bench failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        for w in garage_ipfs::bench::kubo::WORKLOADS {
+            for k in garage_ipfs::bench::kubo::Kind::ALL {
+                let m = &report["results"][w][k.name()];
+                assert!(
+                    m["seconds"].as_f64().unwrap() > 0.0,
+                    "{w} {}: {m}",
+                    k.name()
+                );
+                assert_ne!(m["correct"], false, "{w} {}: {m}", k.name());
+            }
+        }
+        let flood = |k: &str| {
+            report["results"]["absent_flood"][k]["garage_requests_per_op"]
+                .as_f64()
+                .unwrap()
+        };
+        assert!(
+            flood("s3") >= 1.0,
+            "go-ds-s3 without a Bloom filter: {}",
+            flood("s3")
+        );
+        assert!(flood("garage") < 0.05, "ours: {}", flood("garage"));
+        eprintln!(
+            "kubo bench (8 MiB): add {}x, cat_cold {}x go-ds-s3's speed",
+            report["speedup_vs_s3"]["add"], report["speedup_vs_s3"]["cat_cold"]
+        );
+    });
 }

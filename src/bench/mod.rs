@@ -18,6 +18,7 @@
 //! 10^4 and 10^5 blocks already stored, and how long a presence filter
 //! takes to build for that many blocks.
 
+pub mod kubo;
 mod measure;
 pub mod report;
 mod systems;
@@ -490,10 +491,10 @@ struct Entry {
 }
 
 /// S3 credentials of the benchmark key.
-struct S3Access {
-    endpoint: String,
-    key_id: String,
-    secret: String,
+pub(crate) struct S3Access {
+    pub(crate) endpoint: String,
+    pub(crate) key_id: String,
+    pub(crate) secret: String,
 }
 
 struct Bench<'a> {
@@ -579,6 +580,35 @@ pub(crate) fn refuse_running_cluster(dir: &std::path::Path) -> anyhow::Result<()
             );
         }
     }
+    Ok(())
+}
+
+/// The benchmark's S3 key on `cluster` (created unless it exists).
+pub(crate) fn s3_key(cluster: &Cluster) -> anyhow::Result<S3Access> {
+    let out = match cluster.garage_cli(0, &["key", "info", "--show-secret", KEY_NAME]) {
+        Ok(out) => out,
+        Err(_) => cluster.garage_cli(0, &["key", "create", KEY_NAME])?,
+    };
+    let (key_id, secret) = parse_key_output(&out)
+        .with_context(|| format!("cannot read the key from `garage key create`:\n{out}"))?;
+    Ok(S3Access {
+        endpoint: format!("http://{}", cluster.nodes[0].s3),
+        key_id,
+        secret,
+    })
+}
+
+/// Creates a bucket (unless it exists) and lets the benchmark's key use it.
+pub(crate) fn s3_bucket(cluster: &Cluster, bucket: &str) -> anyhow::Result<()> {
+    if cluster.garage_cli(0, &["bucket", "info", bucket]).is_err() {
+        cluster.garage_cli(0, &["bucket", "create", bucket])?;
+    }
+    cluster.garage_cli(
+        0,
+        &[
+            "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", KEY_NAME,
+        ],
+    )?;
     Ok(())
 }
 
@@ -705,38 +735,11 @@ impl Bench<'_> {
     /// Creates the S3 key, or reads it back in a reused directory (key
     /// names are not unique: creating it again would make a second one).
     fn s3_key(&self) -> anyhow::Result<S3Access> {
-        let out = match self
-            .cluster
-            .garage_cli(0, &["key", "info", "--show-secret", KEY_NAME])
-        {
-            Ok(out) => out,
-            Err(_) => self.cluster.garage_cli(0, &["key", "create", KEY_NAME])?,
-        };
-        let (key_id, secret) = parse_key_output(&out)
-            .with_context(|| format!("cannot read the key from `garage key create`:\n{out}"))?;
-        Ok(S3Access {
-            endpoint: format!("http://{}", self.cluster.nodes[0].s3),
-            key_id,
-            secret,
-        })
+        s3_key(&self.cluster)
     }
 
-    /// Creates a bucket (unless it exists) and lets the key use it.
     fn s3_bucket(&self, bucket: &str) -> anyhow::Result<()> {
-        if self
-            .cluster
-            .garage_cli(0, &["bucket", "info", bucket])
-            .is_err()
-        {
-            self.cluster.garage_cli(0, &["bucket", "create", bucket])?;
-        }
-        self.cluster.garage_cli(
-            0,
-            &[
-                "bucket", "allow", "--read", "--write", "--owner", bucket, "--key", KEY_NAME,
-            ],
-        )?;
-        Ok(())
+        s3_bucket(&self.cluster, bucket)
     }
 
     fn s3_system(&self, bucket: &str) -> anyhow::Result<S3System> {

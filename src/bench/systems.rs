@@ -270,8 +270,16 @@ impl S3System {
     }
 
     fn list(&self) -> futures::stream::BoxStream<'static, anyhow::Result<ObjectPath>> {
+        self.list_under(Some(S3_PREFIX))
+    }
+
+    /// Every object key under `prefix` (the whole bucket for `None`).
+    pub fn list_under(
+        &self,
+        prefix: Option<&str>,
+    ) -> futures::stream::BoxStream<'static, anyhow::Result<ObjectPath>> {
         self.store
-            .list(Some(&ObjectPath::from(S3_PREFIX)))
+            .list(prefix.map(ObjectPath::from).as_ref())
             .map(|r| r.map(|meta| meta.location).context("ListObjectsV2"))
             .boxed()
     }

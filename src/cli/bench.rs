@@ -52,15 +52,6 @@ const QUICK_SCALE: f64 = 0.05;
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
-    let temporary = args.dir.is_none();
-    let dir = match &args.dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!(
-            "garage-ipfs-bench-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        )),
-    };
     let mut systems = Vec::new();
     for s in SystemKind::ALL {
         if args.systems.contains(&s) {
@@ -71,8 +62,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|w| args.workloads.is_empty() || args.workloads.contains(w))
         .collect();
-    let opts = bench::Options {
-        dir: dir.clone(),
+    let opts = |dir| bench::Options {
+        dir,
         nodelay: !args.no_nodelay,
         ops_scale: args
             .ops_scale
@@ -84,17 +75,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         pause: Duration::from_millis(if args.quick { 500 } else { 1000 }),
         tables_to_stderr: json_to_stdout,
     };
-    let result = tokio::select! {
-        r = bench::run(&opts) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    // The cluster's nodes have stopped by now (it was dropped).
-    if temporary {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            eprintln!("bench: could not remove {}: {e}", dir.display());
-        }
-    }
-    let report = result?;
+    let report = super::util::in_work_dir(args.dir.clone(), "bench", |dir| async move {
+        bench::run(&opts(dir)).await
+    })
+    .await?;
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         if json_to_stdout {

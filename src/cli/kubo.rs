@@ -25,6 +25,14 @@ pub enum KuboCmd {
         IPFS_PATH=~/.ipfs-garage target/kubo/ipfs daemon\n  \
         garage-ipfs kubo init --repo /srv/ipfs --token-file /etc/garage-ipfs/write_token --profile server")]
     Init(InitArgs),
+    /// Benchmark kubo on garage-ipfs against kubo on go-ds-s3 (the same
+    /// cluster's S3 API, with and without kubo's Bloom filter) and kubo on
+    /// flatfs, on a fresh three-node cluster: add, restart, cat cold and
+    /// warm, a bitswap fetch, an absent-CID flood, refs local, repo gc.
+    #[command(after_help = "Examples:\n  \
+        garage-ipfs kubo bench --json kubo-bench.json\n  \
+        garage-ipfs kubo bench --size-mib 16 --absent 1000 --systems garage,s3")]
+    Bench(BenchArgs),
     /// Build kubo with the garage-ipfs datastore plugin (`go build` of
     /// kubo-plugin/; needs Go and the source tree) and print its path.
     #[command(after_help = "Example:\n  garage-ipfs kubo build --out /usr/local/bin/ipfs")]
@@ -33,6 +41,38 @@ pub enum KuboCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// Arguments of `kubo bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Size of the file added, MiB.
+    #[arg(long, default_value_t = 256)]
+    size_mib: usize,
+    /// Absent CIDs node B asks for.
+    #[arg(long, default_value_t = 10_000)]
+    absent: usize,
+    /// kubo's Datastore.BloomFilterSize for the s3-bloom system, bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    bloom_bytes: u64,
+    /// Systems to compare.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "garage,s3,s3-bloom,flatfs"
+    )]
+    systems: Vec<crate::bench::kubo::Kind>,
+    /// Cluster and repo directory, kept afterwards (default: a fresh
+    /// temporary directory, removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Run the garage nodes stock, without our TCP_NODELAY preload shim.
+    #[arg(long)]
+    no_nodelay: bool,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 /// Arguments of `kubo init`.
@@ -91,7 +131,42 @@ pub async fn run(target: &Target, cmd: KuboCmd) -> anyhow::Result<()> {
             Ok(())
         }
         KuboCmd::Init(args) => init(target, args).await,
+        KuboCmd::Bench(args) => bench(args).await,
     }
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use crate::bench::kubo;
+    let mut systems: Vec<kubo::Kind> = args.systems.clone();
+    systems.sort();
+    systems.dedup();
+    let report = super::util::in_work_dir(args.dir.clone(), "kubo-bench", |dir| async move {
+        let opts = kubo::Options {
+            dir,
+            size_mib: args.size_mib,
+            absent: args.absent,
+            bloom_bytes: args.bloom_bytes,
+            nodelay: !args.no_nodelay,
+            systems,
+        };
+        kubo::run(&opts).await
+    })
+    .await?;
+    println!("{}", kubo::tables(&report));
+    println!(
+        "go-ds-s3's wall time over ours: {}",
+        report
+            .speedup_vs_s3
+            .iter()
+            .map(|(w, r)| format!("{w} {r:.2}x"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")?;
+        eprintln!("kubo bench: results written to {}", path.display());
+    }
+    Ok(())
 }
 
 async fn init(target: &Target, args: InitArgs) -> anyhow::Result<()> {

@@ -37,33 +37,19 @@ pub struct SoakArgs {
 }
 
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
-    let temporary = args.dir.is_none();
-    let dir = args.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!(
-            "garage-ipfs-soak-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        ))
-    });
-    let opts = soak::Options {
-        dir: dir.clone(),
-        clients: args.clients,
-        duration: Duration::from_secs(args.seconds),
-        live_cap: args.live_cap,
-        max_rss_bytes: args.max_rss_mib << 20,
-        nodelay: !args.no_nodelay,
-        progress_every: Duration::from_secs(10),
-    };
-    let result = tokio::select! {
-        r = soak::run(&opts) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
-    };
-    if temporary {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            eprintln!("soak: could not remove {}: {e}", dir.display());
-        }
-    }
-    let report = result?;
+    let report = super::util::in_work_dir(args.dir.clone(), "soak", |dir| async move {
+        let opts = soak::Options {
+            dir,
+            clients: args.clients,
+            duration: Duration::from_secs(args.seconds),
+            live_cap: args.live_cap,
+            max_rss_bytes: args.max_rss_mib << 20,
+            nodelay: !args.no_nodelay,
+            progress_every: Duration::from_secs(10),
+        };
+        soak::run(&opts).await
+    })
+    .await?;
     print_report(&report);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;

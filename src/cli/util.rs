@@ -67,6 +67,36 @@ impl Target {
     }
 }
 
+/// Runs a command that works in a cluster directory of its own (bench,
+/// soak): in `dir` if given (kept afterwards), else in a fresh temporary
+/// directory named after `what`, removed at the end. Ctrl-C ends the work
+/// (its nodes, attached to this process, stop with it) and still removes
+/// the temporary directory.
+pub async fn in_work_dir<T, F, Fut>(dir: Option<PathBuf>, what: &str, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(PathBuf) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let temporary = dir.is_none();
+    let dir = dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!(
+            "garage-ipfs-{what}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ))
+    });
+    let result = tokio::select! {
+        r = work(dir.clone()) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if temporary {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("{what}: could not remove {}: {e}", dir.display());
+        }
+    }
+    result
+}
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

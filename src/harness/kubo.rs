@@ -40,6 +40,9 @@ pub enum Flavour {
     Garage,
     /// kubo as released (flatfs + leveldb).
     Stock,
+    /// kubo with go-ds-s3 preloaded, built the same way as ours
+    /// (`benchmarks/kubo-s3/`), for the benchmark.
+    S3,
 }
 
 impl Flavour {
@@ -47,21 +50,24 @@ impl Flavour {
         match self {
             Flavour::Garage => "ipfs",
             Flavour::Stock => "ipfs-stock",
+            Flavour::S3 => "ipfs-s3",
         }
     }
 
-    fn package(self) -> &'static str {
+    /// The Go module it is built in, and the package.
+    fn module(self) -> (&'static str, &'static str) {
         match self {
-            Flavour::Garage => "./cmd/ipfs",
-            Flavour::Stock => "github.com/ipfs/kubo/cmd/ipfs",
+            Flavour::Garage => ("kubo-plugin", "./cmd/ipfs"),
+            Flavour::Stock => ("kubo-plugin", "github.com/ipfs/kubo/cmd/ipfs"),
+            Flavour::S3 => ("benchmarks/kubo-s3", "."),
         }
     }
 }
 
-/// The Go module of the plugin, when this program was built from a source
-/// tree that is still there.
-pub fn plugin_source() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kubo-plugin");
+/// The Go module a flavour is built in, when this program was built from
+/// a source tree that is still there.
+pub fn source(flavour: Flavour) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(flavour.module().0);
     dir.join("go.mod").is_file().then_some(dir)
 }
 
@@ -73,19 +79,19 @@ pub fn build_dir() -> PathBuf {
 /// Builds a kubo binary to `out` with `go build` (seconds when Go's build
 /// cache is warm, a few minutes the first time).
 pub fn build(flavour: Flavour, out: &Path) -> Result<(), HarnessError> {
-    let src = plugin_source().ok_or_else(|| {
-        HarnessError::Kubo(
-            "the kubo-plugin/ Go module is not beside this binary's source; build kubo with \
+    let (module, package) = flavour.module();
+    let src = source(flavour).ok_or_else(|| {
+        HarnessError::Kubo(format!(
+            "the {module}/ Go module is not beside this binary's source; build kubo with \
              `go build -o ipfs ./cmd/ipfs` in kubo-plugin/, or set GARAGE_IPFS_KUBO_BIN"
-                .into(),
-        )
+        ))
     })?;
     let started = Instant::now();
     let out_abs = std::path::absolute(out).map_err(io_err(out))?;
     let status = Command::new(std::env::var_os("GO").unwrap_or_else(|| "go".into()))
         .args(["build", "-o"])
         .arg(&out_abs)
-        .arg(flavour.package())
+        .arg(package)
         .current_dir(&src)
         .stdin(Stdio::null())
         .status()
@@ -99,7 +105,7 @@ pub fn build(flavour: Flavour, out: &Path) -> Result<(), HarnessError> {
         return Err(HarnessError::Kubo(format!(
             "`go build -o {} {}` in {} failed ({status})",
             out_abs.display(),
-            flavour.package(),
+            package,
             src.display()
         )));
     }
@@ -129,10 +135,10 @@ pub fn kubo_binary(flavour: Flavour) -> Result<PathBuf, HarnessError> {
     if !bin.exists() {
         eprintln!(
             "garage-ipfs: building kubo {KUBO_VERSION}{} with go build (a few minutes the first time)",
-            if flavour == Flavour::Garage {
-                " with the garage-ipfs datastore plugin"
-            } else {
-                ""
+            match flavour {
+                Flavour::Garage => " with the garage-ipfs datastore plugin",
+                Flavour::S3 => " with go-ds-s3",
+                Flavour::Stock => "",
             }
         );
     }
@@ -255,6 +261,14 @@ impl KuboConfig {
     /// Bloom filter is switched off: the daemon's presence filter does
     /// that job, with nothing to rebuild at start.
     pub fn use_garage(&mut self, spec: &GarageSpec) -> Result<(), HarnessError> {
+        self.mount_blocks(spec.to_json(), "garageipfs.datastore")?;
+        self.json["Datastore"]["BloomFilterSize"] = json!(0);
+        Ok(())
+    }
+
+    /// Replaces the datastore mounted at `/blocks` by `child`, under a
+    /// `measure` wrapper with metrics `prefix`.
+    pub fn mount_blocks(&mut self, child: Value, prefix: &str) -> Result<(), HarnessError> {
         let mounts = self.json["Datastore"]["Spec"]["mounts"]
             .as_array_mut()
             .ok_or_else(|| {
@@ -269,10 +283,9 @@ impl KuboConfig {
         *blocks = json!({
             "mountpoint": "/blocks",
             "type": "measure",
-            "prefix": "garageipfs.datastore",
-            "child": spec.to_json(),
+            "prefix": prefix,
+            "child": child,
         });
-        self.json["Datastore"]["BloomFilterSize"] = json!(0);
         Ok(())
     }
 
@@ -479,6 +492,27 @@ impl KuboNode {
         let path = self.repo.join("gateway");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         Ok(text.trim().to_string())
+    }
+
+    /// The running daemon's loopback TCP swarm address (`ipfs id`).
+    pub fn loopback_addr(&self) -> Result<String, HarnessError> {
+        let out = self.run(&["id"])?;
+        let id: Value =
+            serde_json::from_str(&out).map_err(|e| HarnessError::Kubo(format!("ipfs id: {e}")))?;
+        id["Addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
+            .map(str::to_string)
+            .ok_or_else(|| HarnessError::Kubo("the node listens on no loopback TCP address".into()))
+    }
+
+    /// Connects this running node to another one over loopback.
+    pub fn connect(&self, other: &KuboNode) -> Result<(), HarnessError> {
+        self.run(&["swarm", "connect", &other.loopback_addr()?])
+            .map(drop)
     }
 
     /// The node's peer ID.

@@ -599,6 +599,34 @@ impl Cluster {
         )
     }
 
+    /// A connector and daemon config (TOML) for this cluster: state in
+    /// `state_dir`, the connector's RPC on `rpc_port`, the gateway, kubo
+    /// RPC and gRPC on the `api` ports of 127.0.0.1, serving `namespace`;
+    /// `extra_api` (TOML lines) goes into `[api]`.
+    pub fn daemon_config(
+        &self,
+        state_dir: &Path,
+        rpc_port: u16,
+        api: [u16; 3],
+        namespace: &str,
+        extra_api: &str,
+    ) -> String {
+        let peers: Vec<String> = self.peers().iter().map(|p| format!("{p:?}")).collect();
+        format!(
+            "state_dir = {:?}\nrpc_bind_addr = \"{}\"\nrpc_secret = {:?}\n\
+             bootstrap_peers = [{}]\nreplication_factor = 3\n\n[api]\n\
+             namespace = {namespace:?}\ngateway_addr = \"127.0.0.1:{}\"\n\
+             rpc_addr = \"127.0.0.1:{}\"\ngrpc_addr = \"127.0.0.1:{}\"\n{extra_api}\n",
+            state_dir.display().to_string(),
+            SocketAddr::new(self.connector_ip(), rpc_port),
+            self.rpc_secret,
+            peers.join(", "),
+            api[0],
+            api[1],
+            api[2],
+        )
+    }
+
     /// Path of the connector config written next to the node configs.
     pub fn connector_config_path(&self) -> PathBuf {
         self.dir.join("connector.toml")

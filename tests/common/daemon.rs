@@ -29,7 +29,6 @@ impl DaemonProc {
     /// Writes a config (`namespace` served by the gateway and kubo RPC,
     /// free ports, a random write token in a file); nothing runs yet.
     pub fn new(label: &str, namespace: &str) -> Self {
-        let c = cluster();
         let dir = state_dir(label);
         let token = format!("tok-{:016x}", rand::random::<u64>());
         let token_file = dir.join("write_token");
@@ -39,26 +38,15 @@ impl DaemonProc {
             free_port().unwrap(),
             free_port().unwrap(),
         ];
-        let peers: Vec<String> = c.peers().iter().map(|p| format!("{p:?}")).collect();
         let config = dir.join("connector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "state_dir = \"state\"\nrpc_bind_addr = \"127.0.0.1:{}\"\n\
-                 rpc_secret = {:?}\nbootstrap_peers = [{}]\n\n[api]\n\
-                 namespace = \"{namespace}\"\ngateway_addr = \"127.0.0.1:{}\"\n\
-                 rpc_addr = \"127.0.0.1:{}\"\ngrpc_addr = \"127.0.0.1:{}\"\n\
-                 write_token_file = {:?}\n",
-                free_port().unwrap(),
-                c.rpc_secret,
-                peers.join(", "),
-                ports[0],
-                ports[1],
-                ports[2],
-                token_file.display().to_string(),
-            ),
-        )
-        .unwrap();
+        let text = cluster().daemon_config(
+            &dir.join("state"),
+            free_port().unwrap(),
+            ports,
+            namespace,
+            &format!("write_token_file = {:?}", token_file.display().to_string()),
+        );
+        std::fs::write(&config, text).unwrap();
         Self {
             config,
             dir,

@@ -19,12 +19,23 @@ cargo fuzz build -O
 for t in "${targets[@]}"; do
   mkdir -p "corpus-run/$t"
   printf '\n==> fuzz %s for %ss\n' "$t" "$seconds"
+  log=$(mktemp)
+  status=0
   cargo fuzz run -O "$t" "corpus-run/$t" "corpus/$t" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 2>&1 |
-    grep -E '^(#[0-9]+ *DONE|stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|Test unit written)|panicked' || true
-  # cargo fuzz exits non-zero on a crash; pipefail would hide which target.
+    -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+    >"$log" 2>&1 || status=$?
+  grep -E '^(#[0-9]+ *DONE|stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|Test unit written)|panicked' "$log" || true
   if ls "artifacts/$t"/crash-* "artifacts/$t"/oom-* "artifacts/$t"/timeout-* >/dev/null 2>&1; then
     echo "fuzz $t: found a failing input in fuzz/artifacts/$t" >&2
     exit 1
   fi
+  # A fuzzer that did not start (build, flags, corpus) must not pass: it
+  # has to exit cleanly and report the inputs it ran.
+  units=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+  if [ "$status" -ne 0 ] || [ -z "$units" ] || [ "$units" -eq 0 ]; then
+    echo "fuzz $t: the fuzzer did not run to the end (exit $status, ${units:-no} units executed):" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+  rm -f "$log"
 done

@@ -347,8 +347,12 @@ impl Config {
                 self.consistency_mode
             )));
         }
-        crate::store::check_namespace(&self.api.namespace)
-            .map_err(|e| ConfigError::Invalid(format!("api.namespace: {e}")))?;
+        if !is_valid_namespace(&self.api.namespace) {
+            return Err(ConfigError::Invalid(format!(
+                "api.namespace {:?}: {NAMESPACE_RULE}",
+                self.api.namespace
+            )));
+        }
         Ok(())
     }
 
@@ -404,6 +408,20 @@ pub fn parse_secret(text: &str) -> Result<[u8; 32], ConfigError> {
             b.len()
         ))
     })
+}
+
+/// The rule for namespace names, in words.
+pub const NAMESPACE_RULE: &str = "use 1 to 64 characters among A-Z a-z 0-9 . _ -";
+
+/// Whether `name` is a valid namespace name ([`NAMESPACE_RULE`]): it is a
+/// key prefix in Garage's tables and a path segment in our URLs, so it is
+/// kept short and plain. Here, below the store, so that both the config
+/// and the store check it.
+pub fn is_valid_namespace(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 #[cfg(test)]

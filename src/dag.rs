@@ -1,28 +1,23 @@
-//! DAGs and CARs: the links of dag-pb, dag-cbor and raw blocks, streaming a
-//! DAG out as a CARv1, and importing a CARv1 into a store.
+//! DAGs and CARs: streaming a DAG out of a store as a CARv1, and importing
+//! a CARv1 into a store. The links of each block come from [`crate::ipld`].
 
 use std::collections::HashSet;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use cid::Cid;
 use futures::stream::BoxStream;
-use ipld_core::ipld::Ipld;
 use tokio::io::AsyncRead;
 
-use crate::cid::{self as cidutil, codec};
+use crate::cid as cidutil;
+use crate::ipld::{links, LinkError};
 use crate::store::{BlockStore, Error as StoreError};
 
 /// Errors of DAG walks and CAR imports.
 #[derive(Debug, thiserror::Error)]
 pub enum DagError {
     /// A block's links could not be decoded.
-    #[error("cannot decode the links of {cid}: {reason}")]
-    Decode {
-        /// The block.
-        cid: Cid,
-        /// Why.
-        reason: String,
-    },
+    #[error(transparent)]
+    Decode(#[from] LinkError),
     /// A block the DAG needs is not stored.
     #[error("block {0} of the DAG is not stored")]
     Missing(Cid),
@@ -42,32 +37,6 @@ pub enum DagError {
     /// The store refused a block or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// The CIDs a block links to, in order. Raw blocks and codecs we do not
-/// walk have none.
-pub fn links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>, DagError> {
-    let decode = |reason: String| DagError::Decode { cid: *cid, reason };
-    let mut out = Vec::new();
-    match cid.codec() {
-        codec::DAG_PB => ipld_dagpb::links(data, &mut out).map_err(|e| decode(e.to_string()))?,
-        codec::DAG_CBOR => {
-            let ipld: Ipld =
-                serde_ipld_dagcbor::from_slice(data).map_err(|e| decode(e.to_string()))?;
-            collect_links(&ipld, &mut out);
-        }
-        _ => (),
-    }
-    Ok(out)
-}
-
-fn collect_links(ipld: &Ipld, out: &mut Vec<Cid>) {
-    match ipld {
-        Ipld::Link(c) => out.push(*c),
-        Ipld::List(items) => items.iter().for_each(|i| collect_links(i, out)),
-        Ipld::Map(map) => map.values().for_each(|v| collect_links(v, out)),
-        _ => (),
-    }
 }
 
 /// How much of a DAG a CAR carries (the gateway's `dag-scope`).
@@ -150,7 +119,7 @@ pub async fn car_stream<S: BlockStore + Clone>(
                 match links(&cid, &data) {
                     Ok(l) => stack.extend(l.into_iter().rev().map(|c| (c, None))),
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = tx.send(Err(DagError::Decode(e))).await;
                         return;
                     }
                 }
@@ -247,8 +216,10 @@ pub async fn import_car<S: BlockStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cid::codec;
     use crate::store::MemBlockStore;
     use futures::TryStreamExt;
+    use ipld_core::ipld::Ipld;
     use std::sync::Arc;
 
     fn cbor_node(links: &[Cid], payload: &str) -> (Cid, Bytes) {
@@ -294,10 +265,21 @@ mod tests {
     async fn export_then_import_round_trips() {
         let src = Arc::new(MemBlockStore::new());
         let (root, blocks) = sample(&src).await;
-        let car: Vec<u8> = car_parts(&src, root, Scope::All).await.concat();
+        let parts = car_parts(&src, root, Scope::All).await;
+        // Each block once, depth first in link order (c1 is linked twice).
+        let order: Vec<Cid> = parts[1..]
+            .iter()
+            .map(|p| {
+                let (_, rest) = unsigned_varint::decode::u64(p).unwrap();
+                Cid::read_bytes(rest).unwrap()
+            })
+            .collect();
+        let expected: Vec<Cid> = [0, 1, 2, 3].iter().map(|i| blocks[*i].0).collect();
+        assert_eq!(order, expected, "root, mid, leaf one, leaf two");
+        let car: Vec<u8> = parts.concat();
         let dst = MemBlockStore::new();
         let summary = import_car(&dst, &car[..], |_| ()).await.unwrap();
-        assert_eq!(summary.blocks, 4, "each block once, depth first");
+        assert_eq!(summary.blocks, 4);
         assert_eq!(summary.roots, vec![root.to_string()]);
         for (c, d) in &blocks {
             assert_eq!(dst.get(c).await.unwrap().as_ref(), Some(d));

@@ -8,34 +8,37 @@
 //!
 //! # Layout
 //!
-//! - [`api`]: the daemon's surfaces: trustless gateway, kubo RPC, gRPC.
+//! Layers, each using only those above it in this list:
+//!
 //! - [`cid`]: CID parsing, multihash verification, index key forms.
+//! - [`ipld`]: the links of dag-pb and dag-cbor blocks.
 //! - [`config`]: the connector's TOML configuration and secret loading.
-//! - [`daemon`]: config → connector → store → surfaces, until a signal.
-//! - [`dag`]: DAG links, CAR export and import.
 //! - [`garage`]: the connector (a roleless `System` peer) and its raw
 //!   cluster operations: block transfers, table and K2V requests.
 //! - [`store`]: the [`store::BlockStore`] trait, the Garage-backed store
-//!   with namespaces, anchors and index, and an in-memory store for tests.
-//! - [`cli`]: the `garage-ipfs` command line, one file per noun.
-//! - [`net`]: TCP_NODELAY on every TCP socket of the process.
-//! - [`harness`]: a local three-node Garage cluster of real `garage`
-//!   processes, for development and the integration tests.
-//! - [`bench`]: `garage-ipfs bench`, the connector against Garage's S3 API
-//!   and the local disk on one cluster.
+//!   with namespaces, anchors and index, and an in-memory store.
+//! - [`dag`]: CAR export and import over any store.
+//! - [`api`]: the daemon's surfaces: trustless gateway, kubo RPC, gRPC.
+//! - `harness` (feature `harness`): a local three-node Garage cluster of
+//!   real `garage` processes, and kubo nodes, for development, the tools
+//!   and the integration tests.
+//! - `tools` (feature `tools`, default): the `garage-ipfs` command line,
+//!   the daemon's wiring, the benchmarks and the soak.
+//!
+//! A program that embeds the store needs none of the last two:
+//! `garage-ipfs = { …, default-features = false }`.
 
 pub mod api;
-pub mod bench;
 pub mod cid;
-pub mod cli;
 pub mod config;
-pub mod daemon;
 pub mod dag;
 pub mod garage;
+#[cfg(feature = "harness")]
 pub mod harness;
-pub mod net;
-pub mod soak;
+pub mod ipld;
 pub mod store;
+#[cfg(feature = "tools")]
+pub mod tools;
 
 pub use config::Config;
 pub use garage::Connector;

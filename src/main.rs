@@ -1,6 +1,7 @@
-//! The `garage-ipfs` binary: parse arguments, set up tracing, run.
+//! The `garage-ipfs` binary: its own sockets get TCP_NODELAY (`net.rs`),
+//! then the command line runs (`garage_ipfs::tools::cli::main`).
 
-use clap::Parser;
+mod net;
 
 fn main() -> std::process::ExitCode {
     // Die quietly on a closed pipe (`garage-ipfs … | head`), as CLIs do.
@@ -8,17 +9,6 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = garage_ipfs::cli::Cli::parse();
-    garage_ipfs::cli::init_tracing(&cli);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    match rt.block_on(cli.run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    net::ensure_linked();
+    garage_ipfs::tools::cli::main()
 }

@@ -1,13 +1,16 @@
-//! TCP_NODELAY on every TCP socket of this process.
+//! TCP_NODELAY on every TCP socket of the `garage-ipfs` program.
 //!
-//! Garage's network layer (`garage_net`) opens its sockets itself and
-//! never sets `TCP_NODELAY`, so a small RPC message waits for the peer's
-//! delayed ACK: a bimodal ~40 ms tail on puts and gets (docs/DESIGN.md,
-//! "TCP_NODELAY"). The crate offers no hook, so this module defines the
-//! C library's `socket` symbol in our own binary: every TCP socket the
-//! process creates, `garage_net`'s among them, gets the option before it
-//! connects or listens (on Linux, accepted sockets inherit it from their
-//! listener). The real work is the raw system call, as in the C library.
+//! A module of the binary, not of the library: it defines the C library's
+//! `socket` symbol, which changes every socket of the program that links
+//! it, and a program embedding the store must not get that behind its
+//! back. The library sets the option on its own cluster sockets only,
+//! once a second (`garage/nodelay.rs`); the binary, which owns all its
+//! sockets, goes further: every TCP socket it creates, `garage_net`'s
+//! among them, has the option from the start (no second without it after
+//! a node reconnects), and so do its HTTP and gRPC listeners' connections
+//! (on Linux, accepted sockets inherit it from their listener). The real
+//! work is the raw system call, as in the C library. See docs/DESIGN.md,
+//! "TCP_NODELAY".
 //!
 //! The servers' side needs the same fix: the dev cluster and the benchmark
 //! run their nodes with a preload shim of ours (`harness/nodelay.c`).
@@ -38,9 +41,9 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
     fd
 }
 
-/// Makes sure the linker keeps [`socket`] in every binary that uses the
-/// connector (the reference is what pulls this object in).
-pub(crate) fn ensure_linked() {
+/// Keeps [`socket`] referenced from `main`, so that no linker setting can
+/// drop it as unused.
+pub fn ensure_linked() {
     std::hint::black_box(socket as *const ());
 }
 

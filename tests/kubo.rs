@@ -9,6 +9,7 @@
 //!
 //! The tests share node A and the daemon and run one at a time (they
 //! restart both, and kill Garage nodes).
+#![cfg(feature = "integration-tests")]
 
 mod common;
 
@@ -515,7 +516,8 @@ fn kubo_killed_mid_add_adds_again_and_verify_is_clean() {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let client = ChildGuard::spawn(add_cmd);
-        // Kill A once the add has stored some blocks, well before the end.
+        // Kill A once the add has stored some blocks, before half of the
+        // file's 384 is in.
         eventually_async(
             Duration::from_secs(120),
             "the add stores 40 blocks",
@@ -525,7 +527,10 @@ fn kubo_killed_mid_add_adds_again_and_verify_is_clean() {
         f.a.kill();
         client.kill();
         let stored_by_then = namespace_blocks(&f.ns).await.len() - before;
-        assert!(stored_by_then < 380, "the add finished before the kill");
+        assert!(
+            stored_by_then < 192,
+            "{stored_by_then} blocks stored before the kill: not mid-add"
+        );
 
         f.a.start(Duration::from_secs(120)).unwrap();
         let root = add(&f.a, &file, &[]);
@@ -704,7 +709,9 @@ fn kubo_absent_flood_from_a_peer_costs_no_more_cluster_calls_than_false_positive
         let before = f.daemon.metrics().await;
         let started = Instant::now();
         // B wants each CID for a moment; every want goes to A, its only peer.
-        let found = garage_ipfs::bench::kubo::flood(&b, 10_000).await.unwrap();
+        let found = garage_ipfs::tools::bench::kubo::flood(&b, 10_000)
+            .await
+            .unwrap();
         assert_eq!(found, 0, "B found an absent block");
         // A answers wants asynchronously: let the last ones arrive.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -763,7 +770,8 @@ fn kubo_plugin_go_checks_pass_and_stubs_match_the_proto() {
 
 /// `garage-ipfs kubo bench` on a small file: every system runs every
 /// workload, every answer it checks is right, and the flood costs what
-/// each design says (go-ds-s3: a HEAD per absent CID; ours: none).
+/// each design says (go-ds-s3: a HEAD per absent CID; ours: none beyond
+/// the presence filter's false positives).
 #[test]
 fn kubo_bench_runs_every_system_and_every_answer_is_right() {
     run(async {
@@ -792,15 +800,22 @@ fn kubo_bench_runs_every_system_and_every_answer_is_right() {
         );
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        for w in garage_ipfs::bench::kubo::WORKLOADS {
-            for k in garage_ipfs::bench::kubo::Kind::ALL {
+        for w in garage_ipfs::tools::bench::kubo::WORKLOADS {
+            for k in garage_ipfs::tools::bench::kubo::Kind::ALL {
                 let m = &report["results"][w][k.name()];
                 assert!(
                     m["seconds"].as_f64().unwrap() > 0.0,
                     "{w} {}: {m}",
                     k.name()
                 );
-                assert_ne!(m["correct"], false, "{w} {}: {m}", k.name());
+                // Every workload but add and restart checks its answer.
+                let checked = !matches!(w, "add" | "restart");
+                assert_eq!(
+                    m["correct"],
+                    serde_json::Value::from(checked.then_some(true)),
+                    "{w} {}: {m}",
+                    k.name()
+                );
             }
         }
         let flood = |k: &str| {
@@ -813,7 +828,13 @@ fn kubo_bench_runs_every_system_and_every_answer_is_right() {
             "go-ds-s3 without a Bloom filter: {}",
             flood("s3")
         );
-        assert!(flood("garage") < 0.05, "ours: {}", flood("garage"));
+        // Ours: a cluster call only for a filter false positive.
+        let ours = &report["results"]["absent_flood"]["garage"];
+        assert!(
+            ours["garage_requests"].as_f64().unwrap()
+                <= ours["filter_false_positives"].as_f64().unwrap(),
+            "ours: {ours}"
+        );
         eprintln!(
             "kubo bench (8 MiB): add {}x, cat_cold {}x go-ds-s3's speed",
             report["speedup_vs_s3"]["add"], report["speedup_vs_s3"]["cat_cold"]

@@ -86,6 +86,7 @@ impl Load {
             read.errors
         );
         assert!(read.violations.is_empty(), "{:?}", read.violations);
+        assert!(read.correct > 0, "no read succeeded: nothing was checked");
         assert_all_readable(&self.ns, &written.acked, "after healing").await;
         let (problems, repaired) = verify_repair_verify(&self.ns).await;
         eprintln!("{what}: verify found {problems} blocks short, repair wrote {repaired}");
@@ -96,8 +97,9 @@ impl Load {
 
 /// Node3 cut off from everyone (nodes and connector) for at least 20 s
 /// while a writer and a reader run. Two nodes are a quorum, so writes go
-/// on across the cut: at least two batches are acknowledged while it
-/// holds. A request that picked node3 before Garage noticed the cut waits
+/// on across the cut: at least two batches sent after it began are
+/// acknowledged while it holds (three batches counted from the cut, as the
+/// first may have been sent before). A request that picked node3 before Garage noticed the cut waits
 /// out its deadline and fails (its blocks are refused, never acknowledged),
 /// so the test does not ask that every write succeed. No read sees an
 /// acknowledged block absent or wrong, and after healing verify + repair
@@ -110,7 +112,7 @@ fn partition_one_node_cut_off_while_writing_loses_no_acknowledged_block() {
         net().isolate(3).unwrap();
         let (cut_at, acked_at_cut) = (Instant::now(), load.writer.acked());
         load.writer
-            .wait_for_more(64, Duration::from_secs(120), "writes with node3 cut off")
+            .wait_for_more(96, Duration::from_secs(120), "writes with node3 cut off")
             .await;
         tokio::time::sleep_until((cut_at + Duration::from_secs(20)).into()).await;
         let during = load.writer.acked() - acked_at_cut;
@@ -170,6 +172,29 @@ fn partition_connector_in_minority_refuses_writes_then_serves_again() {
         }
 
         let took = heal().await;
+        // Before any retry (which would overwrite it): whatever the failed
+        // put left in the index must name a block that is stored.
+        let read_since = Instant::now();
+        let left = loop {
+            match ns.entry(cid.hash()).await {
+                Ok((entry, _)) => break entry.is_some(),
+                Err(e) => {
+                    assert!(
+                        read_since.elapsed() < Duration::from_secs(60),
+                        "the index is unreadable 60 s after healing: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        if left {
+            assert_eq!(
+                ns.get(&cid).await.unwrap(),
+                Some(data.clone()),
+                "the failed put left an index entry without its block"
+            );
+        }
+        eprintln!("the failed put left an index entry: {left:?}");
         let start = Instant::now();
         eventually_async(Duration::from_secs(120), "a put after healing", || {
             let (ns, cid, data) = (ns.clone(), cid, data.clone());

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     // The link decoders on raw bytes, under each codec they handle.
     for codec in [0x70, 0x71, 0x55] {
         let cid = cid::Cid::new_v1(codec, multihash());
-        let _ = garage_ipfs::dag::links(&cid, data);
+        let _ = garage_ipfs::ipld::links(&cid, data);
     }
 });
 

@@ -5,7 +5,8 @@
 
 use axum::body::Body;
 use axum::http::Request;
-use garage_ipfs::api::{self, ApiOptions, Backend, MemBackend, WriteAuth};
+use garage_ipfs::api::{self, ApiOptions, WriteAuth};
+use garage_ipfs::store::MemBlockStore;
 use garage_ipfs::store::BlockStore;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
@@ -27,9 +28,8 @@ fuzz_target!(|input: &[u8]| {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let backend = MemBackend::default();
-        let opts = ApiOptions::for_tests(None);
-        let ns = backend.namespace("default").expect("valid name");
+        let opts = ApiOptions::with_defaults(None);
+        let ns = std::sync::Arc::new(MemBlockStore::default());
         let addr = "127.0.0.1:5001".parse().expect("address");
         let mut open = opts.clone();
         open.allow_anonymous_writes_on_loopback = true;

@@ -5,7 +5,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::dag::DagError;
-use crate::garage;
 use crate::store;
 
 /// An error answered to a client.
@@ -56,14 +55,15 @@ impl ApiError {
             ApiError::Dag(e) => match e.as_ref() {
                 DagError::Store(e) => store_status(e),
                 DagError::Missing(_) => StatusCode::NOT_FOUND,
-                DagError::Car(_) | DagError::Incomplete { .. } | DagError::Decode { .. } => {
+                DagError::Car(_) | DagError::Incomplete { .. } | DagError::Decode(_) => {
                     StatusCode::BAD_REQUEST
                 }
             },
         }
     }
 
-    /// The gRPC status for this error.
+    /// The gRPC status for this error. `UNAVAILABLE` carries a
+    /// `retry-after` entry (seconds), as the HTTP answer does.
     pub fn to_status(&self) -> tonic::Status {
         let msg = self.to_string();
         match self.status() {
@@ -72,9 +72,27 @@ impl ApiError {
             }
             StatusCode::NOT_FOUND => tonic::Status::not_found(msg),
             StatusCode::UNAUTHORIZED => tonic::Status::unauthenticated(msg),
-            StatusCode::SERVICE_UNAVAILABLE => tonic::Status::unavailable(msg),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let mut status = tonic::Status::unavailable(msg);
+                status.metadata_mut().insert(
+                    "retry-after",
+                    tonic::metadata::MetadataValue::from_static(RETRY_AFTER_SECONDS),
+                );
+                status
+            }
             _ => tonic::Status::internal(msg),
         }
+    }
+
+    /// Adds `Retry-After` to a 503 answer: the failure is transient.
+    fn with_retry_after(&self, mut resp: Response) -> Response {
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        resp
     }
 
     /// Kubo's error code: 0 normal, 1 client error, 3 not found, 5 forbidden.
@@ -99,19 +117,19 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
         }
-        resp
+        self.with_retry_after(resp)
     }
 }
 
+/// What a client is told to wait after a transient failure: long enough
+/// for a restarted node to be reconnected, short for a client's deadline.
+const RETRY_AFTER_SECONDS: &str = "1";
+
 fn store_status(e: &store::Error) -> StatusCode {
-    use garage::Error as G;
     match e {
         store::Error::Cid(crate::cid::CidError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
         e if e.is_bad_input() => StatusCode::BAD_REQUEST,
-        store::Error::Cluster(G::Quorum(_) | G::Timeout(..) | G::Unreachable(_)) => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-        store::Error::Partial { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        e if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -123,11 +141,51 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(cause = %self, "request failed");
         }
-        (
+        let resp = (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             format!("{self}\n"),
         )
-            .into_response()
+            .into_response();
+        self.with_retry_after(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::garage;
+
+    fn cluster(e: garage::Error) -> ApiError {
+        ApiError::Store(store::Error::Cluster(e))
+    }
+
+    /// Transient cluster failures are 503 / UNAVAILABLE with a retry
+    /// hint; a corrupt block or an internal failure is a 500 without one.
+    #[test]
+    fn transient_failures_answer_503_with_retry_after() {
+        for e in [
+            garage::Error::Quorum("1 of 3".into()),
+            garage::Error::Connection("closed".into()),
+            garage::Error::Timeout(None, "reading"),
+        ] {
+            let e = cluster(e);
+            let grpc = e.to_status();
+            assert_eq!(grpc.code(), tonic::Code::Unavailable, "{e}");
+            assert_eq!(grpc.metadata().get("retry-after").unwrap(), "1");
+            let resp = e.into_response();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        }
+        for e in [
+            garage::Error::Corrupt("bad zstd".into()),
+            garage::Error::Internal("the write batcher stopped".into()),
+        ] {
+            let e = cluster(e);
+            assert_eq!(e.to_status().code(), tonic::Code::Internal, "{e}");
+            let resp = e.into_kubo_response();
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(resp.headers().get(header::RETRY_AFTER).is_none());
+        }
     }
 }

@@ -287,8 +287,8 @@ fn common_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::testing::MemBackend;
     use crate::api::Backend;
-    use crate::api::MemBackend;
     use axum::http::Request;
     use bytes::Bytes;
     use http_body_util::BodyExt;
@@ -315,7 +315,7 @@ mod tests {
         let data = Bytes::from_static(b"gateway test block");
         let cid = cidutil::compute(cidutil::codec::RAW, 0x12, &data).unwrap();
         ns.put(&cid, data.clone()).await.unwrap();
-        let app = router(ns, &ApiOptions::for_tests(None));
+        let app = router(ns, &ApiOptions::with_defaults(None));
 
         let r = call(&app, "GET", &format!("/ipfs/{cid}?format=raw"), None).await;
         assert_eq!(r.status(), 200);

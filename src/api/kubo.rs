@@ -159,12 +159,11 @@ async fn block_put<S: BlockStore + Clone>(
     State(rpc): State<Rpc<S>>,
     Query(args): Args,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    multipart: MultipartBody,
 ) -> Response {
     reply(
         async {
-            rpc.auth.check_headers(&headers)?;
-            let mut multipart = multipart.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+            let mut multipart = writer_body(&rpc, &headers, multipart)?;
             let mut lines = Vec::new();
             while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
                 let data = read_field(field, MAX_BLOCK_SIZE).await?;
@@ -182,6 +181,18 @@ async fn block_put<S: BlockStore + Clone>(
         }
         .await,
     )
+}
+
+type MultipartBody = Result<Multipart, axum::extract::multipart::MultipartRejection>;
+
+/// The multipart body of a write, once its token is checked.
+fn writer_body<S: BlockStore + Clone>(
+    rpc: &Rpc<S>,
+    headers: &HeaderMap,
+    multipart: MultipartBody,
+) -> Result<Multipart, ApiError> {
+    rpc.auth.check_headers(headers)?;
+    multipart.map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -285,15 +296,9 @@ async fn dag_import<S: BlockStore + Clone>(
     State(rpc): State<Rpc<S>>,
     Query(args): Args,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    multipart: MultipartBody,
 ) -> Response {
-    let result = async {
-        rpc.auth.check_headers(&headers)?;
-        let multipart = multipart.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        Ok::<_, ApiError>(multipart)
-    }
-    .await;
-    let multipart = match result {
+    let multipart = match writer_body(&rpc, &headers, multipart) {
         Ok(m) => m,
         Err(e) => return e.into_kubo_response(),
     };
@@ -428,7 +433,8 @@ async fn id<S: BlockStore + Clone>(State(rpc): State<Rpc<S>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Backend, MemBackend};
+    use crate::api::testing::MemBackend;
+    use crate::api::Backend;
     use axum::http::Request;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
@@ -469,7 +475,7 @@ mod tests {
     #[tokio::test]
     async fn put_get_stat_rm_and_auth() {
         let ns = MemBackend::default().namespace("default").unwrap();
-        let opts = ApiOptions::for_tests(Some("tok"));
+        let opts = ApiOptions::with_defaults(Some("tok"));
         let auth = WriteAuth::new(&opts, "127.0.0.1:5001".parse().unwrap());
         let app = router(ns, &opts, auth);
 
@@ -509,6 +515,14 @@ mod tests {
         let (s, b) = post(&app, &format!("/api/v0/block/stat?arg={key}"), None, None).await;
         assert_eq!(s, 200);
         assert!(String::from_utf8_lossy(&b).contains("\"Size\":5"));
+        // A delete without the token, or with a wrong one, is refused and
+        // leaves the block; with it, the block goes.
+        for token in [None, Some("wrong")] {
+            let (s, _) = post(&app, &format!("/api/v0/block/rm?arg={key}"), None, token).await;
+            assert_eq!(s, 401);
+        }
+        let (s, b) = post(&app, &format!("/api/v0/block/get?arg={key}"), None, None).await;
+        assert_eq!((s, &b[..]), (StatusCode::OK, &b"hello"[..]));
         let (s, _) = post(
             &app,
             &format!("/api/v0/block/rm?arg={key}"),
@@ -532,6 +546,15 @@ mod tests {
         )
         .await;
         assert_eq!(s, 413);
+        let big_cid = cidutil::compute(codec::RAW, 0x12, &big).unwrap();
+        let (s, _) = post(
+            &app,
+            &format!("/api/v0/block/stat?arg={big_cid}"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, 404, "an oversize block was stored");
 
         let (s, b) = post(&app, "/api/v0/id", None, None).await;
         assert_eq!(s, 200);

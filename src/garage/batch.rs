@@ -10,7 +10,9 @@
 //! grow with load and a lone write is never held back by a timer.
 //!
 //! A write is acknowledged only when the request holding it succeeded on
-//! its quorum; if the request fails, every write in it gets the error.
+//! its quorum; if the request fails, every write in it gets the error. A
+//! request that panics fails its writes with a permanent error (not one
+//! the store retries: the same writes would panic again).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -62,7 +64,7 @@ impl<T: Send + 'static> Batcher<T> {
     /// holding it is acknowledged.
     pub async fn submit(&self, item: T, bytes: usize) -> Result<(), Error> {
         let (done, rx) = oneshot::channel();
-        let stopped = || Error::Rpc("the write batcher stopped".into());
+        let stopped = || Error::Internal("the write batcher stopped".into());
         self.tx
             .send(Pending {
                 item,
@@ -108,7 +110,21 @@ where
         tokio::spawn(async move {
             let (items, waiters): (Vec<T>, Vec<_>) =
                 batch.into_iter().map(|p| (p.item, p.done)).unzip();
-            let result = op.scope(op.sync_scope(|| write(items))).await;
+            let request = std::panic::AssertUnwindSafe(async {
+                op.scope(op.sync_scope(|| write(items))).await
+            });
+            let result = match futures::FutureExt::catch_unwind(request).await {
+                Ok(result) => result,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "a write batch panicked");
+                    Err(Error::Internal(format!("a write batch panicked: {what}")))
+                }
+            };
             for w in waiters {
                 let _ = w.send(result.as_ref().map(|_| ()).map_err(Error::duplicate));
             }
@@ -172,5 +188,66 @@ mod tests {
             Err(Error::Quorum(m)) => assert!(m.contains("2 of 3")),
             other => panic!("expected the quorum error, got {other:?}"),
         }
+    }
+
+    /// Several writes waiting on one request that fails each get the
+    /// error, as the same (retryable) variant; writes of other requests
+    /// are acknowledged.
+    #[tokio::test]
+    async fn a_failed_request_fails_every_waiter_in_it() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let b = Arc::new(Batcher::spawn(limits(8, 1), move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.clone());
+            async move {
+                // The first request holds the only slot while the others
+                // queue up behind it.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if items.contains(&13) {
+                    Err(Error::Quorum("2 of 3 needed".into()))
+                } else {
+                    Ok(())
+                }
+            }
+        }));
+        let first = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(0, 1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waiters: Vec<_> = (10..18)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.submit(i, 1).await) })
+            })
+            .collect();
+        assert!(first.await.unwrap().is_ok());
+        for w in waiters {
+            match w.await.unwrap() {
+                (i, Err(e @ Error::Quorum(_))) => assert!(e.is_retryable(), "{i}"),
+                (i, other) => panic!("write {i}: expected the quorum error, got {other:?}"),
+            }
+        }
+        let mut requests = sizes.lock().unwrap().clone();
+        requests[1].sort();
+        assert_eq!(requests, vec![vec![0], (10..18).collect::<Vec<_>>()]);
+    }
+
+    /// A request that panics fails its writes with a permanent error, and
+    /// the batcher goes on serving the next ones.
+    #[tokio::test]
+    async fn a_panicking_request_fails_its_writes_for_good() {
+        let b = Batcher::spawn(limits(8, 1), |items: Vec<u32>| async move {
+            assert!(!items.contains(&13), "thirteen");
+            Ok(())
+        });
+        match b.submit(13, 1).await {
+            Err(e @ Error::Internal(_)) => {
+                assert!(!e.is_transient(), "{e}");
+                assert!(e.to_string().contains("panicked: thirteen"), "{e}");
+            }
+            other => panic!("expected a permanent error, got {other:?}"),
+        }
+        assert!(b.submit(1, 1).await.is_ok());
     }
 }

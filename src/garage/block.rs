@@ -89,20 +89,21 @@ impl Connector {
             let header = match msg? {
                 BlockRpc::PutBlock { hash: h, header } if h == hash => header,
                 other => {
-                    return Err(Error::Rpc(format!(
+                    return Err(Error::Internal(format!(
                         "unexpected answer to GetBlock: {other:?}"
                     )))
                 }
             };
-            let stream = stream.ok_or_else(|| Error::Rpc("GetBlock answer without data".into()))?;
+            let stream =
+                stream.ok_or_else(|| Error::Internal("GetBlock answer without data".into()))?;
             let bytes = garage_net::stream::read_stream_to_end(stream)
                 .await
-                .map_err(|e| Error::Rpc(format!("reading block stream: {e}")))?
+                .map_err(|e| Error::Connection(format!("reading block stream: {e}")))?
                 .into_bytes();
             if header.is_compressed() {
                 // Garage's own S3 writes may be compressed; ours never are.
                 let plain = zstd::stream::decode_all(&bytes[..])
-                    .map_err(|e| Error::Rpc(format!("corrupt compressed block: {e}")))?;
+                    .map_err(|e| Error::Corrupt(format!("compressed block: {e}")))?;
                 Ok(Bytes::from(plain))
             } else {
                 Ok(bytes)

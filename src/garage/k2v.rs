@@ -145,7 +145,7 @@ impl Connector {
     }
 
     /// Reads one K2V item from a read quorum.
-    pub async fn k2v_get(
+    pub async fn rpc_k2v_get(
         &self,
         partition: &K2VItemPartition,
         sort_key: &str,
@@ -161,7 +161,7 @@ impl Connector {
 
     /// Reads up to `limit` live K2V items of a partition, from `start`
     /// (inclusive), in order.
-    pub async fn k2v_range(
+    pub async fn rpc_k2v_range(
         &self,
         partition: &K2VItemPartition,
         start: Option<String>,
@@ -188,7 +188,10 @@ impl Connector {
 
     /// The counters storage nodes keep for a bucket's K2V items, one
     /// entry per partition key.
-    pub async fn k2v_counters(&self, bucket: Uuid) -> Result<Vec<CounterEntry<K2VItem>>, Error> {
+    pub async fn rpc_k2v_counters(
+        &self,
+        bucket: Uuid,
+    ) -> Result<Vec<CounterEntry<K2VItem>>, Error> {
         let nodes = self
             .system
             .cluster_layout()
@@ -211,8 +214,8 @@ impl Connector {
     }
 
     /// Live K2V items of a bucket, from the counters (no listing).
-    pub async fn k2v_entry_counts(&self, bucket: Uuid) -> Result<u64, Error> {
-        let entries = self.k2v_counters(bucket).await?;
+    pub async fn rpc_k2v_entry_counts(&self, bucket: Uuid) -> Result<u64, Error> {
+        let entries = self.rpc_k2v_counters(bucket).await?;
         let layout = self.system.cluster_layout();
         Ok(entries
             .iter()

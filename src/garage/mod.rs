@@ -7,12 +7,13 @@
 //! directory, listen so that storage nodes connect back, pull the layout
 //! periodically, and give every operation its own deadline.
 
-pub mod batch;
+pub(crate) mod batch;
 mod block;
 pub mod error;
-pub mod k2v;
-pub mod probe;
-pub mod tables;
+pub(crate) mod k2v;
+mod nodelay;
+pub(crate) mod probe;
+pub(crate) mod tables;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,6 +176,11 @@ impl CallCounters {
         self.0[op as usize][call as usize].load(Ordering::Relaxed)
     }
 
+    /// Calls of every kind made for one operation so far.
+    pub fn for_op(&self, op: Op) -> u64 {
+        Call::ALL.iter().map(|c| self.get(op, *c)).sum()
+    }
+
     /// All calls so far.
     pub fn total(&self) -> u64 {
         Op::ALL
@@ -188,7 +194,6 @@ impl CallCounters {
 pub(crate) fn init_process() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
-        crate::net::ensure_linked();
         sodiumoxide::init().expect("libsodium initialisation failed");
         // Garage's status messages carry this string (`garage status` shows
         // it in the Version column); System::new panics without it.
@@ -258,6 +263,8 @@ impl Connector {
             Role::Peer => {
                 tokio::spawn(conn.system.clone().run(exit_rx.clone()));
                 conn.wait_ready(limit).await?;
+                conn.set_nodelay();
+                tokio::spawn(nodelay_loop(Arc::downgrade(&conn), exit_rx.clone()));
                 tokio::spawn(layout_pull_loop(Arc::downgrade(&conn), probe, exit_rx));
             }
             Role::Client => {
@@ -267,6 +274,7 @@ impl Connector {
                     }
                 }
                 conn.wait_ready(limit).await?;
+                conn.set_nodelay();
             }
         }
         tracing::info!(
@@ -355,7 +363,7 @@ impl Connector {
             }
             if start.elapsed() > limit {
                 return Err(Error::Timeout(
-                    limit,
+                    Some(limit),
                     "waiting for a quorum of storage nodes to connect",
                 ));
             }
@@ -382,7 +390,7 @@ impl Connector {
     }
 
     /// Cluster calls this connector made so far, of every kind.
-    pub fn rpc_calls(&self) -> u64 {
+    pub fn cluster_calls(&self) -> u64 {
         self.calls.total()
     }
 
@@ -408,6 +416,41 @@ impl Connector {
     /// Stops the peer's background tasks. Operations in flight may fail.
     pub fn shutdown(&self) {
         let _ = self.exit.send(true);
+    }
+
+    /// Sets `TCP_NODELAY` on this connector's sockets to storage nodes
+    /// that lack it (`nodelay.rs`).
+    fn set_nodelay(&self) {
+        let peers = self
+            .system
+            .get_known_nodes()
+            .into_iter()
+            .filter_map(|n| n.addr)
+            .collect();
+        let port = Some(self.config.rpc_bind_addr.port()).filter(|p| *p != 0);
+        let set = nodelay::set_on_cluster_sockets(&peers, port);
+        if set > 0 {
+            tracing::debug!(
+                sockets = set,
+                "TCP_NODELAY set on connections to storage nodes"
+            );
+        }
+    }
+}
+
+/// How often the connector looks for new sockets to storage nodes.
+const NODELAY_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn nodelay_loop(conn: std::sync::Weak<Connector>, mut exit: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(NODELAY_INTERVAL) => (),
+            _ = exit.changed() => return,
+        }
+        match conn.upgrade() {
+            Some(conn) => conn.set_nodelay(),
+            None => return,
+        }
     }
 }
 

@@ -13,7 +13,6 @@
 //! `/blocks` mount at garage-ipfs, and `ipfs init <config>` makes the real
 //! repo from it, so that `datastore_spec` is right from the start.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -289,13 +288,6 @@ impl KuboConfig {
         Ok(())
     }
 
-    /// Sets the swarm, API and gateway addresses (multiaddrs).
-    pub fn set_addresses(&mut self, swarm: &[String], api: &str, gateway: &str) {
-        self.json["Addresses"]["Swarm"] = json!(swarm);
-        self.json["Addresses"]["API"] = json!(api);
-        self.json["Addresses"]["Gateway"] = json!(gateway);
-    }
-
     /// Makes the repo at `repo` from this config (`ipfs init --empty-repo
     /// <config>`). With our datastore, kubo writes its first block through
     /// it, so the daemon must be up and the namespace registered.
@@ -354,7 +346,6 @@ pub struct KuboNode {
     pub bin: PathBuf,
     /// The repo (`IPFS_PATH`).
     pub repo: PathBuf,
-    env: Vec<(OsString, OsString)>,
     daemon: Mutex<Option<Child>>,
     starts: Mutex<u32>,
 }
@@ -365,25 +356,15 @@ impl KuboNode {
         Self {
             bin: bin.into(),
             repo: repo.into(),
-            env: Vec::new(),
             daemon: Mutex::new(None),
             starts: Mutex::new(0),
         }
     }
 
-    /// Adds an environment variable to every command (e.g. the write token
-    /// named by `token_env`).
-    pub fn with_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
     /// An `ipfs` command on this repo (through the daemon's API while it
     /// runs, as kubo does).
     pub fn command(&self) -> Command {
-        let mut cmd = kubo_command(&self.bin, &self.repo);
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd
+        kubo_command(&self.bin, &self.repo)
     }
 
     /// Runs `ipfs ARGS`: stdout, or an error with the output.

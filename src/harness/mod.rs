@@ -14,9 +14,12 @@
 //! cut and healed; everything else works the same.
 
 mod binary;
+mod disk;
 pub mod kubo;
 pub mod netns;
 pub mod process;
+
+pub use disk::ClusterDisk;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -301,6 +304,35 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts a cluster of a command's own (bench, soak, kubo bench) in
+    /// `dir`, on free ports, its nodes attached to this process: they stop
+    /// when it exits, even if it panics.
+    pub async fn start_own(dir: &Path, nodelay: bool) -> Result<Arc<Self>, HarnessError> {
+        Self::start(StartOptions {
+            dir: dir.to_owned(),
+            ports: Ports::Free,
+            lifetime: Lifetime::Attached,
+            nodelay,
+            network: Network::Loopback,
+        })
+        .await
+    }
+
+    /// Refuses a cluster directory whose nodes are running: starting it
+    /// again would re-render their configs with other ports under them.
+    pub fn refuse_running(dir: &Path) -> Result<(), HarnessError> {
+        if let Ok(existing) = Self::open(dir) {
+            if (0..existing.nodes.len()).any(|i| existing.node_pid(i).is_some()) {
+                return Err(HarnessError::Other(format!(
+                    "garage nodes are running in {}; stop them first (garage-ipfs cluster down --dir {})",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A cluster started earlier in `dir` (for `cluster down` and `status`).
     pub fn open(dir: &Path) -> Result<Self, HarnessError> {
         let dir = dir.canonicalize().map_err(io_err(dir))?;
@@ -418,11 +450,6 @@ impl Cluster {
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(self.nodes[i].pid_file());
-    }
-
-    /// Restarts node `i` and waits until the cluster is healthy again.
-    pub async fn restart_node(&self, i: usize) -> Result<(), HarnessError> {
-        self.restart_nodes(&[i]).await
     }
 
     /// Restarts the given nodes (0-based), with their data, and waits until
@@ -599,32 +626,53 @@ impl Cluster {
         )
     }
 
-    /// A connector and daemon config (TOML) for this cluster: state in
-    /// `state_dir`, the connector's RPC on `rpc_port`, the gateway, kubo
-    /// RPC and gRPC on the `api` ports of 127.0.0.1, serving `namespace`;
-    /// `extra_api` (TOML lines) goes into `[api]`.
+    /// A connector config for this cluster as a TOML table: state in
+    /// `state_dir`, the connector's RPC on `rpc_port`, the cluster's
+    /// secret and peers, replication factor 3. Callers add what they need
+    /// (an `[api]` table, `rpc_secret_file` in place of `rpc_secret`) and
+    /// render it with `toml::to_string`, which does the quoting.
+    pub fn connector_toml(&self, state_dir: &Path, rpc_port: u16) -> toml::Table {
+        let mut t = toml::Table::new();
+        t.insert("state_dir".into(), state_dir.display().to_string().into());
+        t.insert(
+            "rpc_bind_addr".into(),
+            SocketAddr::new(self.connector_ip(), rpc_port)
+                .to_string()
+                .into(),
+        );
+        t.insert("rpc_secret".into(), self.rpc_secret.clone().into());
+        t.insert(
+            "bootstrap_peers".into(),
+            toml::Value::Array(self.peers().into_iter().map(Into::into).collect()),
+        );
+        t.insert("replication_factor".into(), 3.into());
+        t.insert("consistency_mode".into(), "consistent".into());
+        t
+    }
+
+    /// A connector and daemon config (TOML text) for this cluster: as
+    /// [`Cluster::connector_toml`], plus the gateway, kubo RPC and gRPC on
+    /// the `api` ports of 127.0.0.1, serving `namespace`, with `extra_api`
+    /// in `[api]`.
     pub fn daemon_config(
         &self,
         state_dir: &Path,
         rpc_port: u16,
         api: [u16; 3],
         namespace: &str,
-        extra_api: &str,
+        extra_api: &[(&str, toml::Value)],
     ) -> String {
-        let peers: Vec<String> = self.peers().iter().map(|p| format!("{p:?}")).collect();
-        format!(
-            "state_dir = {:?}\nrpc_bind_addr = \"{}\"\nrpc_secret = {:?}\n\
-             bootstrap_peers = [{}]\nreplication_factor = 3\n\n[api]\n\
-             namespace = {namespace:?}\ngateway_addr = \"127.0.0.1:{}\"\n\
-             rpc_addr = \"127.0.0.1:{}\"\ngrpc_addr = \"127.0.0.1:{}\"\n{extra_api}\n",
-            state_dir.display().to_string(),
-            SocketAddr::new(self.connector_ip(), rpc_port),
-            self.rpc_secret,
-            peers.join(", "),
-            api[0],
-            api[1],
-            api[2],
-        )
+        let mut t = self.connector_toml(state_dir, rpc_port);
+        let mut a = toml::Table::new();
+        a.insert("namespace".into(), namespace.into());
+        for (key, port) in ["gateway_addr", "rpc_addr", "grpc_addr"].iter().zip(api) {
+            a.insert((*key).into(), format!("127.0.0.1:{port}").into());
+        }
+        for (key, value) in extra_api {
+            a.insert((*key).into(), value.clone());
+        }
+        t.insert("api".into(), a.into());
+        toml::to_string(&t).expect("a TOML table renders")
     }
 
     /// Path of the connector config written next to the node configs.
@@ -633,26 +681,14 @@ impl Cluster {
     }
 
     fn write_connector_config(&self) -> Result<(), HarnessError> {
-        let peers = self
-            .peers()
-            .iter()
-            .map(|p| format!("  {p:?},"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let mut t = self.connector_toml(Path::new("connector"), DEV_CONNECTOR_PORT);
+        let mut api = toml::Table::new();
+        api.insert("allow_anonymous_writes_on_loopback".into(), true.into());
+        t.insert("api".into(), api.into());
         let text = format!(
             "# Written by `garage-ipfs cluster up` for the cluster in this directory.\n\
-             state_dir = \"connector\"\n\
-             rpc_bind_addr = \"{}:{DEV_CONNECTOR_PORT}\"\n\
-             rpc_secret = {:?}\n\
-             bootstrap_peers = [\n{peers}\n]\n\
-             replication_factor = 3\n\
-             consistency_mode = \"consistent\"\n\
-             \n\
-             [api]\n\
-             # Local development only: writes without a token on loopback.\n\
-             allow_anonymous_writes_on_loopback = true\n",
-            self.connector_ip(),
-            self.rpc_secret
+             # [api] allow_anonymous_writes_on_loopback: local development only.\n\n{}",
+            toml::to_string(&t).expect("a TOML table renders")
         );
         let path = self.connector_config_path();
         std::fs::write(&path, text).map_err(io_err(&path))

@@ -206,7 +206,22 @@ mod tests {
         for i in 0..100u8 {
             c.put_data(ns, &mh(i), 0, &entry(), &block);
         }
-        assert!(c.stats().bytes <= 1 << 20, "{} bytes", c.stats().bytes);
-        assert!(BlockCache::new(0).lookup(ns, &mh(1), 0, false).is_none());
+        let bytes = c.stats().bytes;
+        assert!(bytes <= 1 << 20 && bytes > 0, "{bytes} bytes");
+        // It keeps some (not an evict-everything cache), and only what fits.
+        let kept = (0..100u8)
+            .filter(|i| {
+                c.lookup(ns, &mh(*i), 0, true)
+                    .is_some_and(|(_, d)| d.is_some())
+            })
+            .count();
+        assert!(
+            (1..=16).contains(&kept),
+            "{kept} blocks of 64 KiB kept in 1 MiB"
+        );
+        // A cache of no bytes keeps nothing.
+        let off = BlockCache::new(0);
+        off.put_data(ns, &mh(1), 0, &entry(), &block);
+        assert!(off.lookup(ns, &mh(1), 0, false).is_none());
     }
 }

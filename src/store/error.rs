@@ -12,7 +12,7 @@ pub enum Error {
     #[error(transparent)]
     Cid(#[from] CidError),
     /// A namespace name outside `[A-Za-z0-9._-]{1,64}`.
-    #[error("invalid namespace name {0:?}: use 1 to 64 characters among A-Z a-z 0-9 . _ -")]
+    #[error("invalid namespace name {0:?}: {rule}", rule = crate::config::NAMESPACE_RULE)]
     BadNamespace(String),
     /// The index names a block that no node could return intact.
     #[error("block {cid} is indexed but no node returned a valid copy ({cause})")]
@@ -52,6 +52,8 @@ pub enum Error {
         failed: Vec<(Cid, String)>,
         /// Blocks in the batch.
         total: usize,
+        /// Whether every failure was transient (worth retrying later).
+        transient: bool,
     },
     /// The cluster could not complete the operation (quorum lost, timeout…).
     #[error(transparent)]
@@ -78,6 +80,17 @@ impl From<garage_util::error::Error> for Error {
 }
 
 impl Error {
+    /// Whether the failure may go away by itself (the cluster's, not the
+    /// request's): a transient cluster error, or a batch whose blocks
+    /// that failed all failed on one.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Cluster(e) => e.is_transient(),
+            Error::Partial { transient, .. } => *transient,
+            _ => false,
+        }
+    }
+
     /// Whether the failure is the caller's input (as opposed to the cluster).
     pub fn is_bad_input(&self) -> bool {
         matches!(

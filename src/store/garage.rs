@@ -32,13 +32,13 @@ use garage_util::data::{blake2sum, Hash, Uuid};
 use multihash::Multihash;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::anchor::{AnchorId, Anchors, MAX_GENERATIONS};
+use super::anchor::{self, AnchorId, Anchors};
 use super::cache::BlockCache;
 use super::filter::{FilterStats, NsFilter};
 use super::index::{self, Entry, INLINE_MAX};
 use super::{check_namespace, BlockStore, Error};
 use crate::cid as cidutil;
-use crate::garage::{error::deadline, Call, Connector, Error as GError, Op};
+use crate::garage::{error::deadline, Call, Connector, Op};
 
 /// Namespaces with a presence filter, at most, per store.
 pub const MAX_FILTERED_NAMESPACES: usize = 64;
@@ -240,7 +240,7 @@ impl Namespace {
     /// The index item of a multihash, as read from a quorum.
     async fn read_item(&self, mh: &Multihash<64>) -> Result<Option<K2VItem>, Error> {
         let part = index::partition(self.id, mh);
-        Ok(self.conn().k2v_get(&part, &cidutil::dskey(mh)).await?)
+        Ok(self.conn().rpc_k2v_get(&part, &cidutil::dskey(mh)).await?)
     }
 
     /// The live index entry of a multihash, with the item's causal context.
@@ -308,10 +308,7 @@ impl Namespace {
         hash: &Hash,
     ) -> Result<(u16, bool), Error> {
         let refs = self.refs_of(hash).await?;
-        for g in 0..MAX_GENERATIONS {
-            let anchor = AnchorId::of(self.id, g, hash);
-            let uuid = anchor.version_uuid();
-            let existing = refs.iter().find(|r| r.version == uuid);
+        for (g, anchor, existing) in anchor::generations(self.id, hash, &refs) {
             if existing.is_some_and(|r| r.deleted.get()) {
                 continue; // a deleted ref can never be revived
             }
@@ -442,10 +439,10 @@ impl Namespace {
             return Ok(true);
         }
         let refs = self.refs_of(&entry.hash).await?;
-        for g in 0..MAX_GENERATIONS {
-            let uuid = AnchorId::of(self.id, g, &entry.hash).version_uuid();
-            if refs.iter().any(|r| r.version == uuid && !r.deleted.get()) {
-                self.write_ref(entry.hash, uuid, true).await?;
+        for (_, anchor, r) in anchor::generations(self.id, &entry.hash, &refs) {
+            if r.is_some_and(|r| !r.deleted.get()) {
+                self.write_ref(entry.hash, anchor.version_uuid(), true)
+                    .await?;
             }
         }
         Ok(true)
@@ -485,7 +482,7 @@ impl Namespace {
             let page = retry_transient(|| async {
                 Ok(self
                     .conn()
-                    .k2v_range(&partition, start.clone(), LIST_PAGE)
+                    .rpc_k2v_range(&partition, start.clone(), LIST_PAGE)
                     .await?)
             })
             .await?;
@@ -518,12 +515,14 @@ impl Namespace {
 /// cluster error.
 const RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(150), Duration::from_millis(600)];
 
-/// Runs an operation again after a transient cluster failure: a quorum
-/// missed or a connection lost, as happens on the first requests after a
-/// storage node restarted (our connection to it is dead until the next
-/// request notices). Every step of our operations is idempotent (CRDT table
-/// writes, content-addressed block writes), so a retry is safe. Timeouts
-/// are not retried: they already used their deadline.
+/// Runs an operation again after a retryable cluster failure
+/// ([`crate::garage::Error::is_retryable`]: a quorum missed, a connection lost, a layout
+/// not ready), as happens on the first requests after a storage node
+/// restarted (our connection to it is dead until the next request
+/// notices). Every step of our operations is idempotent (CRDT table
+/// writes, content-addressed block writes), so a retry is safe. Nothing
+/// else is retried: a timeout has used its deadline already, and a corrupt
+/// block or a refused request would fail the same way again.
 pub(super) async fn retry_transient<T, F, Fut>(mut op: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
@@ -532,7 +531,7 @@ where
     let mut backoff = RETRY_BACKOFF.iter();
     loop {
         match op().await {
-            Err(Error::Cluster(e @ (GError::Quorum(_) | GError::Rpc(_)))) => match backoff.next() {
+            Err(Error::Cluster(e)) if e.is_retryable() => match backoff.next() {
                 Some(wait) => {
                     tracing::debug!(cause = %e, "transient cluster error; retrying");
                     tokio::time::sleep(*wait).await;

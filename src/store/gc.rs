@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{BlockStore, Error, GarageStore, Namespace};
 use crate::cid as cidutil;
-use crate::dag;
+use crate::ipld;
 
 /// What a GC run found and did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -47,7 +47,7 @@ impl Namespace {
                 continue;
             }
             match self.get(&cid).await? {
-                Some(data) => match dag::links(&cid, &data) {
+                Some(data) => match ipld::links(&cid, &data) {
                     Ok(links) => stack.extend(links),
                     Err(e) => {
                         tracing::warn!(cid = %cid, cause = %e, "cannot decode links; keeping the block, not its children")

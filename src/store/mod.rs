@@ -6,7 +6,7 @@
 
 mod anchor;
 mod blockstore_trait;
-pub mod cache;
+pub(crate) mod cache;
 mod error;
 pub mod filter;
 mod garage;
@@ -55,14 +55,23 @@ pub trait BlockStore: Send + Sync + 'static {
                 .buffer_unordered(PUT_MANY_CONCURRENCY)
                 .collect()
                 .await;
+            let mut transient = true;
             let failed: Vec<(Cid, String)> = results
                 .into_iter()
-                .filter_map(|(cid, r)| r.err().map(|e| (cid, e.to_string())))
+                .filter_map(|(cid, r)| {
+                    let e = r.err()?;
+                    transient &= e.is_transient();
+                    Some((cid, e.to_string()))
+                })
                 .collect();
             if failed.is_empty() {
                 Ok(())
             } else {
-                Err(Error::Partial { failed, total })
+                Err(Error::Partial {
+                    failed,
+                    total,
+                    transient,
+                })
             }
         }
     }
@@ -90,11 +99,7 @@ pub trait BlockStore: Send + Sync + 'static {
 
 /// Checks a namespace name.
 pub fn check_namespace(name: &str) -> Result<(), Error> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if crate::config::is_valid_namespace(name) {
         Ok(())
     } else {
         Err(Error::BadNamespace(name.chars().take(100).collect()))

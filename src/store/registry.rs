@@ -50,7 +50,7 @@ impl GarageStore {
     /// The registry record of a namespace, if it exists.
     pub async fn namespace_record(&self, name: &str) -> Result<Option<NamespaceRecord>, Error> {
         check_namespace(name)?;
-        let item = self.connector().k2v_get(&registry(), name).await?;
+        let item = self.connector().rpc_k2v_get(&registry(), name).await?;
         Ok(item.and_then(|i| decode(name, i.values())))
     }
 
@@ -79,7 +79,7 @@ impl GarageStore {
     }
 
     async fn register_once(&self, name: &str) -> Result<(), Error> {
-        let item = self.connector().k2v_get(&registry(), name).await?;
+        let item = self.connector().rpc_k2v_get(&registry(), name).await?;
         if item
             .as_ref()
             .and_then(|i| decode(name, i.values()))
@@ -102,7 +102,7 @@ impl GarageStore {
     /// Removes a namespace from the registry (its blocks must be gone).
     pub(super) async fn unregister(&self, name: &str) -> Result<(), Error> {
         self.registered.lock().unwrap().remove(name);
-        let item = self.connector().k2v_get(&registry(), name).await?;
+        let item = self.connector().rpc_k2v_get(&registry(), name).await?;
         if let Some(item) = item {
             self.connector()
                 .rpc_k2v_insert(
@@ -123,7 +123,7 @@ impl GarageStore {
         loop {
             let page = self
                 .connector()
-                .k2v_range(&registry(), start.clone(), LIST_PAGE)
+                .rpc_k2v_range(&registry(), start.clone(), LIST_PAGE)
                 .await?;
             let full = page.len() == LIST_PAGE;
             for item in page {
@@ -146,7 +146,7 @@ impl GarageStore {
     pub async fn count_blocks(&self, name: &str) -> Result<u64, Error> {
         Ok(self
             .connector()
-            .k2v_entry_counts(index::namespace_id(name))
+            .rpc_k2v_entry_counts(index::namespace_id(name))
             .await?)
     }
 }

@@ -19,7 +19,7 @@ use garage_util::data::{blake2sum, Hash, Uuid};
 use multihash::Multihash;
 use serde::Serialize;
 
-use super::anchor::{AnchorId, MAX_GENERATIONS};
+use super::anchor::{self, AnchorId};
 use super::index::Entry;
 use super::{Error, Namespace};
 use crate::cid as cidutil;
@@ -290,12 +290,14 @@ impl Namespace {
     ) -> Result<RefState, Error> {
         let refs = self.refs_of(hash).await?;
         let mut dead = None;
-        for g in 0..MAX_GENERATIONS {
-            let uuid = AnchorId::of(self.id(), g, hash).version_uuid();
-            if !refs.iter().any(|r| r.version == uuid && !r.deleted.get()) {
+        for (g, anchor, r) in anchor::generations(self.id(), hash, &refs) {
+            if r.is_none_or(|r| r.deleted.get()) {
                 continue;
             }
-            if self.anchor_alive(uuid, anchors_alive).await? {
+            if self
+                .anchor_alive(anchor.version_uuid(), anchors_alive)
+                .await?
+            {
                 return Ok(RefState::Live(g));
             }
             dead.get_or_insert(g);

@@ -44,7 +44,7 @@ impl DaemonProc {
             free_port().unwrap(),
             ports,
             namespace,
-            &format!("write_token_file = {:?}", token_file.display().to_string()),
+            &[("write_token_file", token_file.display().to_string().into())],
         );
         std::fs::write(&config, text).unwrap();
         Self {

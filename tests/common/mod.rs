@@ -260,21 +260,8 @@ pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> b
 /// A connector config file for this cluster with its own state directory,
 /// for the `garage-ipfs` binary.
 pub fn config_file(label: &str) -> PathBuf {
-    let c = cluster();
     let dir = state_dir(label);
-    let peers = c
-        .peers()
-        .iter()
-        .map(|p| format!("{p:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let text = format!(
-        "state_dir = {:?}\nrpc_bind_addr = \"{}\"\nrpc_secret = {:?}\n\
-         bootstrap_peers = [{peers}]\nreplication_factor = 3\n",
-        dir.display().to_string(),
-        std::net::SocketAddr::new(c.connector_ip(), free_port().unwrap()),
-        c.rpc_secret,
-    );
+    let text = toml::to_string(&cluster().connector_toml(&dir, free_port().unwrap())).unwrap();
     let path = dir.join("connector.toml");
     std::fs::write(&path, text).unwrap();
     path
@@ -446,6 +433,25 @@ pub async fn repair_to_completion(what: &str) {
     };
     c.garage_cli(0, &["repair", "-a", "--yes", what]).unwrap();
     let start = std::time::Instant::now();
+    if what == "tables" {
+        // The table sync workers exist, idle, before the repair as after
+        // it: "all idle" proves nothing until one was seen at work. A full
+        // sync walks every partition of every table (a second or so here),
+        // so a tight poll sees it; if it never does, fail rather than pass
+        // a repair that may not have run.
+        let busy = |i: usize| {
+            c.garage_cli(i, &["worker", "list"])
+                .unwrap()
+                .lines()
+                .any(|l| l.contains(worker) && l.split_whitespace().nth(1) == Some("Busy"))
+        };
+        while !(0..3).any(busy) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "repair tables: no table sync worker was seen busy"
+            );
+        }
+    }
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut done = true;

@@ -3,7 +3,7 @@
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use super::util::{print_json, print_table, JsonArg, Target};
+use crate::tools::util::{print_json, print_table, JsonArg, Target};
 
 #[derive(Serialize)]
 struct NodeView {
@@ -133,7 +133,7 @@ pub async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> anyhow::Re
             n.id.clone(),
             n.zone.clone().unwrap_or_else(|| "-".into()),
             n.capacity
-                .map(super::util::human_bytes)
+                .map(crate::tools::util::human_bytes)
                 .unwrap_or_else(|| "-".into()),
             if n.up { "up" } else { "DOWN" }.into(),
             n.last_seen_secs_ago
@@ -154,7 +154,7 @@ pub async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> anyhow::Re
     rows.extend(view.namespaces.iter().map(|n| {
         let bytes = n
             .bytes
-            .map(super::util::human_bytes)
+            .map(crate::tools::util::human_bytes)
             .unwrap_or_else(|| "(--bytes)".into());
         vec![n.name.clone(), n.blocks.to_string(), bytes]
     }));

@@ -11,11 +11,12 @@ mod namespace;
 mod serve;
 mod soak;
 mod status;
-pub mod util;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::tools::util;
 
 pub use cluster::ClusterCmd;
 
@@ -127,6 +128,27 @@ impl Cli {
             Command::Kubo(cmd) => kubo::run(&self.target, cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Soak(args) => soak::run(args).await,
+        }
+    }
+}
+
+/// The program: parses the arguments, sets up tracing, runs the command
+/// on a multi-threaded runtime, prints the error if any. Here rather than
+/// in `main.rs` so that the command futures are compiled once, in this
+/// crate, not again in the binary's (rustc instantiates an async body
+/// where it is polled from).
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(cli.run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

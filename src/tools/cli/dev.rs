@@ -9,8 +9,8 @@ use futures::TryStreamExt;
 
 use super::DirArg;
 use crate::cid::{self as cidutil, codec};
-use crate::daemon::{shutdown_signal, Daemon};
 use crate::store::{BlockStore, GarageStore};
+use crate::tools::daemon::{shutdown_signal, Daemon};
 
 /// Arguments of `garage-ipfs dev`.
 #[derive(Debug, clap::Args)]

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use clap::Subcommand;
 use futures::TryStreamExt;
 
-use super::util::{print_json, print_table, JsonArg, NsArg, Target};
 use crate::cid as cidutil;
 use crate::store::BlockStore;
+use crate::tools::util::{print_json, print_table, JsonArg, NsArg, Target};
 
 /// Block commands.
 #[derive(Debug, Subcommand)]

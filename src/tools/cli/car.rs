@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use futures::TryStreamExt;
 
-use super::util::{human_bytes, print_json, progress, JsonArg, NsArg, Target};
 use crate::cid as cidutil;
 use crate::dag::{self, Scope};
+use crate::tools::util::{human_bytes, print_json, progress, JsonArg, NsArg, Target};
 
 /// CAR commands.
 #[derive(Debug, Subcommand)]

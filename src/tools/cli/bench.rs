@@ -6,18 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::bench::{self, SystemKind, Workload};
+use crate::tools::bench::{self, SystemKind, Workload};
 
 /// Arguments of `garage-ipfs bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Cluster directory, kept afterwards (default: a fresh temporary
-    /// directory, removed at the end). Its nodes must not be running.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Run the garage nodes stock, without our TCP_NODELAY preload shim.
-    #[arg(long)]
-    no_nodelay: bool,
+    #[command(flatten)]
+    cluster: crate::tools::util::OwnCluster,
     /// Multiply every op count by this factor (1, the default, takes about
     /// seven minutes on two cores).
     #[arg(long, value_name = "FACTOR", conflicts_with = "quick")]
@@ -64,7 +59,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect();
     let opts = |dir| bench::Options {
         dir,
-        nodelay: !args.no_nodelay,
+        nodelay: !args.cluster.no_nodelay,
         ops_scale: args
             .ops_scale
             .unwrap_or(if args.quick { QUICK_SCALE } else { 1.0 }),
@@ -75,10 +70,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         pause: Duration::from_millis(if args.quick { 500 } else { 1000 }),
         tables_to_stderr: json_to_stdout,
     };
-    let report = super::util::in_work_dir(args.dir.clone(), "bench", |dir| async move {
-        bench::run(&opts(dir)).await
-    })
-    .await?;
+    let report =
+        crate::tools::util::in_work_dir(args.cluster.dir.clone(), "bench", |dir| async move {
+            bench::run(&opts(dir)).await
+        })
+        .await?;
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         if json_to_stdout {

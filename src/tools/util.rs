@@ -1,5 +1,5 @@
-//! What the admin commands share: the config, the connection, tables,
-//! progress bars and JSON output.
+//! What the tools share: the config, the connection, the own-cluster
+//! options, tables, progress bars and JSON output.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,6 +20,20 @@ pub struct Target {
     /// Connector config (default: the dev cluster's).
     #[arg(long, short, global = true, env = "GARAGE_IPFS_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
+}
+
+/// `--dir` and `--no-nodelay` of the commands that start a cluster of
+/// their own (bench, kubo bench, soak).
+#[derive(Debug, Clone, clap::Args)]
+pub struct OwnCluster {
+    /// Cluster directory (and kubo repos), kept afterwards (default: a
+    /// fresh temporary directory, removed at the end). Its nodes must not
+    /// be running.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Run the garage nodes stock, without our TCP_NODELAY preload shim.
+    #[arg(long)]
+    pub no_nodelay: bool,
 }
 
 /// `--namespace`.

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{measure, refuse_running_cluster, s3_bucket, s3_key, start_own_cluster};
+use super::{measure, s3_bucket, s3_key};
 use crate::garage::Role;
 use crate::harness::kubo::{
     kubo_binary, Flavour, GarageSpec, KuboConfig, KuboNode, TokenSource, KUBO_VERSION,
@@ -119,6 +119,10 @@ pub struct Measure {
     /// refresh (about one counter read a second and every shard listed
     /// once a minute, per namespace, whatever the load).
     pub background_requests: f64,
+    /// Lookups our daemon's presence filter let through that the index
+    /// then answered absent (garage system only): the lookups that may
+    /// cost a cluster call for an absent block.
+    pub filter_false_positives: f64,
     /// RPCs the nodes sent (replication, table sync), all nodes.
     pub node_rpcs: f64,
     /// CPU seconds of kubo A.
@@ -154,6 +158,7 @@ struct Snap {
     node_rpcs: f64,
     daemon_calls: f64,
     daemon_background: f64,
+    daemon_false_positives: f64,
     cpu_kubo: f64,
     cpu_daemon: f64,
     cpu_nodes: f64,
@@ -245,7 +250,7 @@ fn status(line: &str) {
 /// returns.
 pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(!opts.systems.is_empty(), "no system to benchmark");
-    refuse_running_cluster(&opts.dir)?;
+    Cluster::refuse_running(&opts.dir)?;
     let started = Instant::now();
     let bins = tokio::task::spawn_blocking(|| -> anyhow::Result<()> {
         for f in [Flavour::Garage, Flavour::Stock, Flavour::S3] {
@@ -258,7 +263,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         "starting a three-node garage cluster in {}",
         opts.dir.display()
     ));
-    let cluster = start_own_cluster(&opts.dir, opts.nodelay).await?;
+    let cluster = Cluster::start_own(&opts.dir, opts.nodelay).await?;
 
     let daemon_dir = opts.dir.join("daemon");
     std::fs::create_dir_all(&daemon_dir)?;
@@ -275,7 +280,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             harness::free_port()?,
             ports,
             "default",
-            "allow_anonymous_writes_on_loopback = true",
+            &[("allow_anonymous_writes_on_loopback", true.into())],
         ),
     )?;
     let daemon = Daemon {
@@ -410,9 +415,9 @@ impl Bench<'_> {
                 .with_context(|| format!("garage node{} is not running", i + 1))?;
             cpu_nodes += measure::process_cpu_ticks(pid).unwrap_or(0);
         }
-        let (daemon_calls, daemon_background) = match self.daemon.pid() {
-            Some(_) => daemon_calls(&measure::scrape(self.daemon.rpc).await?),
-            None => (0.0, 0.0),
+        let (daemon_calls, daemon_background, daemon_false_positives) = match self.daemon.pid() {
+            Some(_) => daemon_figures(&measure::scrape(self.daemon.rpc).await?),
+            None => (0.0, 0.0, 0.0),
         };
         let cpu = |pid: Option<u32>| {
             pid.and_then(measure::process_cpu_ticks).unwrap_or(0) as f64 / self.ticks
@@ -423,6 +428,7 @@ impl Bench<'_> {
             node_rpcs,
             daemon_calls,
             daemon_background,
+            daemon_false_positives,
             cpu_kubo: cpu(kubo),
             cpu_daemon: cpu(self.daemon.pid()),
             cpu_nodes: cpu_nodes as f64 / self.ticks,
@@ -448,6 +454,7 @@ impl Bench<'_> {
             garage_requests,
             garage_requests_per_op: round3(garage_requests / ops.max(1) as f64),
             background_requests: after.daemon_background - before.daemon_background,
+            filter_false_positives: after.daemon_false_positives - before.daemon_false_positives,
             node_rpcs: after.node_rpcs - before.node_rpcs,
             cpu_kubo: round3(cpu_kubo),
             cpu_daemon: match kind {
@@ -748,10 +755,17 @@ impl Bench<'_> {
     }
 }
 
-/// Our daemon's cluster calls from its `/metrics`: (for store operations,
-/// for none: `op="other"`, the presence filter's own polling).
-fn daemon_calls(text: &str) -> (f64, f64) {
+/// Our daemon's figures from its `/metrics`: cluster calls for store
+/// operations, cluster calls for none (`op="other"`, the presence filter's
+/// own polling), and its filters' false positives.
+fn daemon_figures(text: &str) -> (f64, f64, f64) {
     const NAME: &str = "garage_ipfs_cluster_calls_total{";
+    const FALSE_POSITIVES: &str = "garage_ipfs_filter_false_positives_total{";
+    let fps = text
+        .lines()
+        .filter(|l| l.starts_with(FALSE_POSITIVES))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
     let mut ops = 0.0;
     let mut other = 0.0;
     for line in text.lines().filter(|l| l.starts_with(NAME)) {
@@ -764,7 +778,7 @@ fn daemon_calls(text: &str) -> (f64, f64) {
             ops += v;
         }
     }
-    (ops, other)
+    (ops, other, fps)
 }
 
 fn round3(x: f64) -> f64 {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::daemon::{shutdown_signal, Daemon};
+use crate::tools::daemon::{shutdown_signal, Daemon};
 
 /// Arguments of `garage-ipfs serve`.
 #[derive(Debug, clap::Args)]

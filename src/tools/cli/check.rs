@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use futures::TryStreamExt;
 use rand::seq::IndexedRandom;
 
-use super::util::{print_json, print_table, progress, JsonArg, NsArg, Target};
 use crate::cid as cidutil;
 use crate::store::verify::{BlockReport, RepairSummary, VerifySummary};
 use crate::store::Namespace;
+use crate::tools::util::{print_json, print_table, progress, JsonArg, NsArg, Target};
 
 /// Arguments of `verify` and `repair`.
 #[derive(Debug, clap::Args)]

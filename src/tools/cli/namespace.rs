@@ -4,8 +4,8 @@ use clap::Subcommand;
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use super::util::{human_bytes, print_json, print_table, progress, JsonArg, Target};
 use crate::store::{index, BlockStore};
+use crate::tools::util::{human_bytes, print_json, print_table, progress, JsonArg, Target};
 
 /// Namespace commands.
 #[derive(Debug, Subcommand)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::soak;
+use crate::tools::soak;
 
 /// Arguments of `garage-ipfs soak`.
 #[derive(Debug, clap::Args)]
@@ -24,32 +24,34 @@ pub struct SoakArgs {
     /// over this many MiB.
     #[arg(long, default_value_t = 512)]
     max_rss_mib: u64,
-    /// Cluster directory, kept afterwards (default: a fresh temporary
-    /// directory, removed at the end). Its nodes must not be running.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Run the garage nodes stock, without our TCP_NODELAY preload shim.
-    #[arg(long)]
-    no_nodelay: bool,
+    /// Fail if more requests than this end in an error (timeouts,
+    /// overload, transport). On a healthy cluster none should: raise it
+    /// only to soak through faults you cause yourself.
+    #[arg(long, default_value_t = 0)]
+    max_errors: u64,
+    #[command(flatten)]
+    cluster: crate::tools::util::OwnCluster,
     /// Also write the report as JSON to FILE (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
 }
 
 pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
-    let report = super::util::in_work_dir(args.dir.clone(), "soak", |dir| async move {
-        let opts = soak::Options {
-            dir,
-            clients: args.clients,
-            duration: Duration::from_secs(args.seconds),
-            live_cap: args.live_cap,
-            max_rss_bytes: args.max_rss_mib << 20,
-            nodelay: !args.no_nodelay,
-            progress_every: Duration::from_secs(10),
-        };
-        soak::run(&opts).await
-    })
-    .await?;
+    let report =
+        crate::tools::util::in_work_dir(args.cluster.dir.clone(), "soak", |dir| async move {
+            let opts = soak::Options {
+                dir,
+                clients: args.clients,
+                duration: Duration::from_secs(args.seconds),
+                live_cap: args.live_cap,
+                max_rss_bytes: args.max_rss_mib << 20,
+                nodelay: !args.cluster.no_nodelay,
+                progress_every: Duration::from_secs(10),
+                max_errors: args.max_errors,
+            };
+            soak::run(&opts).await
+        })
+        .await?;
     print_report(&report);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
@@ -62,9 +64,14 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         report.passed,
-        "soak failed: {} violation(s), {} acknowledged block(s) lost, peak memory {} MiB (bound {} MiB)",
+        "soak failed: {} violation(s), {} acknowledged block(s) lost, {} of {} held blocks \
+         read back, {} error(s) (bound {}), peak memory {} MiB (bound {} MiB)",
         report.violations.len(),
         report.final_lost.len(),
+        report.final_present_verified,
+        report.final_held,
+        report.errors_total,
+        report.max_errors,
         report.peak_rss_bytes >> 20,
         report.max_rss_bytes >> 20
     );
@@ -72,7 +79,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
 }
 
 fn print_report(r: &soak::Report) {
-    use crate::cli::util::{format_table, Align};
+    use crate::tools::util::{format_table, Align};
     let mut rows = vec![["SURFACE OP", "OK", "ERRORS"].map(String::from).to_vec()];
     for (op, c) in &r.ops {
         rows.push(vec![op.clone(), c.ok.to_string(), c.errors.to_string()]);
@@ -89,17 +96,22 @@ fn print_report(r: &soak::Report) {
     }
     eprintln!(
         "soak: {} clients, {:.0} s, {:.0} ops/s; {} puts and {} deletes acknowledged; \
-         at the end {} held blocks read back intact and {} deleted ones absent; \
-         {} violation(s), {} lost; memory {} MiB at start, {} MiB peak (bound {} MiB): {}",
+         at the end, through a fresh connector, {} of {} held blocks read back intact and \
+         {} of {} deleted ones absent; {} violation(s), {} lost; {} error(s) (bound {}); \
+         memory {} MiB at start, {} MiB peak (bound {} MiB): {}",
         r.clients,
         r.seconds,
         r.ops_per_sec,
         r.puts_acknowledged,
         r.deletes_acknowledged,
-        r.final_present_verified - r.final_lost.len().min(r.final_present_verified as usize) as u64,
+        r.final_present_verified,
+        r.final_held,
         r.final_absent_verified,
+        r.final_deleted_checked,
         r.violations.len(),
         r.final_lost.len(),
+        r.errors_total,
+        r.max_errors,
         r.start_rss_bytes >> 20,
         r.peak_rss_bytes >> 20,
         r.max_rss_bytes >> 20,

@@ -120,7 +120,7 @@ impl Report {
 
 /// Rows as a table, columns aligned: the first left, the others right.
 pub fn format_table(rows: &[Vec<String>]) -> String {
-    crate::cli::util::format_table(rows, crate::cli::util::Align::Right)
+    crate::tools::util::format_table(rows, crate::tools::util::Align::Right)
 }
 
 fn num(x: f64) -> String {

@@ -170,7 +170,7 @@ impl System {
 
 /// RPCs the connector has issued so far, of every kind.
 pub fn connector_rpc_calls(conn: &Connector) -> Option<u64> {
-    Some(conn.rpc_calls())
+    Some(conn.cluster_calls())
 }
 
 async fn time_listing(

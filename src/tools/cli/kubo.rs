@@ -7,10 +7,10 @@ use std::sync::Arc;
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::util::{print_json, JsonArg, Target};
 use crate::config::{ApiConfig, Config};
 use crate::harness::kubo::{self, Flavour, GarageSpec, KuboConfig, TokenSource};
 use crate::store::GarageStore;
+use crate::tools::util::{print_json, JsonArg, Target};
 
 /// kubo commands.
 #[derive(Debug, Subcommand)]
@@ -62,14 +62,9 @@ pub struct BenchArgs {
         value_delimiter = ',',
         default_value = "garage,s3,s3-bloom,flatfs"
     )]
-    systems: Vec<crate::bench::kubo::Kind>,
-    /// Cluster and repo directory, kept afterwards (default: a fresh
-    /// temporary directory, removed at the end).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Run the garage nodes stock, without our TCP_NODELAY preload shim.
-    #[arg(long)]
-    no_nodelay: bool,
+    systems: Vec<crate::tools::bench::kubo::Kind>,
+    #[command(flatten)]
+    cluster: crate::tools::util::OwnCluster,
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -136,22 +131,23 @@ pub async fn run(target: &Target, cmd: KuboCmd) -> anyhow::Result<()> {
 }
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    use crate::bench::kubo;
+    use crate::tools::bench::kubo;
     let mut systems: Vec<kubo::Kind> = args.systems.clone();
     systems.sort();
     systems.dedup();
-    let report = super::util::in_work_dir(args.dir.clone(), "kubo-bench", |dir| async move {
-        let opts = kubo::Options {
-            dir,
-            size_mib: args.size_mib,
-            absent: args.absent,
-            bloom_bytes: args.bloom_bytes,
-            nodelay: !args.no_nodelay,
-            systems,
-        };
-        kubo::run(&opts).await
-    })
-    .await?;
+    let report =
+        crate::tools::util::in_work_dir(args.cluster.dir.clone(), "kubo-bench", |dir| async move {
+            let opts = kubo::Options {
+                dir,
+                size_mib: args.size_mib,
+                absent: args.absent,
+                bloom_bytes: args.bloom_bytes,
+                nodelay: !args.cluster.no_nodelay,
+                systems,
+            };
+            kubo::run(&opts).await
+        })
+        .await?;
     println!("{}", kubo::tables(&report));
     println!(
         "go-ds-s3's wall time over ours: {}",

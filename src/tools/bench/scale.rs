@@ -1,0 +1,206 @@
+//! The scale curve: puts and gets of small blocks with more and more
+//! blocks stored, and the presence filter's build time at each size.
+
+use super::*;
+
+impl Bench<'_> {
+    /// The scale curve: puts and gets with more and more blocks stored,
+    /// and the presence filter's build time.
+    pub(super) async fn scale_curve(&mut self, report: &mut Report) -> anyhow::Result<()> {
+        let mut systems: Vec<(Arc<System>, Vec<Cid>)> = Vec::new();
+        if let Some(entry) = self.entry(SystemKind::Connector) {
+            if let System::Connector { store, .. } = &*entry.sys {
+                let ns = store.namespace(SCALE_NAMESPACE)?;
+                wait_filter_ready(&ns).await?;
+                let sys = System::Connector {
+                    store: store.clone(),
+                    ns,
+                };
+                systems.push((Arc::new(sys), Vec::new()));
+            }
+        }
+        if self.entry(SystemKind::S3).is_some() {
+            self.s3_bucket(SCALE_BUCKET)?;
+            systems.push((
+                Arc::new(System::S3(self.s3_system(SCALE_BUCKET)?)),
+                Vec::new(),
+            ));
+        }
+        if systems.is_empty() {
+            return Ok(());
+        }
+        let points = self.opts.scale_points();
+        let (put_ops, get_ops) = self.opts.scale_ops();
+        self.phase = 0;
+        self.phases = points.len() * systems.len() * 2;
+        let mut filter = FilterReport {
+            namespace: SCALE_NAMESPACE.to_string(),
+            ..Default::default()
+        };
+        for &point in &points {
+            for (sys, stored) in systems.iter_mut() {
+                if stored.len() < point {
+                    let missing = point - stored.len();
+                    let what = format!(
+                        "scale: filling {} up to {point} blocks ({missing} more)",
+                        sys.kind().name()
+                    );
+                    stored.extend(fill(sys, missing, SMALL_BLOCK, &what).await?);
+                }
+            }
+            if let Some(conn) = self.conn.clone() {
+                if systems
+                    .iter()
+                    .any(|(s, _)| s.kind() == SystemKind::Connector)
+                {
+                    let blocks = systems[0].1.len();
+                    let p = filter_build(&conn, blocks).await?;
+                    status(&format!(
+                        "scale: presence filter of {blocks} blocks built in {:.0} ms, {} bytes ({:.2} per block)",
+                        p.build_ms, p.memory_bytes, p.bytes_per_block
+                    ));
+                    filter.points.push(p);
+                }
+            }
+            for (sys, stored) in systems.iter_mut() {
+                let blocks_before = stored.len();
+                let label = self.next_label(&format!(
+                    "scale {point}: put_1k c{SCALE_CONCURRENCY} {}",
+                    sys.kind().name()
+                ));
+                let warm = warmup(put_ops);
+                let blocks = Arc::new(random_blocks(warm + put_ops, SMALL_BLOCK).await?);
+                self.untimed(
+                    warm,
+                    SCALE_CONCURRENCY,
+                    put_op(sys.clone(), blocks.clone(), 0),
+                )
+                .await?;
+                let put = self
+                    .timed(
+                        &label,
+                        sys,
+                        put_ops,
+                        SCALE_CONCURRENCY,
+                        true,
+                        put_op(sys.clone(), blocks.clone(), warm),
+                    )
+                    .await
+                    .with_context(|| label.clone())?;
+                stored.extend(blocks.iter().map(|(cid, _)| *cid));
+
+                let label = self.next_label(&format!(
+                    "scale {point}: get_1k c{SCALE_CONCURRENCY} {}",
+                    sys.kind().name()
+                ));
+                let warm = warmup(get_ops);
+                sys.reset_cache(false);
+                let cids = Arc::new(stored.clone());
+                let picks = Arc::new(uniform_picks(point as u64, warm + get_ops, cids.len()));
+                self.untimed(
+                    warm,
+                    SCALE_CONCURRENCY,
+                    get_op(sys.clone(), cids.clone(), picks.clone(), 0, SMALL_BLOCK),
+                )
+                .await?;
+                let get = self
+                    .timed(
+                        &label,
+                        sys,
+                        get_ops,
+                        SCALE_CONCURRENCY,
+                        true,
+                        get_op(sys.clone(), cids, picks, warm, SMALL_BLOCK),
+                    )
+                    .await
+                    .with_context(|| label.clone())?;
+                report.scale.push(ScalePoint {
+                    blocks: blocks_before as u64,
+                    system: sys.kind().name().to_string(),
+                    put,
+                    get,
+                });
+            }
+        }
+        if !filter.points.is_empty() {
+            report
+                .filter
+                .get_or_insert_with(FilterReport::default)
+                .namespace = filter.namespace;
+            report.filter.as_mut().expect("set").points = filter.points;
+        }
+        Ok(())
+    }
+}
+
+/// Stores `count` new small or big blocks, many at once (`put_many`
+/// batches, several in flight), untimed; returns their CIDs.
+pub(super) async fn fill(
+    sys: &Arc<System>,
+    count: usize,
+    size: usize,
+    what: &str,
+) -> anyhow::Result<Vec<Cid>> {
+    let t = Instant::now();
+    let bar = crate::tools::util::progress(Some(count as u64), false, what);
+    let batches: anyhow::Result<Vec<Vec<Cid>>> =
+        futures::stream::iter((0..count).step_by(FILL_BATCH))
+            .map(|start| {
+                let len = FILL_BATCH.min(count - start);
+                let (sys, bar) = (sys.clone(), bar.clone());
+                async move {
+                    let blocks = random_blocks(len, size).await?;
+                    let cids: Vec<Cid> = blocks.iter().map(|(cid, _)| *cid).collect();
+                    sys.put_many(blocks).await?;
+                    bar.inc(len as u64);
+                    Ok::<_, anyhow::Error>(cids)
+                }
+            })
+            .buffer_unordered(FILL_IN_FLIGHT)
+            .try_collect()
+            .await;
+    bar.finish_and_clear();
+    let cids: Vec<Cid> = batches?.into_iter().flatten().collect();
+    status(&format!("{what}: done in {:.1?}", t.elapsed()));
+    Ok(cids)
+}
+
+/// Waits until a namespace's presence filter answers.
+pub(super) async fn wait_filter_ready(ns: &crate::store::Namespace) -> anyhow::Result<()> {
+    let t = Instant::now();
+    loop {
+        let stats = ns
+            .filter_stats()
+            .context("the store keeps no presence filter for this namespace")?;
+        if stats.ready {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            t.elapsed() < FILTER_READY_LIMIT,
+            "the presence filter of {:?} was not ready after {FILTER_READY_LIMIT:?}",
+            ns.name()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Time from a fresh store's namespace handle to its presence filter
+/// answering, and the filter's size.
+pub(super) async fn filter_build(
+    conn: &Arc<Connector>,
+    blocks: usize,
+) -> anyhow::Result<FilterPoint> {
+    let t = Instant::now();
+    let store = GarageStore::with_filters(conn.clone());
+    let ns = store.namespace(SCALE_NAMESPACE)?;
+    wait_filter_ready(&ns).await?;
+    let build = t.elapsed();
+    let stats = ns.filter_stats().unwrap_or_default();
+    Ok(FilterPoint {
+        blocks: blocks as u64,
+        build_ms: build.as_secs_f64() * 1e3,
+        entries: stats.entries,
+        memory_bytes: stats.memory_bytes,
+        bytes_per_block: stats.memory_bytes as f64 / (stats.entries.max(1)) as f64,
+    })
+}

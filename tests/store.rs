@@ -438,3 +438,53 @@ fn store_filter_and_cache_follow_other_connectors() {
         }
     });
 }
+
+/// The library sets TCP_NODELAY on its own connections to the storage
+/// nodes (this test binary, unlike `garage-ipfs`, does not replace the C
+/// library's `socket`): every TCP socket of this process connected to a
+/// node's RPC address has the option, within the library's one-second
+/// sweep, and a connector has such sockets.
+#[test]
+fn store_connector_sockets_to_nodes_have_nodelay() {
+    use std::os::fd::{BorrowedFd, RawFd};
+    run(async {
+        let conn = new_connector("nodelay").await;
+        let nodes: std::collections::HashSet<std::net::SocketAddr> =
+            cluster().nodes.iter().map(|n| n.rpc).collect();
+        // (sockets to a node, of which without the option)
+        let sockets = || {
+            let (mut to_nodes, mut without) = (0, 0);
+            for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+                let Some(fd) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<RawFd>().ok())
+                else {
+                    continue;
+                };
+                // SAFETY: borrowed for two calls; a descriptor closed meanwhile
+                // makes them fail, which skips it.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                let sock = socket2::SockRef::from(&fd);
+                let Some(peer) = sock.peer_addr().ok().and_then(|a| a.as_socket()) else {
+                    continue;
+                };
+                if nodes.contains(&peer) {
+                    to_nodes += 1;
+                    without += usize::from(matches!(sock.tcp_nodelay(), Ok(false)));
+                }
+            }
+            (to_nodes, without)
+        };
+        eventually(
+            Duration::from_secs(10),
+            "every socket to a node has TCP_NODELAY",
+            || {
+                let (to_nodes, without) = sockets();
+                to_nodes >= 3 && without == 0
+            },
+        )
+        .await;
+        drop(conn);
+    });
+}

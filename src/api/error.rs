@@ -84,17 +84,6 @@ impl ApiError {
         }
     }
 
-    /// Adds `Retry-After` to a 503 answer: the failure is transient.
-    fn with_retry_after(&self, mut resp: Response) -> Response {
-        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
-        }
-        resp
-    }
-
     /// Kubo's error code: 0 normal, 1 client error, 3 not found, 5 forbidden.
     fn kubo_code(&self) -> u8 {
         match self.status() {
@@ -117,8 +106,19 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
         }
-        self.with_retry_after(resp)
+        with_retry_after(resp)
     }
+}
+
+/// Adds `Retry-After` to a 503 answer: the failure is transient.
+fn with_retry_after(mut resp: Response) -> Response {
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+        );
+    }
+    resp
 }
 
 /// What a client is told to wait after a transient failure: long enough
@@ -147,7 +147,7 @@ impl IntoResponse for ApiError {
             format!("{self}\n"),
         )
             .into_response();
-        self.with_retry_after(resp)
+        with_retry_after(resp)
     }
 }
 

@@ -760,12 +760,7 @@ impl Bench<'_> {
 /// own polling), and its filters' false positives.
 fn daemon_figures(text: &str) -> (f64, f64, f64) {
     const NAME: &str = "garage_ipfs_cluster_calls_total{";
-    const FALSE_POSITIVES: &str = "garage_ipfs_filter_false_positives_total{";
-    let fps = text
-        .lines()
-        .filter(|l| l.starts_with(FALSE_POSITIVES))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let fps = measure::sum_metric(text, "garage_ipfs_filter_false_positives_total");
     let mut ops = 0.0;
     let mut other = 0.0;
     for line in text.lines().filter(|l| l.starts_with(NAME)) {

@@ -285,6 +285,29 @@ fn kubo_stock_peer_fetches_from_a_over_bitswap() {
     });
 }
 
+/// Asserts two sets of multihashes are equal; if not, names the blocks
+/// each has that the other lacks (as raw CIDs), not the whole sets.
+fn assert_same_blocks(a: &BTreeSet<Vec<u8>>, b: &BTreeSet<Vec<u8>>, a_name: &str, b_name: &str) {
+    if a == b {
+        return;
+    }
+    let show = |s: Vec<&Vec<u8>>| -> Vec<String> {
+        s.into_iter()
+            .map(|mh| {
+                let mh = cid::multihash::Multihash::<64>::from_bytes(mh).unwrap();
+                cid::Cid::new_v1(0x55, mh).to_string()
+            })
+            .collect()
+    };
+    panic!(
+        "{a_name} ({} blocks) differs from {b_name} ({} blocks): only in the first {:?}; only in the second {:?}",
+        a.len(),
+        b.len(),
+        show(a.difference(b).collect()),
+        show(b.difference(a).collect()),
+    );
+}
+
 /// Multihashes from lines of CIDs.
 fn multihashes(lines: &str) -> BTreeSet<Vec<u8>> {
     lines
@@ -334,7 +357,7 @@ fn kubo_refs_local_repo_stat_and_gc_match_the_namespace() {
         let local = multihashes(&ok(&f.a, &["refs", "local"]));
         let listed = namespace_blocks(&f.ns).await;
         let ns_set: BTreeSet<Vec<u8>> = listed.keys().cloned().collect();
-        assert_eq!(local, ns_set, "refs local differs from the namespace");
+        assert_same_blocks(&local, &ns_set, "refs local", "the namespace");
 
         // repo stat: their count, and their bytes within the repo's size.
         let stat: serde_json::Value =
@@ -356,21 +379,26 @@ fn kubo_refs_local_repo_stat_and_gc_match_the_namespace() {
         let removed = multihashes(&gc_out);
         let after: BTreeSet<Vec<u8>> = namespace_blocks(&f.ns).await.keys().cloned().collect();
         let expected_gone: BTreeSet<Vec<u8>> = before.difference(&keep).cloned().collect();
-        assert_eq!(
-            removed, expected_gone,
-            "gc removed other blocks than the unpinned ones"
+        assert_same_blocks(
+            &removed,
+            &expected_gone,
+            "gc removed",
+            "the unpinned blocks",
         );
-        assert_eq!(
-            after,
-            before.intersection(&keep).cloned().collect(),
-            "namespace after gc"
+        let kept_in_ns = before.intersection(&keep).cloned().collect();
+        assert_same_blocks(
+            &after,
+            &kept_in_ns,
+            "the namespace after gc",
+            "the pinned blocks",
         );
         for root in [&unpinned, &unpinned_later] {
             let root_mh = cid::Cid::try_from(root.as_str()).unwrap().hash().to_bytes();
             assert!(!after.contains(&root_mh), "{root} survived gc");
         }
         assert!(dag_multihashes(&f.a, &kept).is_subset(&after));
-        assert_eq!(multihashes(&ok(&f.a, &["refs", "local"])), after);
+        let local_after = multihashes(&ok(&f.a, &["refs", "local"]));
+        assert_same_blocks(&local_after, &after, "refs local after gc", "the namespace");
         eprintln!(
             "refs local = namespace ({} blocks, {bytes} B); gc removed {} unpinned blocks, kept {}",
             before.len(),

@@ -159,8 +159,17 @@ impl Connector {
         .await
     }
 
-    /// Reads up to `limit` live K2V items of a partition, from `start`
-    /// (inclusive), in order.
+    /// Reads up to `limit` K2V items of a partition, from `start`
+    /// (inclusive), in order, tombstones included: callers skip items
+    /// whose values are all deleted.
+    ///
+    /// Tombstones are asked for on purpose. Storage nodes apply a range
+    /// read's filter before the reader merges their answers, so if one node
+    /// of the read quorum holds an item's tombstone and the other still holds
+    /// the value the tombstone replaced (it missed the delete, and
+    /// anti-entropy has not reached it yet), a read that excludes tombstones
+    /// gets the stale value alone and shows a deleted item as live. With the
+    /// tombstone in the answer, the merge lets the delete win.
     pub async fn rpc_k2v_range(
         &self,
         partition: &K2VItemPartition,
@@ -168,7 +177,7 @@ impl Connector {
         limit: usize,
     ) -> Result<Vec<K2VItem>, Error> {
         let filter = ItemFilter {
-            exclude_only_tombstones: true,
+            exclude_only_tombstones: false,
             conflicts_only: false,
         };
         self.calls.add(Call::TableRead);

@@ -133,6 +133,61 @@ pub struct StartOptions {
     pub nodelay: bool,
     /// The nodes' network.
     pub network: Network,
+    /// The nodes' metadata engine: `None` keeps what a node's metadata
+    /// directory already holds, else Garage's default (LMDB).
+    pub db_engine: Option<DbEngine>,
+}
+
+/// A node's metadata database engine (`db_engine`).
+///
+/// A node keeps the engine its metadata directory was made with: started
+/// with the other one, Garage would open an empty database beside the
+/// full one and serve as if it had lost every table, so the harness
+/// refuses that instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DbEngine {
+    /// Garage's default.
+    #[default]
+    Lmdb,
+    /// SQLite (one global write lock, `synchronous=OFF` in Garage).
+    Sqlite,
+}
+
+impl DbEngine {
+    /// The name in Garage's config.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbEngine::Lmdb => "lmdb",
+            DbEngine::Sqlite => "sqlite",
+        }
+    }
+
+    /// The engine whose database a metadata directory holds, if any.
+    pub fn on_disk(meta_dir: &Path) -> Option<Self> {
+        [DbEngine::Lmdb, DbEngine::Sqlite]
+            .into_iter()
+            .find(|e| meta_dir.join(format!("db.{}", e.name())).exists())
+    }
+}
+
+impl std::fmt::Display for DbEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DbEngine {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lmdb" => Ok(DbEngine::Lmdb),
+            "sqlite" => Ok(DbEngine::Sqlite),
+            other => Err(format!(
+                "unknown metadata engine {other:?} (lmdb or sqlite)"
+            )),
+        }
+    }
 }
 
 /// The preload shim's file name in a cluster directory; nodes started
@@ -192,6 +247,8 @@ pub struct Node {
     pub meta_dir: PathBuf,
     /// Data directory (block files).
     pub data_dir: PathBuf,
+    /// Metadata engine.
+    pub db_engine: DbEngine,
 }
 
 impl Node {
@@ -276,7 +333,7 @@ impl Cluster {
                 Some(lab)
             }
         };
-        let (nodes, rpc_secret) = render_configs(&dir, opts.ports, lab.as_ref())?;
+        let (nodes, rpc_secret) = render_configs(&dir, opts.ports, lab.as_ref(), opts.db_engine)?;
         let shim = dir.join(NODELAY_SHIM);
         if opts.nodelay {
             build_nodelay_shim(&shim)?;
@@ -307,13 +364,18 @@ impl Cluster {
     /// Starts a cluster of a command's own (bench, soak, kubo bench) in
     /// `dir`, on free ports, its nodes attached to this process: they stop
     /// when it exits, even if it panics.
-    pub async fn start_own(dir: &Path, nodelay: bool) -> Result<Arc<Self>, HarnessError> {
+    pub async fn start_own(
+        dir: &Path,
+        nodelay: bool,
+        db_engine: Option<DbEngine>,
+    ) -> Result<Arc<Self>, HarnessError> {
         Self::start(StartOptions {
             dir: dir.to_owned(),
             ports: Ports::Free,
             lifetime: Lifetime::Attached,
             nodelay,
             network: Network::Loopback,
+            db_engine,
         })
         .await
     }
@@ -408,7 +470,9 @@ impl Cluster {
             Some(lab) => lab.add_node(index)?,
             None => LOCALHOST,
         };
-        let (node, mut table) = render_node(&self.dir, index, NODE_CONFIGS[0], Ports::Free, host)?;
+        let engine = Some(self.nodes[0].db_engine);
+        let (node, mut table) =
+            render_node(&self.dir, index, NODE_CONFIGS[0], Ports::Free, host, engine)?;
         let peers = self.peers().into_iter().map(toml::Value::String).collect();
         table.insert("bootstrap_peers".into(), toml::Value::Array(peers));
         let text = toml::to_string(&table).expect("serializable");
@@ -710,12 +774,13 @@ fn render_configs(
     dir: &Path,
     ports: Ports,
     lab: Option<&NetLab>,
+    db_engine: Option<DbEngine>,
 ) -> Result<(Vec<Node>, String), HarnessError> {
     let mut tables = Vec::new();
     let mut nodes = Vec::new();
     for (i, template) in NODE_CONFIGS.iter().enumerate() {
         let host = lab.map_or(LOCALHOST, |lab| lab.node_ip(i + 1));
-        let (node, table) = render_node(dir, i + 1, template, ports, host)?;
+        let (node, table) = render_node(dir, i + 1, template, ports, host, db_engine)?;
         nodes.push(node);
         tables.push(table);
     }
@@ -742,6 +807,7 @@ fn render_node(
     template: &str,
     ports: Ports,
     host: IpAddr,
+    db_engine: Option<DbEngine>,
 ) -> Result<(Node, toml::Table), HarnessError> {
     let mut table: toml::Table = toml::from_str(template).expect("shipped node config parses");
     let node_dir = dir.join(format!("node{index}"));
@@ -750,6 +816,18 @@ fn render_node(
     for d in [&meta, &data] {
         std::fs::create_dir_all(d).map_err(io_err(d))?;
     }
+    let engine = match (DbEngine::on_disk(&meta), db_engine) {
+        (Some(held), Some(wanted)) if held != wanted => {
+            return Err(HarnessError::Other(format!(
+                "node{index}'s metadata in {} is in {held}, not {wanted}: keep {held} for this \
+                 cluster directory, or use a new one",
+                meta.display()
+            )))
+        }
+        (Some(held), _) => held,
+        (None, wanted) => wanted.unwrap_or_default(),
+    };
+    set(&mut table, &["db_engine"], engine.name().to_string());
     set(&mut table, &["metadata_dir"], meta.display().to_string());
     set(&mut table, &["data_dir"], data.display().to_string());
     if ports == Ports::Free {
@@ -812,6 +890,9 @@ fn node_from_table(index: usize, path: &Path, table: &toml::Table) -> Result<Nod
         admin: addr(&["admin", "api_bind_addr"])?,
         config: path.to_owned(),
         data_dir: PathBuf::from(str_at(table, &["data_dir"])?),
+        db_engine: str_at(table, &["db_engine"])?
+            .parse()
+            .map_err(|e| HarnessError::Other(format!("{}: {e}", path.display())))?,
         meta_dir,
     })
 }
@@ -841,4 +922,46 @@ pub fn free_port() -> Result<u16, HarnessError> {
     Ok(l.local_addr()
         .map_err(io_err(Path::new("127.0.0.1:0")))?
         .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_keeps_the_engine_its_metadata_was_made_with() {
+        let dir =
+            std::env::temp_dir().join(format!("garage-ipfs-engine-{}", rand::random::<u64>()));
+        let render = |engine| {
+            render_node(
+                &dir,
+                1,
+                NODE_CONFIGS[0],
+                Ports::Configured,
+                LOCALHOST,
+                engine,
+            )
+            .map(|(node, table)| {
+                (
+                    node.db_engine,
+                    table["db_engine"].as_str().map(String::from),
+                )
+            })
+        };
+        // A fresh directory: Garage's default, or what is asked.
+        let (engine, rendered) = render(None).unwrap();
+        assert_eq!(
+            (engine, rendered.as_deref()),
+            (DbEngine::Lmdb, Some("lmdb"))
+        );
+        assert_eq!(render(Some(DbEngine::Sqlite)).unwrap().0, DbEngine::Sqlite);
+        // Metadata in sqlite: kept, and a switch refused with the reason.
+        std::fs::write(dir.join("node1/meta/db.sqlite"), b"").unwrap();
+        assert_eq!(render(None).unwrap().0, DbEngine::Sqlite);
+        let err = render(Some(DbEngine::Lmdb)).unwrap_err().to_string();
+        assert!(err.contains("is in sqlite, not lmdb"), "{err}");
+        assert_eq!("sqlite".parse::<DbEngine>(), Ok(DbEngine::Sqlite));
+        assert!("rocksdb".parse::<DbEngine>().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -59,6 +59,8 @@ pub struct Options {
     pub max_rss_bytes: u64,
     /// Run the nodes with the TCP_NODELAY shim.
     pub nodelay: bool,
+    /// The nodes\' metadata engine (`None`: what `dir` holds, else LMDB).
+    pub db_engine: Option<crate::harness::DbEngine>,
     /// Print progress every this often.
     pub progress_every: Duration,
     /// Errors (all classes together) a passing soak may have. On a healthy
@@ -150,7 +152,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         opts.dir.display()
     );
     Cluster::refuse_running(&opts.dir)?;
-    let cluster = Cluster::start_own(&opts.dir, opts.nodelay)
+    let cluster = Cluster::start_own(&opts.dir, opts.nodelay, opts.db_engine)
         .await
         .context("starting the soak cluster")?;
     let conn =

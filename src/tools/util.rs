@@ -34,6 +34,10 @@ pub struct OwnCluster {
     /// Run the garage nodes stock, without our TCP_NODELAY preload shim.
     #[arg(long)]
     pub no_nodelay: bool,
+    /// The nodes' metadata engine, lmdb (Garage's default) or sqlite
+    /// (default: what a reused --dir holds, else lmdb).
+    #[arg(long, value_name = "ENGINE")]
+    pub db_engine: Option<crate::harness::DbEngine>,
 }
 
 /// `--namespace`.

@@ -104,6 +104,7 @@ pub fn cluster() -> &'static Arc<Cluster> {
                 lifetime: Lifetime::Attached,
                 nodelay: true,
                 network,
+                db_engine: None,
             }))
         })
         .join()

@@ -98,6 +98,8 @@ pub struct Options {
     pub bloom_bytes: u64,
     /// Run the nodes with the TCP_NODELAY shim.
     pub nodelay: bool,
+    /// The nodes\' metadata engine (`None`: what `dir` holds, else LMDB).
+    pub db_engine: Option<crate::harness::DbEngine>,
     /// Systems, in order.
     pub systems: Vec<Kind>,
 }
@@ -263,7 +265,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         "starting a three-node garage cluster in {}",
         opts.dir.display()
     ));
-    let cluster = Cluster::start_own(&opts.dir, opts.nodelay).await?;
+    let cluster = Cluster::start_own(&opts.dir, opts.nodelay, opts.db_engine).await?;
 
     let daemon_dir = opts.dir.join("daemon");
     std::fs::create_dir_all(&daemon_dir)?;
@@ -743,6 +745,7 @@ impl Bench<'_> {
             "absent_cids": self.opts.absent,
             "bloom_filter_bytes": self.opts.bloom_bytes,
             "nodelay_shim": self.opts.nodelay,
+            "db_engine": self.cluster.nodes[0].db_engine.name(),
             "systems": self.opts.systems.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "workloads": WORKLOAD_NOTES.iter().map(|(w, n)| (w.to_string(), json!(n)))
                 .collect::<serde_json::Map<_, _>>(),

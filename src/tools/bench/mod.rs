@@ -52,7 +52,7 @@ pub use report::{FilterPoint, FilterReport, Metrics, Report, ScalePoint};
 use s3::*;
 use scale::*;
 pub use systems::{connector_rpc_calls, SystemKind};
-use systems::{LocalSystem, S3System, System};
+use systems::{FloorSystem, LocalSystem, S3System, System};
 pub use workloads::Workload;
 use workloads::*;
 
@@ -95,6 +95,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// Run the nodes with the TCP_NODELAY preload shim.
     pub nodelay: bool,
+    /// The nodes\' metadata engine (`None`: what `dir` holds, else LMDB).
+    pub db_engine: Option<crate::harness::DbEngine>,
     /// Factor on every op count.
     pub ops_scale: f64,
     /// Whether this is a `--quick` run (recorded in the settings).
@@ -207,7 +209,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         opts.dir.display(),
         if opts.nodelay { "on" } else { "off" }
     ));
-    let cluster = Cluster::start_own(&opts.dir, opts.nodelay)
+    let cluster = Cluster::start_own(&opts.dir, opts.nodelay, opts.db_engine)
         .await
         .context("starting the benchmark cluster")?;
     status(&format!("cluster healthy in {:.1?}", started.elapsed()));
@@ -220,7 +222,12 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         entries: Vec::new(),
         ticks_per_sec: measure::clock_ticks_per_sec(),
         phase: 0,
-        phases: opts.workloads.len() * CONCURRENCY.len() * opts.systems.len(),
+        phases: CONCURRENCY.len()
+            * opts
+                .workloads
+                .iter()
+                .map(|&w| opts.systems.iter().filter(|s| s.runs(w)).count())
+                .sum::<usize>(),
     };
     let result = bench.run_all().await;
     // Stop the connector's background work (presence filters polling)
@@ -255,6 +262,9 @@ impl Bench<'_> {
         for &w in &self.opts.workloads {
             for &concurrency in &CONCURRENCY {
                 for idx in 0..self.entries.len() {
+                    if !self.entries[idx].sys.kind().runs(w) {
+                        continue;
+                    }
                     let m = self.phase(w, concurrency, idx).await.with_context(|| {
                         format!(
                             "{} at concurrency {concurrency} on {}",
@@ -318,7 +328,8 @@ impl Bench<'_> {
     pub(super) async fn setup(&mut self) -> anyhow::Result<()> {
         let systems = self.opts.systems.clone();
         let needs_s3 = systems.contains(&SystemKind::S3);
-        let needs_conn = systems.contains(&SystemKind::Connector);
+        let needs_conn =
+            systems.contains(&SystemKind::Connector) || systems.contains(&SystemKind::Floor);
         if needs_conn {
             let state = self.cluster.dir.join("bench-connector");
             std::fs::create_dir_all(&state).with_context(|| state.display().to_string())?;
@@ -341,6 +352,11 @@ impl Bench<'_> {
                     let ns = store.namespace(NAMESPACE)?;
                     wait_filter_ready(&ns).await?;
                     System::Connector { store, ns }
+                }
+                // One connector for both: phases run one at a time, and
+                // each reads the calls made during it.
+                SystemKind::Floor => {
+                    System::Floor(FloorSystem::new(self.conn.clone().expect("joined")))
                 }
                 SystemKind::S3 => System::S3(self.s3_system(BUCKET)?),
                 SystemKind::Local => {
@@ -397,6 +413,7 @@ impl Bench<'_> {
             "garage_version": harness::binary_version(&self.cluster.garage).ok(),
             "garage_ipfs_version": env!("CARGO_PKG_VERSION"),
             "nodelay_shim": self.opts.nodelay,
+            "db_engine": self.cluster.nodes[0].db_engine.name(),
             "started_unix": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -500,6 +517,7 @@ mod tests {
         let mut o = Options {
             dir: PathBuf::new(),
             nodelay: true,
+            db_engine: None,
             ops_scale: 1.0,
             quick: false,
             systems: SystemKind::ALL.to_vec(),

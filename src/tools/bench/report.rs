@@ -25,6 +25,11 @@ pub struct Report {
     pub ratios: BTreeMap<String, Option<f64>>,
     /// The same at concurrency 1.
     pub ratios_c1: BTreeMap<String, Option<f64>>,
+    /// connector ops/s ÷ floor ops/s at concurrency 16, per workload
+    /// (puts and gets: the floor runs nothing else).
+    pub floor_ratios: BTreeMap<String, Option<f64>>,
+    /// The same at concurrency 1.
+    pub floor_ratios_c1: BTreeMap<String, Option<f64>>,
     /// Puts and gets of small blocks with more and more blocks stored.
     pub scale: Vec<ScalePoint>,
     /// Presence filter build times and sizes.
@@ -103,18 +108,25 @@ pub struct FilterPoint {
 }
 
 impl Report {
-    /// Records connector ÷ s3 throughput of a workload, at both
-    /// concurrencies.
+    /// Records connector ÷ s3 and connector ÷ floor throughput of a
+    /// workload, at both concurrencies.
     pub fn fill_ratios(&mut self, workload: &str) {
-        let ratio = |results: &Results| {
+        let ratio = |results: &Results, other: SystemKind| {
             let r = results.get(workload)?;
             let c = r.get(SystemKind::Connector.name())?.ops_per_s;
-            let s = r.get(SystemKind::S3.name())?.ops_per_s;
+            let s = r.get(other.name())?.ops_per_s;
             (s > 0.0).then(|| c / s)
         };
-        let (c16, c1) = (ratio(&self.workloads), ratio(&self.workloads_c1));
-        self.ratios.insert(workload.to_string(), c16);
-        self.ratios_c1.insert(workload.to_string(), c1);
+        let w = workload.to_string();
+        let s3 = SystemKind::S3;
+        let floor = SystemKind::Floor;
+        self.ratios.insert(w.clone(), ratio(&self.workloads, s3));
+        self.ratios_c1
+            .insert(w.clone(), ratio(&self.workloads_c1, s3));
+        self.floor_ratios
+            .insert(w.clone(), ratio(&self.workloads, floor));
+        self.floor_ratios_c1
+            .insert(w, ratio(&self.workloads_c1, floor));
     }
 }
 
@@ -188,16 +200,22 @@ pub fn workload_table(report: &Report, workload: &str, systems: &[SystemKind]) -
         }
     }
     let mut out = format!("\n== {workload}\n{}", format_table(&rows));
-    let (c16, c1) = (
-        report.ratios.get(workload).copied().flatten(),
-        report.ratios_c1.get(workload).copied().flatten(),
-    );
-    if c16.is_some() || c1.is_some() {
-        out.push_str(&format!(
-            "connector/s3 ops/s: {} at c16, {} at c1\n",
-            ratio(c16),
-            ratio(c1)
-        ));
+    let get = |m: &BTreeMap<String, Option<f64>>| m.get(workload).copied().flatten();
+    for (name, c16, c1) in [
+        ("s3", get(&report.ratios), get(&report.ratios_c1)),
+        (
+            "floor",
+            get(&report.floor_ratios),
+            get(&report.floor_ratios_c1),
+        ),
+    ] {
+        if c16.is_some() || c1.is_some() {
+            out.push_str(&format!(
+                "connector/{name} ops/s: {} at c16, {} at c1\n",
+                ratio(c16),
+                ratio(c1)
+            ));
+        }
     }
     out
 }
@@ -272,15 +290,24 @@ pub fn summary(report: &Report) -> String {
         .ratios
         .values()
         .chain(report.ratios_c1.values())
+        .chain(report.floor_ratios.values())
         .any(Option::is_some)
     {
-        let mut rows = vec![["workload", "c16", "c1"].map(String::from).to_vec()];
-        for (w, r) in &report.ratios {
-            let r1 = report.ratios_c1.get(w).copied().flatten();
-            rows.push(vec![w.clone(), ratio(*r), ratio(r1)]);
+        let mut rows = vec![["workload", "/s3 c16", "/s3 c1", "/floor c16", "/floor c1"]
+            .map(String::from)
+            .to_vec()];
+        let get = |m: &BTreeMap<String, Option<f64>>, w: &str| m.get(w).copied().flatten();
+        for w in report.ratios.keys() {
+            rows.push(vec![
+                w.clone(),
+                ratio(get(&report.ratios, w)),
+                ratio(get(&report.ratios_c1, w)),
+                ratio(get(&report.floor_ratios, w)),
+                ratio(get(&report.floor_ratios_c1, w)),
+            ]);
         }
         out.push_str(&format!(
-            "\n== connector ops/s / s3 ops/s\n{}",
+            "\n== connector ops/s over s3's and over the floor's\n{}",
             format_table(&rows)
         ));
     }
@@ -324,6 +351,7 @@ mod tests {
             let by_system = results.entry("put_256k".into()).or_default();
             by_system.insert("connector".into(), metrics(c));
             by_system.insert("s3".into(), metrics(s));
+            by_system.insert("floor".into(), metrics(2.0 * s));
             by_system.insert("local".into(), metrics(5000.0));
         }
         report.fill_ratios("put_256k");
@@ -340,6 +368,8 @@ mod tests {
             "workloads_c1",
             "ratios",
             "ratios_c1",
+            "floor_ratios",
+            "floor_ratios_c1",
             "scale",
             "filter",
         ] {
@@ -363,6 +393,8 @@ mod tests {
         assert!(m["cluster_rpcs_per_op"].is_null());
         assert_eq!(v["ratios"]["put_256k"], 2.0);
         assert_eq!(v["ratios_c1"]["put_256k"], 0.8);
+        assert_eq!(v["floor_ratios"]["put_256k"], 1.0);
+        assert_eq!(v["floor_ratios_c1"]["put_256k"], 0.4);
     }
 
     #[test]
@@ -378,7 +410,18 @@ mod tests {
             table.contains("connector/s3 ops/s: 2.00x at c16, 0.80x at c1"),
             "{table}"
         );
-        assert!(summary(&report).contains("put_256k"));
+        assert!(
+            table.contains("connector/floor ops/s: 1.00x at c16, 0.40x at c1"),
+            "{table}"
+        );
+        assert_eq!(table.lines().filter(|l| l.starts_with("floor")).count(), 2);
+        let summary = summary(&report);
+        assert!(
+            summary.lines().any(|l| l
+                .split_whitespace()
+                .eq(["put_256k", "2.00x", "0.80x", "1.00x", "0.40x"])),
+            "{summary}"
+        );
         let t = format_table(&[
             vec!["a".into(), "1".into()],
             vec!["bbb".into(), "100".into()],

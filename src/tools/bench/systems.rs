@@ -5,6 +5,11 @@
 //! - `s3`: go-ds-s3's access pattern through Garage's S3 API, with the
 //!   `object_store` crate (PutObject, GetObject, HeadObject,
 //!   ListObjectsV2), keys as kubo's datastore names them;
+//! - `floor`: only what any design storing blocks in Garage must do: a
+//!   bare `PutBlock` to the layout's nodes (write quorum) and a bare
+//!   `GetBlock` from one node, keyed by Garage's block hash, which it keeps
+//!   in memory: no ref, no index, no check against the CID. Puts and gets
+//!   only (it has no way to answer a lookup or a listing);
 //! - `local`: one file per block on the local disk, flatfs-like: the floor
 //!   of writing a block at all.
 
@@ -17,6 +22,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use cid::Cid;
 use futures::{StreamExt, TryStreamExt};
+use garage_util::data::{blake2sum, Hash};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::client::{
     ClientOptions, HttpClient, HttpConnector, HttpError, HttpRequest, HttpResponse, HttpService,
@@ -36,6 +42,8 @@ use crate::Connector;
 pub enum SystemKind {
     /// This crate's store, straight on Garage's block manager.
     Connector,
+    /// Bare block transfers: the floor of any design on Garage.
+    Floor,
     /// Garage's S3 API, as go-ds-s3 uses it.
     S3,
     /// One file per block on the local disk.
@@ -44,15 +52,27 @@ pub enum SystemKind {
 
 impl SystemKind {
     /// Every system, in report order.
-    pub const ALL: [SystemKind; 3] = [SystemKind::Connector, SystemKind::S3, SystemKind::Local];
+    pub const ALL: [SystemKind; 4] = [
+        SystemKind::Connector,
+        SystemKind::Floor,
+        SystemKind::S3,
+        SystemKind::Local,
+    ];
 
     /// The name used in reports and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             SystemKind::Connector => "connector",
+            SystemKind::Floor => "floor",
             SystemKind::S3 => "s3",
             SystemKind::Local => "local",
         }
+    }
+
+    /// Whether the system runs a workload: the floor has no index, so it
+    /// runs only the puts and gets.
+    pub fn runs(self, w: super::Workload) -> bool {
+        self != SystemKind::Floor || w.moves_data()
     }
 }
 
@@ -68,6 +88,8 @@ pub enum System {
         /// The namespace used.
         ns: Namespace,
     },
+    /// Bare block transfers.
+    Floor(FloorSystem),
     /// Garage's S3 API.
     S3(S3System),
     /// Files on the local disk.
@@ -87,6 +109,7 @@ impl System {
     pub fn kind(&self) -> SystemKind {
         match self {
             System::Connector { .. } => SystemKind::Connector,
+            System::Floor(_) => SystemKind::Floor,
             System::S3(_) => SystemKind::S3,
             System::Local(_) => SystemKind::Local,
         }
@@ -96,6 +119,7 @@ impl System {
     pub async fn put(&self, cid: Cid, data: Bytes) -> anyhow::Result<()> {
         match self {
             System::Connector { ns, .. } => Ok(ns.put(&cid, data).await?),
+            System::Floor(floor) => floor.put(&cid, data).await,
             System::S3(s3) => s3.put(&cid, data).await,
             System::Local(local) => local.put(&cid, data).await,
         }
@@ -120,6 +144,7 @@ impl System {
     pub async fn get(&self, cid: &Cid) -> anyhow::Result<Option<Bytes>> {
         match self {
             System::Connector { ns, .. } => Ok(ns.get(cid).await?),
+            System::Floor(floor) => floor.get(cid).await,
             System::S3(s3) => s3.get(cid).await,
             System::Local(local) => local.get(cid).await,
         }
@@ -137,6 +162,7 @@ impl System {
     pub async fn get_size(&self, cid: &Cid) -> anyhow::Result<Option<u64>> {
         match self {
             System::Connector { ns, .. } => Ok(ns.get_size(cid).await?),
+            System::Floor(_) => anyhow::bail!("the floor has no index: no lookups"),
             System::S3(s3) => s3.head(cid).await,
             System::Local(local) => local.size(cid).await,
         }
@@ -151,6 +177,7 @@ impl System {
                 .map_ok(|_| ())
                 .map_err(anyhow::Error::from)
                 .boxed(),
+            System::Floor(_) => anyhow::bail!("the floor has no index: no listings"),
             System::S3(s3) => s3.list().map_ok(|_| ()).boxed(),
             System::Local(local) => local.list().map_ok(|_| ()).boxed(),
         };
@@ -162,6 +189,7 @@ impl System {
     pub fn client_requests(&self) -> Option<u64> {
         match self {
             System::Connector { store, .. } => connector_rpc_calls(store.connector()),
+            System::Floor(floor) => connector_rpc_calls(&floor.conn),
             System::S3(s3) => Some(s3.requests.load(Ordering::Relaxed)),
             System::Local(_) => None,
         }
@@ -192,6 +220,48 @@ async fn time_listing(
         samples.push(start.elapsed().as_secs_f64() * 1e3);
     }
     Ok((count, samples))
+}
+
+/// Bare block transfers through a connector: Garage's block hash
+/// (BLAKE2) of the bytes, `PutBlock` to the layout's nodes until the write
+/// quorum holds it, `GetBlock` from the first node that answers. The map
+/// from CID to block hash lives in memory, free: what an index costs is
+/// exactly what the floor leaves out.
+pub struct FloorSystem {
+    conn: Arc<Connector>,
+    hashes: std::sync::Mutex<std::collections::HashMap<cid::multihash::Multihash<64>, Hash>>,
+}
+
+impl FloorSystem {
+    /// Transfers through `conn`.
+    pub fn new(conn: Arc<Connector>) -> Self {
+        Self {
+            conn,
+            hashes: Default::default(),
+        }
+    }
+
+    async fn put(&self, cid: &Cid, data: Bytes) -> anyhow::Result<()> {
+        let hash = blake2sum(&data);
+        self.conn
+            .rpc_put_block(hash, data)
+            .await
+            .with_context(|| format!("PutBlock {cid}"))?;
+        self.hashes.lock().unwrap().insert(*cid.hash(), hash);
+        Ok(())
+    }
+
+    async fn get(&self, cid: &Cid) -> anyhow::Result<Option<Bytes>> {
+        let Some(hash) = self.hashes.lock().unwrap().get(cid.hash()).copied() else {
+            return Ok(None);
+        };
+        let data = self
+            .conn
+            .rpc_get_block(hash, |_| true)
+            .await
+            .with_context(|| format!("GetBlock {cid}"))?;
+        Ok(Some(data))
+    }
 }
 
 /// Garage's S3 API through `object_store`, every request counted.

@@ -60,6 +60,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let opts = |dir| bench::Options {
         dir,
         nodelay: !args.cluster.no_nodelay,
+        db_engine: args.cluster.db_engine,
         ops_scale: args
             .ops_scale
             .unwrap_or(if args.quick { QUICK_SCALE } else { 1.0 }),

@@ -52,6 +52,7 @@ pub async fn up(dir: &DirArg, nodelay: &NodelayArg) -> anyhow::Result<std::sync:
         lifetime: Lifetime::Detached,
         nodelay: !nodelay.no_nodelay,
         network: Network::Loopback,
+        db_engine: None,
     })
     .await?;
     Ok(cluster)

@@ -143,6 +143,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 absent: args.absent,
                 bloom_bytes: args.bloom_bytes,
                 nodelay: !args.cluster.no_nodelay,
+                db_engine: args.cluster.db_engine,
                 systems,
             };
             kubo::run(&opts).await

@@ -46,6 +46,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
                 live_cap: args.live_cap,
                 max_rss_bytes: args.max_rss_mib << 20,
                 nodelay: !args.cluster.no_nodelay,
+                db_engine: args.cluster.db_engine,
                 progress_every: Duration::from_secs(10),
                 max_errors: args.max_errors,
             };

@@ -111,6 +111,12 @@ pub struct Config {
     /// The daemon's listeners and limits (`garage-ipfs serve`).
     #[serde(default)]
     pub api: ApiConfig,
+    /// The `data_dir`s of a storage node on this host. When set, a get
+    /// reads the block's file there first, checks it against the CID, and
+    /// asks the cluster on any doubt (no file, unreadable, wrong bytes).
+    /// Relative paths are taken from the config file's directory.
+    #[serde(default)]
+    pub colocated_data_dirs: Vec<PathBuf>,
 }
 
 /// Environment variable that may hold the write token.
@@ -270,6 +276,7 @@ pub fn read_config(path: &Path) -> Result<Config, ConfigError> {
     ]
     .into_iter()
     .flatten()
+    .chain(config.colocated_data_dirs.iter_mut())
     {
         if f.is_relative() {
             *f = base.join(&*f);
@@ -307,7 +314,15 @@ impl Config {
             consistency_mode: default_consistency_mode(),
             timeouts: Timeouts::default(),
             api: ApiConfig::default(),
+            colocated_data_dirs: Vec::new(),
         }
+    }
+
+    /// Reads blocks from a co-located storage node's data directories
+    /// first ([`Config::colocated_data_dirs`]).
+    pub fn with_colocated_data_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.colocated_data_dirs = dirs;
+        self
     }
 
     /// Sets the replication factor the connector expects of the cluster.

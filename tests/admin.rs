@@ -497,7 +497,7 @@ fn cli_repair_moves_refs_off_a_dead_anchor() {
     });
 }
 
-/// `garage-ipfs bench` runs the three systems on its own cluster and writes
+/// `garage-ipfs bench` runs the four systems on its own cluster and writes
 /// the JSON the issue specifies. Figures are not judged here (that is what
 /// BENCHMARKS.md is for); the shape and the accounting are.
 #[test]
@@ -511,7 +511,14 @@ fn cli_bench_quick_writes_its_json() {
     ]);
     for table in ["workloads", "workloads_c1"] {
         for w in ["put_1k", "get_1k", "has_absent"] {
-            for sys in ["connector", "s3", "local"] {
+            // The floor (no index) and colocated (another read path):
+            // puts and gets only.
+            let puts_gets = if w == "has_absent" {
+                &[][..]
+            } else {
+                &["floor", "colocated"][..]
+            };
+            for sys in ["connector", "s3", "local"].iter().chain(puts_gets) {
                 let m = &report[table][w][sys];
                 for key in [
                     "ops_per_s",
@@ -527,9 +534,24 @@ fn cli_bench_quick_writes_its_json() {
             }
         }
     }
+    assert!(report["workloads"]["has_absent"].get("floor").is_none());
+    assert!(report["workloads"]["has_absent"].get("colocated").is_none());
     for w in ["put_1k", "get_1k", "has_absent"] {
         assert!(report["ratios"][w].as_f64().unwrap() > 0.0, "ratio of {w}");
     }
+    for w in ["put_1k", "get_1k"] {
+        assert!(
+            report["floor_ratios"][w].as_f64().unwrap() > 0.0,
+            "floor ratio of {w}"
+        );
+        // The floor is one bare transfer per op: a PutBlock or a GetBlock
+        // (a get may try a second node whose copy is still on its way).
+        let floor = &report["workloads"][w]["floor"];
+        let per_op = floor["client_requests_per_op"].as_f64().unwrap();
+        assert!((1.0..1.1).contains(&per_op), "{floor}");
+        assert!(report["colocated_ratios"][w].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(report["machine"]["db_engine"], "lmdb", "Garage's default");
     // Absent lookups: everything the connector's phase cost the cluster
     // (its own calls, its filter's polling and the nodes' RPCs together)
     // stays under 0.05 per lookup; S3 makes one request per lookup. (That

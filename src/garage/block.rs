@@ -112,6 +112,51 @@ impl Connector {
         .await
     }
 
+    /// A block's bytes from the data directories of a storage node on this
+    /// host ([`crate::Config::colocated_data_dirs`]), where Garage keeps
+    /// it as `<dir>/<byte 0>/<byte 1>/<hash>` (hex), plain or `.zst`.
+    /// `None` when not configured, absent or unreadable: the caller checks
+    /// the bytes and asks the cluster on any doubt. Garage writes a block
+    /// file under a temporary name and renames it, so a file is never seen
+    /// half written.
+    pub async fn read_colocated(&self, hash: &Hash) -> Option<Bytes> {
+        if self.config.colocated_data_dirs.is_empty() {
+            return None;
+        }
+        let dirs = self.config.colocated_data_dirs.clone();
+        let hash = *hash;
+        let found = tokio::task::spawn_blocking(move || {
+            let name = hex::encode(hash.as_slice());
+            for dir in &dirs {
+                let path = dir
+                    .join(hex::encode(&hash.as_slice()[0..1]))
+                    .join(hex::encode(&hash.as_slice()[1..2]))
+                    .join(&name);
+                match std::fs::read(&path) {
+                    Ok(bytes) => return Some(Bytes::from(bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::debug!(path = %path.display(), cause = %e, "co-located block unreadable");
+                        continue;
+                    }
+                }
+                if let Ok(compressed) = std::fs::read(path.with_extension("zst")) {
+                    match zstd::stream::decode_all(&compressed[..]) {
+                        Ok(plain) => return Some(Bytes::from(plain)),
+                        Err(e) => tracing::debug!(cause = %e, "co-located block does not decompress"),
+                    }
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten();
+        let i = usize::from(found.is_none());
+        self.colocated[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        found
+    }
+
     /// Reads a block, trying its nodes in turn until one returns bytes that
     /// `valid` accepts. Errors and invalid copies fall through to the next.
     pub async fn rpc_get_block(

@@ -62,6 +62,8 @@ pub struct Connector {
     pub(crate) ref_batch: batch::Batcher<garage_model::s3::block_ref_table::BlockRef>,
     /// Cluster calls made, by kind.
     pub(crate) calls: Arc<CallCounters>,
+    /// Co-located block files found and not found (`block.rs`).
+    pub(crate) colocated: [std::sync::atomic::AtomicU64; 2],
     exit: watch::Sender<bool>,
     _lock: Option<std::fs::File>,
     _db: db::Db,
@@ -324,6 +326,7 @@ impl Connector {
             ),
             ref_batch: ref_batcher(block_ref.clone(), calls.clone(), limit),
             calls,
+            colocated: Default::default(),
             block_ref,
             object: Table::new(ObjectSchema, replication.clone(), system.clone(), &db),
             version: Table::new(VersionSchema, replication.clone(), system.clone(), &db),
@@ -392,6 +395,16 @@ impl Connector {
     /// Cluster calls this connector made so far, of every kind.
     pub fn cluster_calls(&self) -> u64 {
         self.calls.total()
+    }
+
+    /// Block reads from a co-located node's files: (found, not found).
+    /// Found files are then checked against the CID by the store.
+    pub fn colocated_reads(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.colocated[0].load(Relaxed),
+            self.colocated[1].load(Relaxed),
+        )
     }
 
     /// Cluster calls this connector made so far, by kind.

@@ -58,6 +58,9 @@ pub enum Error {
     /// The cluster could not complete the operation (quorum lost, timeout…).
     #[error(transparent)]
     Cluster(#[from] garage::Error),
+    /// A file of the connector's state directory (the filter's snapshot).
+    #[error("state directory: {0}")]
+    StateDir(std::io::Error),
 }
 
 fn summarize(failed: &[(Cid, String)]) -> String {

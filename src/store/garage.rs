@@ -82,7 +82,7 @@ pub struct Namespace {
     store: Arc<GarageStore>,
     name: Arc<str>,
     id: Uuid,
-    filter: Option<Arc<NsFilter>>,
+    pub(super) filter: Option<Arc<NsFilter>>,
 }
 
 impl GarageStore {
@@ -405,14 +405,25 @@ impl Namespace {
         if let Some(data) = data {
             return Ok(Some(data));
         }
-        let bytes = self
-            .conn()
-            .rpc_get_block(entry.hash, |b| cidutil::verify(cid, b).is_ok())
-            .await
-            .map_err(|e| Error::Unreadable {
-                cid: *cid,
-                cause: e.to_string(),
-            })?;
+        let local = match self.conn().read_colocated(&entry.hash).await {
+            Some(b) if cidutil::verify(cid, &b).is_ok() => Some(b),
+            Some(_) => {
+                tracing::warn!(%cid, "the co-located copy does not match its CID; reading from the cluster");
+                None
+            }
+            None => None,
+        };
+        let bytes = match local {
+            Some(b) => b,
+            None => self
+                .conn()
+                .rpc_get_block(entry.hash, |b| cidutil::verify(cid, b).is_ok())
+                .await
+                .map_err(|e| Error::Unreadable {
+                    cid: *cid,
+                    cause: e.to_string(),
+                })?,
+        };
         if let Some(epoch) = epoch {
             self.store
                 .cache

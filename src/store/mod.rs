@@ -14,6 +14,7 @@ mod gc;
 pub mod index;
 mod memory;
 mod registry;
+mod snapshot;
 pub mod verify;
 
 use std::future::Future;

@@ -122,7 +122,7 @@ pub(super) fn compute_metrics(
     };
     let (client_requests, cluster_rpcs, node_rpcs_per_op, s3_api, server_cpu) = match kind {
         SystemKind::Local => (None, Some(0.0), None, None, 0.0),
-        SystemKind::Connector | SystemKind::Floor => (
+        SystemKind::Connector | SystemKind::Colocated | SystemKind::Floor => (
             client.map(per_op),
             client.map(|c| per_op(c + node_rpcs)),
             Some(per_op(node_rpcs)),

@@ -4,6 +4,10 @@
 //! - `connector`: this crate's store (`GarageStore::with_filters`,
 //!   namespace `bench`) through the [`BlockStore`](crate::store::BlockStore)
 //!   trait;
+//! - `colocated`: the same store reading node 1's block files first (as a
+//!   daemon beside a storage node does), puts and gets;
+//! - `floor`: bare `PutBlock` to the layout's nodes and `GetBlock` from
+//!   one, no ref, no index: what any design on Garage must do;
 //! - `s3`: go-ds-s3's access pattern through Garage's S3 API on node 1
 //!   (PutObject, GetObject, HeadObject, ListObjectsV2 under `blocks/`);
 //! - `local`: one file per block on the local disk, one copy: the floor of
@@ -48,7 +52,7 @@ use crate::store::GarageStore;
 use crate::Connector;
 
 use driver::*;
-pub use report::{FilterPoint, FilterReport, Metrics, Report, ScalePoint};
+pub use report::{FilterPoint, FilterReport, Metrics, Report, ScalePoint, SnapshotCost};
 use s3::*;
 use scale::*;
 pub use systems::{connector_rpc_calls, SystemKind};
@@ -84,6 +88,8 @@ const SHA2_256: u64 = 0x12;
 const FILTER_READY_LIMIT: Duration = Duration::from_secs(600);
 
 const NAMESPACE: &str = "bench";
+/// The `colocated` system's namespace.
+const COLOCATED_NAMESPACE: &str = "bench-colocated";
 const SCALE_NAMESPACE: &str = "bench-scale";
 const BUCKET: &str = "bench";
 const SCALE_BUCKET: &str = "bench-scale";
@@ -186,6 +192,7 @@ struct Bench<'a> {
     opts: &'a Options,
     cluster: Arc<Cluster>,
     conn: Option<Arc<Connector>>,
+    other_conns: Vec<Arc<Connector>>,
     s3: Option<S3Access>,
     entries: Vec<Entry>,
     ticks_per_sec: f64,
@@ -218,6 +225,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         opts,
         cluster,
         conn: None,
+        other_conns: Vec::new(),
         s3: None,
         entries: Vec::new(),
         ticks_per_sec: measure::clock_ticks_per_sec(),
@@ -233,7 +241,8 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     // Stop the connector's background work (presence filters polling)
     // before its cluster goes away.
     bench.entries.clear();
-    if let Some(conn) = bench.conn.take() {
+    let others = std::mem::take(&mut bench.other_conns);
+    for conn in bench.conn.take().into_iter().chain(others) {
         conn.shutdown();
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -328,18 +337,9 @@ impl Bench<'_> {
     pub(super) async fn setup(&mut self) -> anyhow::Result<()> {
         let systems = self.opts.systems.clone();
         let needs_s3 = systems.contains(&SystemKind::S3);
-        let needs_conn =
-            systems.contains(&SystemKind::Connector) || systems.contains(&SystemKind::Floor);
+        let needs_conn = systems.contains(&SystemKind::Connector);
         if needs_conn {
-            let state = self.cluster.dir.join("bench-connector");
-            std::fs::create_dir_all(&state).with_context(|| state.display().to_string())?;
-            let config = self.cluster.connector_config(state, harness::free_port()?);
-            let t = Instant::now();
-            let conn = Connector::connect(config)
-                .await
-                .context("joining the cluster")?;
-            status(&format!("connector joined in {:.1?}", t.elapsed()));
-            self.conn = Some(conn);
+            self.conn = Some(self.join("bench-connector").await?);
         }
         if needs_s3 {
             self.s3 = Some(self.s3_key()?);
@@ -353,10 +353,21 @@ impl Bench<'_> {
                     wait_filter_ready(&ns).await?;
                     System::Connector { store, ns }
                 }
-                // One connector for both: phases run one at a time, and
-                // each reads the calls made during it.
+                // Connectors of their own, so that each one's requests per
+                // op are its own.
+                SystemKind::Colocated => {
+                    let node1 = vec![self.cluster.nodes[0].data_dir.clone()];
+                    let conn = self.join_with("bench-colocated", node1).await?;
+                    self.other_conns.push(conn.clone());
+                    let store = GarageStore::with_filters(conn);
+                    let ns = store.namespace(COLOCATED_NAMESPACE)?;
+                    wait_filter_ready(&ns).await?;
+                    System::Colocated { store, ns }
+                }
                 SystemKind::Floor => {
-                    System::Floor(FloorSystem::new(self.conn.clone().expect("joined")))
+                    let conn = self.join("bench-floor").await?;
+                    self.other_conns.push(conn.clone());
+                    System::Floor(FloorSystem::new(conn))
                 }
                 SystemKind::S3 => System::S3(self.s3_system(BUCKET)?),
                 SystemKind::Local => {
@@ -369,6 +380,32 @@ impl Bench<'_> {
             });
         }
         Ok(())
+    }
+
+    /// Joins the cluster as a connector with its state in `label`.
+    async fn join(&self, label: &str) -> anyhow::Result<Arc<Connector>> {
+        self.join_with(label, Vec::new()).await
+    }
+
+    /// [`join`](Self::join), reading blocks from `colocated` data
+    /// directories first.
+    async fn join_with(
+        &self,
+        label: &str,
+        colocated: Vec<PathBuf>,
+    ) -> anyhow::Result<Arc<Connector>> {
+        let state = self.cluster.dir.join(label);
+        std::fs::create_dir_all(&state).with_context(|| state.display().to_string())?;
+        let config = self
+            .cluster
+            .connector_config(state, harness::free_port()?)
+            .with_colocated_data_dirs(colocated);
+        let t = Instant::now();
+        let conn = Connector::connect(config)
+            .await
+            .with_context(|| format!("joining the cluster ({label})"))?;
+        status(&format!("{label} joined in {:.1?}", t.elapsed()));
+        Ok(conn)
     }
 
     /// Creates the S3 key, or reads it back in a reused directory (key

@@ -30,6 +30,10 @@ pub struct Report {
     pub floor_ratios: BTreeMap<String, Option<f64>>,
     /// The same at concurrency 1.
     pub floor_ratios_c1: BTreeMap<String, Option<f64>>,
+    /// colocated ops/s ÷ s3 ops/s at concurrency 16 (puts and gets).
+    pub colocated_ratios: BTreeMap<String, Option<f64>>,
+    /// The same at concurrency 1.
+    pub colocated_ratios_c1: BTreeMap<String, Option<f64>>,
     /// Puts and gets of small blocks with more and more blocks stored.
     pub scale: Vec<ScalePoint>,
     /// Presence filter build times and sizes.
@@ -90,6 +94,22 @@ pub struct FilterReport {
     /// The counters of the `bench` namespace's filter at the end of the
     /// run (hits: absent lookups answered from memory).
     pub bench_namespace: Option<FilterStats>,
+    /// A restart's snapshot work at sizes the run does not fill.
+    pub snapshots: Vec<SnapshotCost>,
+}
+
+/// Writing and reading back the filter snapshot of a synthetic namespace.
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotCost {
+    /// Blocks in the namespace.
+    pub blocks: u64,
+    /// Encoding and writing the file.
+    pub write_ms: f64,
+    /// Reading, checking and decoding it (what a restart waits for, plus
+    /// one counter read).
+    pub read_ms: f64,
+    /// The file's size.
+    pub bytes: u64,
 }
 
 /// One filter build.
@@ -99,6 +119,11 @@ pub struct FilterPoint {
     pub blocks: u64,
     /// From the namespace handle of a fresh store to the filter answering.
     pub build_ms: f64,
+    /// The same after a restart: from the snapshot the previous store
+    /// saved, plus one counter read.
+    pub restart_ms: f64,
+    /// Shards the restart restored (of 256; the others were listed).
+    pub restored_shards: u64,
     /// Multihashes in the filter.
     pub entries: u64,
     /// Memory of the filter.
@@ -111,22 +136,24 @@ impl Report {
     /// Records connector ÷ s3 and connector ÷ floor throughput of a
     /// workload, at both concurrencies.
     pub fn fill_ratios(&mut self, workload: &str) {
-        let ratio = |results: &Results, other: SystemKind| {
+        let ratio = |results: &Results, of: SystemKind, over: SystemKind| {
             let r = results.get(workload)?;
-            let c = r.get(SystemKind::Connector.name())?.ops_per_s;
-            let s = r.get(other.name())?.ops_per_s;
+            let c = r.get(of.name())?.ops_per_s;
+            let s = r.get(over.name())?.ops_per_s;
             (s > 0.0).then(|| c / s)
         };
         let w = workload.to_string();
-        let s3 = SystemKind::S3;
-        let floor = SystemKind::Floor;
-        self.ratios.insert(w.clone(), ratio(&self.workloads, s3));
-        self.ratios_c1
-            .insert(w.clone(), ratio(&self.workloads_c1, s3));
-        self.floor_ratios
-            .insert(w.clone(), ratio(&self.workloads, floor));
+        let (conn, coloc) = (SystemKind::Connector, SystemKind::Colocated);
+        let (s3, floor) = (SystemKind::S3, SystemKind::Floor);
+        let (c16, c1) = (&self.workloads, &self.workloads_c1);
+        self.ratios.insert(w.clone(), ratio(c16, conn, s3));
+        self.ratios_c1.insert(w.clone(), ratio(c1, conn, s3));
+        self.floor_ratios.insert(w.clone(), ratio(c16, conn, floor));
         self.floor_ratios_c1
-            .insert(w, ratio(&self.workloads_c1, floor));
+            .insert(w.clone(), ratio(c1, conn, floor));
+        self.colocated_ratios
+            .insert(w.clone(), ratio(c16, coloc, s3));
+        self.colocated_ratios_c1.insert(w, ratio(c1, coloc, s3));
     }
 }
 
@@ -202,16 +229,21 @@ pub fn workload_table(report: &Report, workload: &str, systems: &[SystemKind]) -
     let mut out = format!("\n== {workload}\n{}", format_table(&rows));
     let get = |m: &BTreeMap<String, Option<f64>>| m.get(workload).copied().flatten();
     for (name, c16, c1) in [
-        ("s3", get(&report.ratios), get(&report.ratios_c1)),
+        ("connector/s3", get(&report.ratios), get(&report.ratios_c1)),
         (
-            "floor",
+            "connector/floor",
             get(&report.floor_ratios),
             get(&report.floor_ratios_c1),
+        ),
+        (
+            "colocated/s3",
+            get(&report.colocated_ratios),
+            get(&report.colocated_ratios_c1),
         ),
     ] {
         if c16.is_some() || c1.is_some() {
             out.push_str(&format!(
-                "connector/{name} ops/s: {} at c16, {} at c1\n",
+                "{name} ops/s: {} at c16, {} at c1\n",
                 ratio(c16),
                 ratio(c1)
             ));
@@ -259,6 +291,8 @@ pub fn filter_table(filter: &FilterReport) -> String {
         let mut rows = vec![[
             "blocks",
             "build ms",
+            "restart ms",
+            "restored",
             "entries",
             "memory bytes",
             "bytes/block",
@@ -269,14 +303,33 @@ pub fn filter_table(filter: &FilterReport) -> String {
             rows.push(vec![
                 p.blocks.to_string(),
                 num(p.build_ms),
+                num(p.restart_ms),
+                p.restored_shards.to_string(),
                 p.entries.to_string(),
                 p.memory_bytes.to_string(),
                 num(p.bytes_per_block),
             ]);
         }
         out.push_str(&format!(
-            "\n== presence filter build (namespace {}, fresh store)\n{}",
+            "\n== presence filter build (namespace {}, fresh store) and restart (from its snapshot)\n{}",
             filter.namespace,
+            format_table(&rows)
+        ));
+    }
+    if !filter.snapshots.is_empty() {
+        let mut rows = vec![["blocks", "write ms", "read ms", "bytes"]
+            .map(String::from)
+            .to_vec()];
+        for s in &filter.snapshots {
+            rows.push(vec![
+                s.blocks.to_string(),
+                num(s.write_ms),
+                num(s.read_ms),
+                s.bytes.to_string(),
+            ]);
+        }
+        out.push_str(&format!(
+            "\n== filter snapshot of a synthetic namespace (a restart reads it, then one counter read)\n{}",
             format_table(&rows)
         ));
     }
@@ -293,9 +346,17 @@ pub fn summary(report: &Report) -> String {
         .chain(report.floor_ratios.values())
         .any(Option::is_some)
     {
-        let mut rows = vec![["workload", "/s3 c16", "/s3 c1", "/floor c16", "/floor c1"]
-            .map(String::from)
-            .to_vec()];
+        let mut rows = vec![[
+            "workload",
+            "/s3 c16",
+            "/s3 c1",
+            "/floor c16",
+            "/floor c1",
+            "colocated/s3 c16",
+            "c1",
+        ]
+        .map(String::from)
+        .to_vec()];
         let get = |m: &BTreeMap<String, Option<f64>>, w: &str| m.get(w).copied().flatten();
         for w in report.ratios.keys() {
             rows.push(vec![
@@ -304,10 +365,12 @@ pub fn summary(report: &Report) -> String {
                 ratio(get(&report.ratios_c1, w)),
                 ratio(get(&report.floor_ratios, w)),
                 ratio(get(&report.floor_ratios_c1, w)),
+                ratio(get(&report.colocated_ratios, w)),
+                ratio(get(&report.colocated_ratios_c1, w)),
             ]);
         }
         out.push_str(&format!(
-            "\n== connector ops/s over s3's and over the floor's\n{}",
+            "\n== connector ops/s over s3's and over the floor's; colocated over s3's\n{}",
             format_table(&rows)
         ));
     }
@@ -370,6 +433,8 @@ mod tests {
             "ratios_c1",
             "floor_ratios",
             "floor_ratios_c1",
+            "colocated_ratios",
+            "colocated_ratios_c1",
             "scale",
             "filter",
         ] {
@@ -401,9 +466,10 @@ mod tests {
     fn tables_show_every_row_and_the_ratio() {
         let report = sample();
         let table = workload_table(&report, "put_256k", &SystemKind::ALL);
+        // Two rows, and the ratio lines over s3 and over the floor.
         assert_eq!(
             table.lines().filter(|l| l.starts_with("connector")).count(),
-            3
+            4
         );
         assert_eq!(table.lines().filter(|l| l.starts_with("local")).count(), 2);
         assert!(
@@ -419,7 +485,7 @@ mod tests {
         assert!(
             summary.lines().any(|l| l
                 .split_whitespace()
-                .eq(["put_256k", "2.00x", "0.80x", "1.00x", "0.40x"])),
+                .eq(["put_256k", "2.00x", "0.80x", "1.00x", "0.40x", "-", "-"])),
             "{summary}"
         );
         let t = format_table(&[

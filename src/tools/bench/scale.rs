@@ -56,8 +56,8 @@ impl Bench<'_> {
                     let blocks = systems[0].1.len();
                     let p = filter_build(&conn, blocks).await?;
                     status(&format!(
-                        "scale: presence filter of {blocks} blocks built in {:.0} ms, {} bytes ({:.2} per block)",
-                        p.build_ms, p.memory_bytes, p.bytes_per_block
+                        "scale: presence filter of {blocks} blocks built in {:.0} ms, {} bytes ({:.2} per block); ready {:.0} ms after a restart ({} of 256 shards restored)",
+                        p.build_ms, p.memory_bytes, p.bytes_per_block, p.restart_ms, p.restored_shards
                     ));
                     filter.points.push(p);
                 }
@@ -123,11 +123,27 @@ impl Bench<'_> {
             }
         }
         if !filter.points.is_empty() {
-            report
-                .filter
-                .get_or_insert_with(FilterReport::default)
-                .namespace = filter.namespace;
-            report.filter.as_mut().expect("set").points = filter.points;
+            let dir = self.cluster.dir.join("bench-snapshots");
+            for blocks in [100_000u64, 1_000_000] {
+                let d = dir.clone();
+                let (write, read, bytes) = tokio::task::spawn_blocking(move || {
+                    crate::store::filter::snapshot_cost(blocks, &d)
+                })
+                .await??;
+                status(&format!(
+                    "scale: filter snapshot of {blocks} synthetic blocks: written in {write:.1?}, read back in {read:.1?}, {bytes} bytes"
+                ));
+                filter.snapshots.push(SnapshotCost {
+                    blocks,
+                    write_ms: write.as_secs_f64() * 1e3,
+                    read_ms: read.as_secs_f64() * 1e3,
+                    bytes,
+                });
+            }
+            let report_filter = report.filter.get_or_insert_with(FilterReport::default);
+            report_filter.namespace = filter.namespace;
+            report_filter.points = filter.points;
+            report_filter.snapshots = filter.snapshots;
         }
         Ok(())
     }
@@ -196,9 +212,22 @@ pub(super) async fn filter_build(
     wait_filter_ready(&ns).await?;
     let build = t.elapsed();
     let stats = ns.filter_stats().unwrap_or_default();
+    // A restart: the snapshot saved, a new store over the same state
+    // directory, until its filter answers.
+    ns.persist_filter().await?;
+    drop(ns);
+    drop(store);
+    let t = Instant::now();
+    let store = GarageStore::with_filters(conn.clone());
+    let ns = store.namespace(SCALE_NAMESPACE)?;
+    wait_filter_ready(&ns).await?;
+    let restart = t.elapsed();
+    let restored = ns.filter_stats().unwrap_or_default().restored_shards;
     Ok(FilterPoint {
         blocks: blocks as u64,
         build_ms: build.as_secs_f64() * 1e3,
+        restart_ms: restart.as_secs_f64() * 1e3,
+        restored_shards: restored,
         entries: stats.entries,
         memory_bytes: stats.memory_bytes,
         bytes_per_block: stats.memory_bytes as f64 / (stats.entries.max(1)) as f64,

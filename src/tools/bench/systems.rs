@@ -5,6 +5,9 @@
 //! - `s3`: go-ds-s3's access pattern through Garage's S3 API, with the
 //!   `object_store` crate (PutObject, GetObject, HeadObject,
 //!   ListObjectsV2), keys as kubo's datastore names them;
+//! - `colocated`: the same store with node 1's data directory configured
+//!   (`colocated_data_dirs`), as a daemon beside a storage node runs: gets
+//!   read node 1's block file and check it. Puts and gets only;
 //! - `floor`: only what any design storing blocks in Garage must do: a
 //!   bare `PutBlock` to the layout's nodes (write quorum) and a bare
 //!   `GetBlock` from one node, keyed by Garage's block hash, which it keeps
@@ -42,6 +45,8 @@ use crate::Connector;
 pub enum SystemKind {
     /// This crate's store, straight on Garage's block manager.
     Connector,
+    /// This crate's store reading node 1's block files.
+    Colocated,
     /// Bare block transfers: the floor of any design on Garage.
     Floor,
     /// Garage's S3 API, as go-ds-s3 uses it.
@@ -52,8 +57,9 @@ pub enum SystemKind {
 
 impl SystemKind {
     /// Every system, in report order.
-    pub const ALL: [SystemKind; 4] = [
+    pub const ALL: [SystemKind; 5] = [
         SystemKind::Connector,
+        SystemKind::Colocated,
         SystemKind::Floor,
         SystemKind::S3,
         SystemKind::Local,
@@ -63,6 +69,7 @@ impl SystemKind {
     pub fn name(self) -> &'static str {
         match self {
             SystemKind::Connector => "connector",
+            SystemKind::Colocated => "colocated",
             SystemKind::Floor => "floor",
             SystemKind::S3 => "s3",
             SystemKind::Local => "local",
@@ -70,9 +77,10 @@ impl SystemKind {
     }
 
     /// Whether the system runs a workload: the floor has no index, so it
-    /// runs only the puts and gets.
+    /// runs only the puts and gets; co-located reads change only gets (its
+    /// puts store what they read).
     pub fn runs(self, w: super::Workload) -> bool {
-        self != SystemKind::Floor || w.moves_data()
+        !matches!(self, SystemKind::Floor | SystemKind::Colocated) || w.moves_data()
     }
 }
 
@@ -84,6 +92,13 @@ pub enum System {
     /// This crate's store.
     Connector {
         /// The store (owns the presence filters).
+        store: Arc<GarageStore>,
+        /// The namespace used.
+        ns: Namespace,
+    },
+    /// This crate's store with co-located reads (same shape as `Connector`).
+    Colocated {
+        /// The store.
         store: Arc<GarageStore>,
         /// The namespace used.
         ns: Namespace,
@@ -101,7 +116,7 @@ impl System {
     /// Empties the connector's block cache and switches it on or off
     /// (no-op for the others).
     pub fn reset_cache(&self, enabled: bool) {
-        if let System::Connector { store, .. } = self {
+        if let System::Connector { store, .. } | System::Colocated { store, .. } = self {
             store.reset_cache(enabled);
         }
     }
@@ -109,6 +124,7 @@ impl System {
     pub fn kind(&self) -> SystemKind {
         match self {
             System::Connector { .. } => SystemKind::Connector,
+            System::Colocated { .. } => SystemKind::Colocated,
             System::Floor(_) => SystemKind::Floor,
             System::S3(_) => SystemKind::S3,
             System::Local(_) => SystemKind::Local,
@@ -118,7 +134,9 @@ impl System {
     /// Stores a block.
     pub async fn put(&self, cid: Cid, data: Bytes) -> anyhow::Result<()> {
         match self {
-            System::Connector { ns, .. } => Ok(ns.put(&cid, data).await?),
+            System::Connector { ns, .. } | System::Colocated { ns, .. } => {
+                Ok(ns.put(&cid, data).await?)
+            }
             System::Floor(floor) => floor.put(&cid, data).await,
             System::S3(s3) => s3.put(&cid, data).await,
             System::Local(local) => local.put(&cid, data).await,
@@ -129,7 +147,9 @@ impl System {
     /// connector, as many puts at once as its default for the others.
     pub async fn put_many(&self, blocks: Vec<(Cid, Bytes)>) -> anyhow::Result<()> {
         match self {
-            System::Connector { ns, .. } => Ok(ns.put_many(blocks).await?),
+            System::Connector { ns, .. } | System::Colocated { ns, .. } => {
+                Ok(ns.put_many(blocks).await?)
+            }
             _ => {
                 futures::stream::iter(blocks)
                     .map(|(cid, data)| self.put(cid, data))
@@ -143,7 +163,7 @@ impl System {
     /// A block's bytes, or `None` if absent.
     pub async fn get(&self, cid: &Cid) -> anyhow::Result<Option<Bytes>> {
         match self {
-            System::Connector { ns, .. } => Ok(ns.get(cid).await?),
+            System::Connector { ns, .. } | System::Colocated { ns, .. } => Ok(ns.get(cid).await?),
             System::Floor(floor) => floor.get(cid).await,
             System::S3(s3) => s3.get(cid).await,
             System::Local(local) => local.get(cid).await,
@@ -153,7 +173,7 @@ impl System {
     /// Whether a block is stored.
     pub async fn has(&self, cid: &Cid) -> anyhow::Result<bool> {
         match self {
-            System::Connector { ns, .. } => Ok(ns.has(cid).await?),
+            System::Connector { ns, .. } | System::Colocated { ns, .. } => Ok(ns.has(cid).await?),
             _ => Ok(self.get_size(cid).await?.is_some()),
         }
     }
@@ -161,7 +181,9 @@ impl System {
     /// A block's size, or `None` if absent.
     pub async fn get_size(&self, cid: &Cid) -> anyhow::Result<Option<u64>> {
         match self {
-            System::Connector { ns, .. } => Ok(ns.get_size(cid).await?),
+            System::Connector { ns, .. } | System::Colocated { ns, .. } => {
+                Ok(ns.get_size(cid).await?)
+            }
             System::Floor(_) => anyhow::bail!("the floor has no index: no lookups"),
             System::S3(s3) => s3.head(cid).await,
             System::Local(local) => local.size(cid).await,
@@ -172,7 +194,7 @@ impl System {
     /// each [`LIST_SAMPLE_ENTRIES`] took (the whole listing when shorter).
     pub async fn list(&self) -> anyhow::Result<(u64, Vec<f64>)> {
         let stream = match self {
-            System::Connector { ns, .. } => ns
+            System::Connector { ns, .. } | System::Colocated { ns, .. } => ns
                 .list()
                 .map_ok(|_| ())
                 .map_err(anyhow::Error::from)
@@ -188,7 +210,9 @@ impl System {
     /// requests for S3; `None` when not counted.
     pub fn client_requests(&self) -> Option<u64> {
         match self {
-            System::Connector { store, .. } => connector_rpc_calls(store.connector()),
+            System::Connector { store, .. } | System::Colocated { store, .. } => {
+                connector_rpc_calls(store.connector())
+            }
             System::Floor(floor) => connector_rpc_calls(&floor.conn),
             System::S3(s3) => Some(s3.requests.load(Ordering::Relaxed)),
             System::Local(_) => None,

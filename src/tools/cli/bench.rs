@@ -26,7 +26,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "connector,s3,local"
+        default_value = "connector,colocated,floor,s3,local"
     )]
     systems: Vec<SystemKind>,
     /// Workloads to run (default: all).

@@ -15,6 +15,8 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(cid index_entry car multipart)
 export RUSTC_BOOTSTRAP=1
+# Its own target directory, whatever CARGO_TARGET_DIR the main build uses.
+export CARGO_TARGET_DIR="$PWD/target"
 cargo fuzz build -O
 for t in "${targets[@]}"; do
   mkdir -p "corpus-run/$t"

@@ -285,6 +285,40 @@ fn kubo_stock_peer_fetches_from_a_over_bitswap() {
     });
 }
 
+/// `refs local` of `node` and the namespace as our own connector lists it.
+/// Once (in CI, before gc) `refs local` listed one block more than the
+/// listing taken just after it, unexplained (RELIABILITY.md): when they
+/// differ, the difference is printed with what our connector says of each
+/// block, and both are taken again, up to three times, 2 s apart. The
+/// caller asserts on the last pair, so a lasting difference still fails.
+async fn refs_local_and_namespace(
+    node: &KuboNode,
+    ns: &str,
+) -> (BTreeSet<Vec<u8>>, std::collections::BTreeMap<Vec<u8>, u64>) {
+    for attempt in 1..=3 {
+        let local = multihashes(&ok(node, &["refs", "local"]));
+        let listed = namespace_blocks(ns).await;
+        let set: BTreeSet<Vec<u8>> = listed.keys().cloned().collect();
+        if local == set || attempt == 3 {
+            return (local, listed);
+        }
+        let store = store().await;
+        let handle = store.namespace(ns).unwrap();
+        for mh in local.symmetric_difference(&set) {
+            let mh = cid::multihash::Multihash::<64>::from_bytes(mh).unwrap();
+            let c = cid::Cid::new_v1(0x55, mh);
+            eprintln!(
+                "attempt {attempt}: {c} in refs local: {}, in the listing: {}, has: {:?}",
+                local.contains(&mh.to_bytes()),
+                set.contains(&mh.to_bytes()),
+                handle.has(&c).await
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    unreachable!()
+}
+
 /// Asserts two sets of multihashes are equal; if not, names the blocks
 /// each has that the other lacks (as raw CIDs), not the whole sets.
 fn assert_same_blocks(a: &BTreeSet<Vec<u8>>, b: &BTreeSet<Vec<u8>>, a_name: &str, b_name: &str) {
@@ -354,8 +388,7 @@ fn kubo_refs_local_repo_stat_and_gc_match_the_namespace() {
         );
 
         // refs local: exactly the namespace's blocks.
-        let local = multihashes(&ok(&f.a, &["refs", "local"]));
-        let listed = namespace_blocks(&f.ns).await;
+        let (local, listed) = refs_local_and_namespace(&f.a, &f.ns).await;
         let ns_set: BTreeSet<Vec<u8>> = listed.keys().cloned().collect();
         assert_same_blocks(&local, &ns_set, "refs local", "the namespace");
 
@@ -397,7 +430,9 @@ fn kubo_refs_local_repo_stat_and_gc_match_the_namespace() {
             assert!(!after.contains(&root_mh), "{root} survived gc");
         }
         assert!(dag_multihashes(&f.a, &kept).is_subset(&after));
-        let local_after = multihashes(&ok(&f.a, &["refs", "local"]));
+        let (local_after, listed_after) = refs_local_and_namespace(&f.a, &f.ns).await;
+        let after_now: BTreeSet<Vec<u8>> = listed_after.keys().cloned().collect();
+        assert_eq!(after_now, after, "the namespace moved after gc");
         assert_same_blocks(&local_after, &after, "refs local after gc", "the namespace");
         eprintln!(
             "refs local = namespace ({} blocks, {bytes} B); gc removed {} unpinned blocks, kept {}",

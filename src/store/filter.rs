@@ -905,4 +905,29 @@ mod tests {
             assert_eq!(g.check(&mh_in(shard, 99)).map(|a| a.0), Some(true));
         }
     }
+
+    #[tokio::test]
+    async fn a_snapshot_is_written_only_when_it_changed() {
+        let dir = std::env::temp_dir().join(format!("gipfs-save-{}", rand::random::<u64>()));
+        let path = snapshot::path(&dir, &[3; 32]);
+        let f = NsFilter::new(Some(path.clone()));
+        let now: BTreeMap<usize, Counted> = [(1, counted(0xA, 1))].into();
+        assert!(!f.save([3; 32], &now).await.unwrap(), "saved before ready");
+        f.ready.store(true, Ordering::Release);
+        assert!(f.save([3; 32], &now).await.unwrap());
+        assert!(
+            !f.save([3; 32], &now).await.unwrap(),
+            "unchanged, written again"
+        );
+        f.note_put(&mh_in(5, 1));
+        // A shard with an uncounted write of ours is left out: the file
+        // changes.
+        assert!(f.save([3; 32], &now).await.unwrap());
+        assert_eq!(f.stats().snapshots, 2);
+        assert_eq!(
+            snapshot::read(&path, &[3; 32]).map(|s| s.len()),
+            Some(INDEX_SHARDS - 1)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -129,6 +129,8 @@ pub struct NsFilter {
     restored: AtomicU64,
     snapshots: AtomicU64,
     build_time: std::sync::Mutex<Option<Duration>>,
+    /// The namespace's id (its snapshot names it).
+    ns_id: [u8; 32],
     /// Where the snapshot lives (`None`: not saved).
     snapshot_path: Option<std::path::PathBuf>,
     /// The checksum part of the last snapshot written or read, to skip
@@ -149,7 +151,7 @@ fn shard_of(mh: &Multihash<64>) -> usize {
 
 impl NsFilter {
     /// An empty filter, not ready.
-    fn new(snapshot_path: Option<std::path::PathBuf>) -> Self {
+    fn new(ns_id: [u8; 32], snapshot_path: Option<std::path::PathBuf>) -> Self {
         Self {
             shards: RwLock::new(
                 (0..INDEX_SHARDS)
@@ -175,6 +177,7 @@ impl NsFilter {
             restored: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             build_time: Default::default(),
+            ns_id,
             snapshot_path,
             last_snapshot: Default::default(),
         }
@@ -273,14 +276,14 @@ impl NsFilter {
     /// Starts the filter of a namespace: the first listing, then the
     /// polling loop, until the store or the filter is dropped.
     pub(super) fn start(store: Weak<GarageStore>, name: String) -> Arc<Self> {
-        let snapshot_path = store.upgrade().map(|s| {
-            let id = index::namespace_id(&name);
-            snapshot::path(
-                &s.connector().config.state_dir,
-                id.as_ref().try_into().expect("32-byte id"),
-            )
-        });
-        let filter = Arc::new(Self::new(snapshot_path));
+        let ns_id = index::namespace_id(&name)
+            .as_ref()
+            .try_into()
+            .expect("32-byte id");
+        let snapshot_path = store
+            .upgrade()
+            .map(|s| snapshot::path(&s.connector().config.state_dir, &ns_id));
+        let filter = Arc::new(Self::new(ns_id, snapshot_path));
         let weak = Arc::downgrade(&filter);
         tokio::spawn(async move {
             if let Err(e) = run(&store, &name, &weak).await {
@@ -364,7 +367,7 @@ impl NsFilter {
 
     /// Saves the filter if it changed since the last snapshot. Returns
     /// whether a file was written.
-    async fn save(&self, ns_id: [u8; 32], now: &BTreeMap<usize, Counted>) -> Result<bool, Error> {
+    async fn save(&self, now: &BTreeMap<usize, Counted>) -> Result<bool, Error> {
         let Some(path) = self.snapshot_path.clone() else {
             return Ok(false);
         };
@@ -372,6 +375,7 @@ impl NsFilter {
             return Ok(false);
         }
         let saved = self.saved_shards(now);
+        let ns_id = self.ns_id;
         let bytes = tokio::task::spawn_blocking(move || snapshot::encode(ns_id, saved))
             .await
             .map_err(|e| Error::StateDir(std::io::Error::other(e)))?;
@@ -546,9 +550,11 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
     let Some(ns) = namespace(store, name) else {
         return Ok(());
     };
-    let ns_id: [u8; 32] = ns.id().as_ref().try_into().expect("32-byte id");
-    let saved = match filter.upgrade().and_then(|f| f.snapshot_path.clone()) {
-        Some(path) => tokio::task::spawn_blocking(move || snapshot::read(&path, &ns_id))
+    let saved = match filter
+        .upgrade()
+        .and_then(|f| Some((f.snapshot_path.clone()?, f.ns_id)))
+    {
+        Some((path, ns_id)) => tokio::task::spawn_blocking(move || snapshot::read(&path, &ns_id))
             .await
             .ok()
             .flatten(),
@@ -592,7 +598,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
             seconds = started.elapsed().as_secs_f64(),
             "presence filter ready"
         );
-        if let Err(e) = f.save(ns_id, &before).await {
+        if let Err(e) = f.save(&before).await {
             tracing::warn!(ns = %name, cause = %e, "cannot save the presence filter");
         }
     }
@@ -645,7 +651,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
         f.polls.fetch_add(1, Ordering::Relaxed);
         if saved_at.elapsed() >= SNAPSHOT_INTERVAL {
             saved_at = Instant::now();
-            if let Err(e) = f.save(ns_id, &now).await {
+            if let Err(e) = f.save(&now).await {
                 tracing::warn!(ns = %name, cause = %e, "cannot save the presence filter");
             }
         }
@@ -708,8 +714,7 @@ impl Namespace {
             return Ok(false);
         };
         let now = counter_signatures(self).await?;
-        f.save(self.id().as_ref().try_into().expect("32-byte id"), &now)
-            .await
+        f.save(&now).await
     }
 
     /// The multihash bytes of every live entry of one index shard.
@@ -770,7 +775,7 @@ mod tests {
 
     #[test]
     fn answers_only_when_ready_and_never_forgets_a_put() {
-        let f = NsFilter::new(None);
+        let f = NsFilter::new([0; 32], None);
         assert_eq!(f.check(&mh(1)).map(|a| a.0), None, "not ready: no answer");
         f.ready.store(true, Ordering::Release);
         // 5000 puts over 256 shards (about 20 each, within each shard's
@@ -839,7 +844,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_restores_only_shards_whose_counters_still_match() {
-        let f = NsFilter::new(None);
+        let f = NsFilter::new([0; 32], None);
         f.ready.store(true, Ordering::Release);
         {
             let mut shards = f.shards.write().unwrap();
@@ -890,7 +895,7 @@ mod tests {
             (9, counted(0xE, 1)),
         ]
         .into();
-        let g = NsFilter::new(None);
+        let g = NsFilter::new([0; 32], None);
         let restored = g.restore(saved, &later);
         assert!(restored[1] && restored[4] && restored[0]);
         assert!(!restored[2] && !restored[3] && !restored[9]);
@@ -910,19 +915,16 @@ mod tests {
     async fn a_snapshot_is_written_only_when_it_changed() {
         let dir = std::env::temp_dir().join(format!("gipfs-save-{}", rand::random::<u64>()));
         let path = snapshot::path(&dir, &[3; 32]);
-        let f = NsFilter::new(Some(path.clone()));
+        let f = NsFilter::new([3; 32], Some(path.clone()));
         let now: BTreeMap<usize, Counted> = [(1, counted(0xA, 1))].into();
-        assert!(!f.save([3; 32], &now).await.unwrap(), "saved before ready");
+        assert!(!f.save(&now).await.unwrap(), "saved before ready");
         f.ready.store(true, Ordering::Release);
-        assert!(f.save([3; 32], &now).await.unwrap());
-        assert!(
-            !f.save([3; 32], &now).await.unwrap(),
-            "unchanged, written again"
-        );
+        assert!(f.save(&now).await.unwrap());
+        assert!(!f.save(&now).await.unwrap(), "unchanged, written again");
         f.note_put(&mh_in(5, 1));
         // A shard with an uncounted write of ours is left out: the file
         // changes.
-        assert!(f.save([3; 32], &now).await.unwrap());
+        assert!(f.save(&now).await.unwrap());
         assert_eq!(f.stats().snapshots, 2);
         assert_eq!(
             snapshot::read(&path, &[3; 32]).map(|s| s.len()),

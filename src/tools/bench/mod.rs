@@ -351,7 +351,11 @@ impl Bench<'_> {
                     let store = GarageStore::with_filters(self.conn.clone().expect("joined"));
                     let ns = store.namespace(NAMESPACE)?;
                     wait_filter_ready(&ns).await?;
-                    System::Connector { store, ns }
+                    System::Connector {
+                        store,
+                        ns,
+                        colocated: false,
+                    }
                 }
                 // Connectors of their own, so that each one's requests per
                 // op are its own.
@@ -362,7 +366,11 @@ impl Bench<'_> {
                     let store = GarageStore::with_filters(conn);
                     let ns = store.namespace(COLOCATED_NAMESPACE)?;
                     wait_filter_ready(&ns).await?;
-                    System::Colocated { store, ns }
+                    System::Connector {
+                        store,
+                        ns,
+                        colocated: true,
+                    }
                 }
                 SystemKind::Floor => {
                     let conn = self.join("bench-floor").await?;

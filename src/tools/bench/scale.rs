@@ -15,6 +15,7 @@ impl Bench<'_> {
                 let sys = System::Connector {
                     store: store.clone(),
                     ns,
+                    colocated: false,
                 };
                 systems.push((Arc::new(sys), Vec::new()));
             }

@@ -95,13 +95,9 @@ pub enum System {
         store: Arc<GarageStore>,
         /// The namespace used.
         ns: Namespace,
-    },
-    /// This crate's store with co-located reads (same shape as `Connector`).
-    Colocated {
-        /// The store.
-        store: Arc<GarageStore>,
-        /// The namespace used.
-        ns: Namespace,
+        /// Its connector reads a co-located node's block files (the
+        /// `colocated` system).
+        colocated: bool,
     },
     /// Bare block transfers.
     Floor(FloorSystem),
@@ -116,15 +112,19 @@ impl System {
     /// Empties the connector's block cache and switches it on or off
     /// (no-op for the others).
     pub fn reset_cache(&self, enabled: bool) {
-        if let System::Connector { store, .. } | System::Colocated { store, .. } = self {
+        if let System::Connector { store, .. } = self {
             store.reset_cache(enabled);
         }
     }
 
     pub fn kind(&self) -> SystemKind {
         match self {
-            System::Connector { .. } => SystemKind::Connector,
-            System::Colocated { .. } => SystemKind::Colocated,
+            System::Connector {
+                colocated: false, ..
+            } => SystemKind::Connector,
+            System::Connector {
+                colocated: true, ..
+            } => SystemKind::Colocated,
             System::Floor(_) => SystemKind::Floor,
             System::S3(_) => SystemKind::S3,
             System::Local(_) => SystemKind::Local,
@@ -134,9 +134,7 @@ impl System {
     /// Stores a block.
     pub async fn put(&self, cid: Cid, data: Bytes) -> anyhow::Result<()> {
         match self {
-            System::Connector { ns, .. } | System::Colocated { ns, .. } => {
-                Ok(ns.put(&cid, data).await?)
-            }
+            System::Connector { ns, .. } => Ok(ns.put(&cid, data).await?),
             System::Floor(floor) => floor.put(&cid, data).await,
             System::S3(s3) => s3.put(&cid, data).await,
             System::Local(local) => local.put(&cid, data).await,
@@ -147,9 +145,7 @@ impl System {
     /// connector, as many puts at once as its default for the others.
     pub async fn put_many(&self, blocks: Vec<(Cid, Bytes)>) -> anyhow::Result<()> {
         match self {
-            System::Connector { ns, .. } | System::Colocated { ns, .. } => {
-                Ok(ns.put_many(blocks).await?)
-            }
+            System::Connector { ns, .. } => Ok(ns.put_many(blocks).await?),
             _ => {
                 futures::stream::iter(blocks)
                     .map(|(cid, data)| self.put(cid, data))
@@ -163,7 +159,7 @@ impl System {
     /// A block's bytes, or `None` if absent.
     pub async fn get(&self, cid: &Cid) -> anyhow::Result<Option<Bytes>> {
         match self {
-            System::Connector { ns, .. } | System::Colocated { ns, .. } => Ok(ns.get(cid).await?),
+            System::Connector { ns, .. } => Ok(ns.get(cid).await?),
             System::Floor(floor) => floor.get(cid).await,
             System::S3(s3) => s3.get(cid).await,
             System::Local(local) => local.get(cid).await,
@@ -173,7 +169,7 @@ impl System {
     /// Whether a block is stored.
     pub async fn has(&self, cid: &Cid) -> anyhow::Result<bool> {
         match self {
-            System::Connector { ns, .. } | System::Colocated { ns, .. } => Ok(ns.has(cid).await?),
+            System::Connector { ns, .. } => Ok(ns.has(cid).await?),
             _ => Ok(self.get_size(cid).await?.is_some()),
         }
     }
@@ -181,9 +177,7 @@ impl System {
     /// A block's size, or `None` if absent.
     pub async fn get_size(&self, cid: &Cid) -> anyhow::Result<Option<u64>> {
         match self {
-            System::Connector { ns, .. } | System::Colocated { ns, .. } => {
-                Ok(ns.get_size(cid).await?)
-            }
+            System::Connector { ns, .. } => Ok(ns.get_size(cid).await?),
             System::Floor(_) => anyhow::bail!("the floor has no index: no lookups"),
             System::S3(s3) => s3.head(cid).await,
             System::Local(local) => local.size(cid).await,
@@ -194,7 +188,7 @@ impl System {
     /// each [`LIST_SAMPLE_ENTRIES`] took (the whole listing when shorter).
     pub async fn list(&self) -> anyhow::Result<(u64, Vec<f64>)> {
         let stream = match self {
-            System::Connector { ns, .. } | System::Colocated { ns, .. } => ns
+            System::Connector { ns, .. } => ns
                 .list()
                 .map_ok(|_| ())
                 .map_err(anyhow::Error::from)
@@ -210,9 +204,7 @@ impl System {
     /// requests for S3; `None` when not counted.
     pub fn client_requests(&self) -> Option<u64> {
         match self {
-            System::Connector { store, .. } | System::Colocated { store, .. } => {
-                connector_rpc_calls(store.connector())
-            }
+            System::Connector { store, .. } => connector_rpc_calls(store.connector()),
             System::Floor(floor) => connector_rpc_calls(&floor.conn),
             System::S3(s3) => Some(s3.requests.load(Ordering::Relaxed)),
             System::Local(_) => None,

@@ -31,6 +31,23 @@ use super::error::{deadline, Error};
 use super::tables::K2VItemSchema;
 use super::{Call, CallCounters, Connector, BATCH_LIMITS};
 
+/// What a quorum read returned, and whether it is known to be on a write
+/// quorum of nodes ([`Connector::rpc_k2v_get`]).
+#[derive(Debug)]
+pub struct QuorumRead<T> {
+    /// The merged answer.
+    pub value: T,
+    /// False when the read could not write back a disagreement: a value
+    /// in it may be on a single node. An absent answer is always settled.
+    pub settled: bool,
+}
+
+/// An item with no value to acknowledge (missing, or tombstones only).
+fn value_is_absent(item: &Option<K2VItem>) -> bool {
+    item.as_ref()
+        .is_none_or(|i| i.values().iter().all(|v| matches!(v, DvvsValue::Deleted)))
+}
+
 /// The RPC path Garage's K2V handler listens on.
 pub const K2V_RPC_PATH: &str = "garage_model/k2v/Rpc";
 
@@ -144,19 +161,52 @@ impl Connector {
         self.k2v_batch.submit(item, bytes).await
     }
 
-    /// Reads one K2V item from a read quorum.
+    /// Reads one K2V item from a read quorum, monotonically.
+    ///
+    /// Garage reads an item from two of its three nodes. A write that
+    /// missed its quorum (two nodes down) can leave its value on one node
+    /// only, and until anti-entropy spreads it, a reader whose pair
+    /// includes that node sees the value and a reader whose pair does not,
+    /// not: two connectors would disagree, for minutes, about a block.
+    /// So when the nodes read disagree, the merged item is written back to
+    /// all of the item's nodes before it is returned (Garage's read
+    /// repair), and no later read from any pair sees less.
+    ///
+    /// The write-back needs every node; with one down it fails (having
+    /// reached the others). The item is then read again without it, and
+    /// the answer says it is not `settled`: such an item may be on fewer
+    /// nodes than a write quorum, and a put must not acknowledge it as is.
     pub async fn rpc_k2v_get(
         &self,
         partition: &K2VItemPartition,
         sort_key: &str,
-    ) -> Result<Option<K2VItem>, Error> {
+    ) -> Result<QuorumRead<Option<K2VItem>>, Error> {
+        let sort_key = sort_key.to_string();
         self.calls.add(Call::TableRead);
-        deadline(
+        let monotonic = deadline(
             self.config.timeouts.rpc(),
             "reading a K2V item",
-            self.k2v_item.get(partition, &sort_key.to_string()),
+            self.k2v_item.get_monotonic(partition, &sort_key),
         )
-        .await
+        .await;
+        match monotonic {
+            Ok(value) => Ok(QuorumRead {
+                value,
+                settled: true,
+            }),
+            Err(e) => {
+                tracing::debug!(cause = %e, "monotonic read failed; reading without repair");
+                self.calls.add(Call::TableRead);
+                let value = deadline(
+                    self.config.timeouts.rpc(),
+                    "reading a K2V item",
+                    self.k2v_item.get(partition, &sort_key),
+                )
+                .await?;
+                let settled = value_is_absent(&value);
+                Ok(QuorumRead { value, settled })
+            }
+        }
     }
 
     /// Reads up to `limit` K2V items of a partition, from `start`
@@ -181,18 +231,37 @@ impl Connector {
             conflicts_only: false,
         };
         self.calls.add(Call::TableRead);
-        deadline(
+        let monotonic = deadline(
             self.config.timeouts.rpc(),
             "listing K2V items",
-            self.k2v_item.get_range(
+            self.k2v_item.get_range_monotonic(
                 partition,
-                start,
-                Some(filter),
+                start.clone(),
+                Some(filter.clone()),
                 limit,
                 EnumerationOrder::Forward,
             ),
         )
-        .await
+        .await;
+        match monotonic {
+            Ok(items) => Ok(items),
+            Err(e) => {
+                tracing::debug!(cause = %e, "monotonic listing failed; listing without repair");
+                self.calls.add(Call::TableRead);
+                deadline(
+                    self.config.timeouts.rpc(),
+                    "listing K2V items",
+                    self.k2v_item.get_range(
+                        partition,
+                        start,
+                        Some(filter),
+                        limit,
+                        EnumerationOrder::Forward,
+                    ),
+                )
+                .await
+            }
+        }
     }
 
     /// The counters storage nodes keep for a bucket's K2V items, one

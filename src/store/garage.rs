@@ -38,6 +38,7 @@ use super::filter::{FilterStats, NsFilter};
 use super::index::{self, Entry, INLINE_MAX};
 use super::{check_namespace, BlockStore, Error};
 use crate::cid as cidutil;
+use crate::garage::k2v::QuorumRead;
 use crate::garage::{error::deadline, Call, Connector, Op};
 
 /// Namespaces with a presence filter, at most, per store.
@@ -237,8 +238,9 @@ impl Namespace {
         &self.store.conn
     }
 
-    /// The index item of a multihash, as read from a quorum.
-    async fn read_item(&self, mh: &Multihash<64>) -> Result<Option<K2VItem>, Error> {
+    /// The index item of a multihash, as read from a quorum (monotonic:
+    /// see [`Connector::rpc_k2v_get`]).
+    async fn read_item(&self, mh: &Multihash<64>) -> Result<QuorumRead<Option<K2VItem>>, Error> {
         let part = index::partition(self.id, mh);
         Ok(self.conn().rpc_k2v_get(&part, &cidutil::dskey(mh)).await?)
     }
@@ -248,14 +250,25 @@ impl Namespace {
         &self,
         mh: &Multihash<64>,
     ) -> Result<(Option<Entry>, Option<CausalContext>), Error> {
-        let Some(item) = self.read_item(mh).await? else {
-            return Ok((None, None));
+        let (entry, context, _) = self.entry_read(mh).await?;
+        Ok((entry, context))
+    }
+
+    /// [`Self::entry`], and whether the entry is known to be on a write
+    /// quorum ([`QuorumRead::settled`]).
+    async fn entry_read(
+        &self,
+        mh: &Multihash<64>,
+    ) -> Result<(Option<Entry>, Option<CausalContext>, bool), Error> {
+        let read = self.read_item(mh).await?;
+        let Some(item) = read.value else {
+            return Ok((None, None, true));
         };
         let entry = index::live_entry(&item).map_err(|e| Error::BadIndexEntry {
             key: cidutil::dskey(mh),
             reason: e.to_string(),
         })?;
-        Ok((entry, Some(item.causal_context())))
+        Ok((entry, Some(item.causal_context()), read.settled))
     }
 
     pub(super) async fn rpc_index_insert(
@@ -331,12 +344,18 @@ impl Namespace {
             self.filter.as_ref().and_then(|f| f.peek(mh)),
             Some((false, _))
         );
-        let (existing, context) = if known_absent {
-            (None, None)
+        let (existing, context, settled) = if known_absent {
+            (None, None, true)
         } else {
-            self.entry(mh).await?
+            self.entry_read(mh).await?
         };
-        if existing.is_some() {
+        if let Some(existing) = existing {
+            if !settled {
+                // Perhaps on one node only (a put that missed its quorum):
+                // written again, so that what we acknowledge is on a quorum.
+                self.rpc_index_insert(mh, context, DvvsValue::Value(existing.encode()))
+                    .await?;
+            }
             if let Some(f) = &self.filter {
                 f.note_present(mh);
             }

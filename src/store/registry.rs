@@ -50,7 +50,7 @@ impl GarageStore {
     /// The registry record of a namespace, if it exists.
     pub async fn namespace_record(&self, name: &str) -> Result<Option<NamespaceRecord>, Error> {
         check_namespace(name)?;
-        let item = self.connector().rpc_k2v_get(&registry(), name).await?;
+        let item = self.connector().rpc_k2v_get(&registry(), name).await?.value;
         Ok(item.and_then(|i| decode(name, i.values())))
     }
 
@@ -79,18 +79,17 @@ impl GarageStore {
     }
 
     async fn register_once(&self, name: &str) -> Result<(), Error> {
-        let item = self.connector().rpc_k2v_get(&registry(), name).await?;
-        if item
-            .as_ref()
-            .and_then(|i| decode(name, i.values()))
-            .is_none()
-        {
-            let record = NamespaceRecord {
+        let read = self.connector().rpc_k2v_get(&registry(), name).await?;
+        let existing = read.value.as_ref().and_then(|i| decode(name, i.values()));
+        // A record seen but perhaps on one node only (a registration that
+        // missed its quorum) is written again before the name is trusted.
+        if existing.is_none() || !read.settled {
+            let record = existing.unwrap_or_else(|| NamespaceRecord {
                 name: name.to_string(),
                 created_ms: now_msec(),
-            };
+            });
             let value = DvvsValue::Value(serde_json::to_vec(&record).expect("serializable"));
-            let context = item.map(|i| i.causal_context());
+            let context = read.value.map(|i| i.causal_context());
             self.connector()
                 .rpc_k2v_insert(registry(), name.to_string(), context, value)
                 .await?;
@@ -102,7 +101,7 @@ impl GarageStore {
     /// Removes a namespace from the registry (its blocks must be gone).
     pub(super) async fn unregister(&self, name: &str) -> Result<(), Error> {
         self.registered.lock().unwrap().remove(name);
-        let item = self.connector().rpc_k2v_get(&registry(), name).await?;
+        let item = self.connector().rpc_k2v_get(&registry(), name).await?.value;
         if let Some(item) = item {
             self.connector()
                 .rpc_k2v_insert(

@@ -237,7 +237,7 @@ impl Connector {
             self.k2v_item.get_range_monotonic(
                 partition,
                 start.clone(),
-                Some(filter.clone()),
+                Some(filter),
                 limit,
                 EnumerationOrder::Forward,
             ),

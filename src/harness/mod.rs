@@ -136,6 +136,11 @@ pub struct StartOptions {
     /// The nodes' metadata engine: `None` keeps what a node's metadata
     /// directory already holds, else Garage's default (LMDB).
     pub db_engine: Option<DbEngine>,
+    /// Log table syncs (`garage_table::sync` at debug level), so that a
+    /// completed full sync can be seen in a node's log
+    /// ([`Cluster::full_syncs_completed`]). A line per partition and table
+    /// at every full sync: for test clusters.
+    pub log_table_sync: bool,
 }
 
 /// A node's metadata database engine (`db_engine`).
@@ -305,6 +310,7 @@ pub struct Cluster {
     /// The cluster's rpc_secret, hex.
     pub rpc_secret: String,
     lifetime: Lifetime,
+    log_table_sync: bool,
     children: Mutex<Vec<Option<Child>>>,
     // Dropped after the nodes are stopped (`Drop` runs first).
     lab: Option<NetLab>,
@@ -346,6 +352,7 @@ impl Cluster {
             nodes,
             rpc_secret,
             lifetime: opts.lifetime,
+            log_table_sync: opts.log_table_sync,
             children: Mutex::new(vec![None, None, None]),
             lab,
         });
@@ -376,6 +383,7 @@ impl Cluster {
             nodelay,
             network: Network::Loopback,
             db_engine,
+            log_table_sync: false,
         })
         .await
     }
@@ -414,6 +422,7 @@ impl Cluster {
             nodes,
             rpc_secret,
             lifetime: Lifetime::Detached,
+            log_table_sync: false,
             children: Mutex::new(vec![None, None, None]),
             lab: None,
         })
@@ -424,6 +433,17 @@ impl Cluster {
         let child = self.spawn_node(&self.nodes[i])?;
         self.children.lock().unwrap()[i] = Some(child);
         Ok(())
+    }
+
+    /// How many full syncs of `table` node `i` has logged as completed
+    /// (counted only with [`StartOptions::log_table_sync`]; 0 otherwise).
+    pub fn full_syncs_completed(&self, i: usize, table: &str) -> usize {
+        let line = format!("{table}: Completed full sync");
+        std::fs::read_to_string(self.nodes[i].log_file())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&line))
+            .count()
     }
 
     /// Starts a node process (with the shim if built) and writes its PID file.
@@ -438,10 +458,14 @@ impl Cluster {
             Some(lab) => lab.command(node.index, &self.garage),
             None => Command::new(&self.garage),
         };
-        cmd.arg("-c")
-            .arg(&node.config)
-            .arg("server")
-            .env("RUST_LOG", "garage=info,garage_net=warn,garage_rpc=warn");
+        cmd.arg("-c").arg(&node.config).arg("server").env(
+            "RUST_LOG",
+            if self.log_table_sync {
+                "garage=info,garage_net=warn,garage_rpc=warn,garage_table::sync=debug"
+            } else {
+                "garage=info,garage_net=warn,garage_rpc=warn"
+            },
+        );
         let shim = self.dir.join(NODELAY_SHIM);
         if shim.exists() {
             cmd.env("LD_PRELOAD", &shim);

@@ -314,12 +314,11 @@ impl Namespace {
     /// Picks the generation whose ref will hold the block: the first whose
     /// anchor is alive and whose ref is live already (a put that crashed
     /// before its index write) or was never written.
-    /// Returns the generation and whether its ref must still be written.
     pub(super) async fn choose_generation(
         &self,
         cid: &Cid,
         hash: &Hash,
-    ) -> Result<(u16, bool), Error> {
+    ) -> Result<Placement, Error> {
         let refs = self.refs_of(hash).await?;
         for (g, anchor, existing) in anchor::generations(self.id, hash, &refs) {
             if existing.is_some_and(|r| r.deleted.get()) {
@@ -328,10 +327,60 @@ impl Namespace {
             // A live ref counts only under a live anchor: a ref under a dead
             // one would be dropped by the next `garage repair block-refs`.
             if self.store.anchors.ensure(self.conn(), anchor).await? {
-                return Ok((g, existing.is_none()));
+                return Ok(Placement {
+                    generation: g,
+                    new_ref: existing.is_none(),
+                    unknown: refs.is_empty(),
+                });
             }
         }
         Err(Error::GenerationsExhausted(*cid))
+    }
+
+    /// Writes a block's ref and its copies. The ref goes first: a block
+    /// whose last ref was deleted has copies pending collection (Garage
+    /// deletes them 10 minutes later), and one could be collected between
+    /// our block write and a later ref. A block the cluster holds no ref
+    /// for at all, live or deleted, has no copy pending collection (a
+    /// deleted ref is kept a day, far past the collection delay), so both
+    /// are written at once and a put waits for one round trip less.
+    async fn write_ref_and_block(
+        &self,
+        cid: &Cid,
+        hash: Hash,
+        place: &Placement,
+        data: Bytes,
+    ) -> Result<(), Error> {
+        let anchor = AnchorId::of(self.id, place.generation, &hash).version_uuid();
+        let (ref_written, block_written) = match (place.new_ref, place.unknown) {
+            (false, _) => (Ok(()), self.conn().rpc_put_block(hash, data).await),
+            (true, true) => {
+                let (r, b) = tokio::join!(
+                    self.write_ref(hash, anchor, false),
+                    self.conn().rpc_put_block(hash, data)
+                );
+                (r, b)
+            }
+            (true, false) => {
+                self.write_ref(hash, anchor, false).await?;
+                (Ok(()), self.conn().rpc_put_block(hash, data).await)
+            }
+        };
+        match (ref_written, block_written) {
+            (Ok(()), Ok(())) => Ok(()),
+            // Copies without a ref: Garage collects them.
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => {
+                if place.new_ref {
+                    // Best effort: with the quorum gone this fails too, and
+                    // `verify` finds the ref without an index entry later.
+                    if let Err(e2) = self.write_ref(hash, anchor, true).await {
+                        tracing::warn!(cause = %e2, block = %cid, "could not retract the ref of a failed put");
+                    }
+                }
+                Err(e.into())
+            }
+        }
     }
 
     async fn put_verified(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
@@ -369,26 +418,13 @@ impl Namespace {
             return Ok(());
         }
         let hash = blake2sum(&data);
-        let (generation, new_ref) = self.choose_generation(cid, &hash).await?;
-        let anchor = AnchorId::of(self.id, generation, &hash).version_uuid();
-        if new_ref {
-            self.write_ref(hash, anchor, false).await?;
-        }
+        let place = self.choose_generation(cid, &hash).await?;
         let size = data.len() as u32;
-        if let Err(e) = self.conn().rpc_put_block(hash, data).await {
-            if new_ref {
-                // Best effort: with the quorum gone this fails too, and
-                // `verify` finds the ref without an index entry later.
-                if let Err(e2) = self.write_ref(hash, anchor, true).await {
-                    tracing::warn!(cause = %e2, block = %cid, "could not retract the ref of a failed put");
-                }
-            }
-            return Err(e.into());
-        }
+        self.write_ref_and_block(cid, hash, &place, data).await?;
         let entry = Entry {
             hash,
             size,
-            generation,
+            generation: place.generation,
             codec: cid.codec(),
             inline: None,
         };
@@ -539,6 +575,16 @@ impl Namespace {
             }
         }
     }
+}
+
+/// Where a block's ref goes ([`Namespace::choose_generation`]).
+pub(super) struct Placement {
+    /// The generation (anchor) the ref is under.
+    pub generation: u16,
+    /// The ref is still to be written (not live already).
+    pub new_ref: bool,
+    /// The cluster holds no ref for the block, live or deleted.
+    pub unknown: bool,
 }
 
 /// Waits before each retry of an operation that failed on a transient

@@ -349,9 +349,10 @@ impl Namespace {
         if !matches!(r.reference, RefState::Live(_)) {
             if !dry_run {
                 let cid = cidutil::raw_cid(r.mh);
-                let (generation, new_ref) = self.choose_generation(&cid, &hash).await?;
+                let place = self.choose_generation(&cid, &hash).await?;
+                let generation = place.generation;
                 let anchor = AnchorId::of(self.id(), generation, &hash).version_uuid();
-                if new_ref {
+                if place.new_ref {
                     self.write_ref(hash, anchor, false).await?;
                 }
                 if generation != r.entry.generation {

@@ -109,6 +109,9 @@ pub fn cluster() -> &'static Arc<Cluster> {
                 // window) were measured on it; LMDB, Garage's default and
                 // the dev cluster's, is run by the benchmark and its test.
                 db_engine: Some(garage_ipfs::harness::DbEngine::Sqlite),
+                // `repair_to_completion("tables")` waits for the syncs it
+                // started to be logged as completed.
+                log_table_sync: true,
             }))
         })
         .join()
@@ -424,12 +427,46 @@ pub async fn blockstore_suite(s: &impl BlockStore) {
     assert!(!listed.contains(cid.hash()));
 }
 
-/// Runs `garage repair -a --yes WHAT` and waits until every node's worker
-/// for it has finished.
+/// Runs `garage repair -a --yes WHAT` and waits until every node has
+/// finished it.
+///
+/// For `tables`, polling the sync workers for "Busy" cannot prove the
+/// repair ran: a full sync of this small cluster can start and finish
+/// between two polls (it did, in CI). The nodes log each completed full
+/// sync (`log_table_sync`); the repair is done when every node has logged
+/// one more, after the command, for each table it syncs that we store in (a repair
+/// replaces any full sync under way with a fresh one, so a completion
+/// logged after the command covers the data as of the command).
 pub async fn repair_to_completion(what: &str) {
     let c = cluster();
+    let start = std::time::Instant::now();
+    if what == "tables" {
+        // The tables `garage repair tables` syncs that hold our data
+        // (Garage 2.5 does not include the K2V tables: their own
+        // anti-entropy, every 10 minutes, syncs them).
+        const TABLES: [&str; 2] = ["block_ref", "version"];
+        let count = |i: usize, t: &str| c.full_syncs_completed(i, t);
+        let before: Vec<Vec<usize>> = (0..3)
+            .map(|i| TABLES.iter().map(|t| count(i, t)).collect())
+            .collect();
+        c.garage_cli(0, &["repair", "-a", "--yes", what]).unwrap();
+        loop {
+            let pending: Vec<String> = (0..3)
+                .flat_map(|i| TABLES.iter().enumerate().map(move |(k, t)| (i, k, *t)))
+                .filter(|&(i, k, t)| count(i, t) <= before[i][k])
+                .map(|(i, _, t)| format!("node{} {t}", i + 1))
+                .collect();
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(180),
+                "repair tables: no full sync completed in 180 s for {pending:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let worker = match what {
-        "tables" => " sync",
         "blocks" => "Block repair worker",
         "versions" => "version repair worker",
         "block-refs" => "block_ref repair worker",
@@ -437,39 +474,13 @@ pub async fn repair_to_completion(what: &str) {
         other => panic!("unknown repair {other}"),
     };
     c.garage_cli(0, &["repair", "-a", "--yes", what]).unwrap();
-    let start = std::time::Instant::now();
-    if what == "tables" {
-        // The table sync workers exist, idle, before the repair as after
-        // it: "all idle" proves nothing until one was seen at work. A full
-        // sync walks every partition of every table (a second or so here),
-        // so a tight poll sees it; if it never does, fail rather than pass
-        // a repair that may not have run.
-        let busy = |i: usize| {
-            c.garage_cli(i, &["worker", "list"])
-                .unwrap()
-                .lines()
-                .any(|l| l.contains(worker) && l.split_whitespace().nth(1) == Some("Busy"))
-        };
-        while !(0..3).any(busy) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "repair tables: no table sync worker was seen busy"
-            );
-        }
-    }
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut done = true;
         for i in 0..3 {
             let list = c.garage_cli(i, &["worker", "list"]).unwrap();
             let rows: Vec<&str> = list.lines().filter(|l| l.contains(worker)).collect();
-            let finished = if what == "tables" {
-                // Full syncs are the table sync workers; done when idle.
-                !rows.is_empty() && rows.iter().all(|r| !r.contains("Busy"))
-            } else {
-                !rows.is_empty() && rows.iter().all(|r| r.contains("Done"))
-            };
-            done &= finished;
+            done &= !rows.is_empty() && rows.iter().all(|r| r.contains("Done"));
         }
         if done {
             return;

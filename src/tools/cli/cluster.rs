@@ -53,6 +53,7 @@ pub async fn up(dir: &DirArg, nodelay: &NodelayArg) -> anyhow::Result<std::sync:
         nodelay: !nodelay.no_nodelay,
         network: Network::Loopback,
         db_engine: None,
+        log_table_sync: false,
     })
     .await?;
     Ok(cluster)

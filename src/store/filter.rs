@@ -93,6 +93,9 @@ pub struct FilterStats {
     pub build_seconds: Option<f64>,
     /// Shards restored from the snapshot at start (the others were listed).
     pub restored_shards: u64,
+    /// Shards that answer "maybe" for now (not restored, not listed yet,
+    /// or overflowing until relisted): lookups in them go to the index.
+    pub maybe_shards: u64,
     /// Snapshots written.
     pub snapshots: u64,
 }
@@ -269,6 +272,7 @@ impl NsFilter {
             ready: self.ready.load(Ordering::Acquire),
             build_seconds: self.build_time.lock().unwrap().map(|d| d.as_secs_f64()),
             restored_shards: self.restored.load(Ordering::Relaxed),
+            maybe_shards: shards.iter().filter(|s| s.overflow).count() as u64,
             snapshots: self.snapshots.load(Ordering::Relaxed),
         }
     }
@@ -715,6 +719,19 @@ impl Namespace {
         };
         let now = counter_signatures(self).await?;
         f.save(&now).await
+    }
+
+    /// Deletes the namespace's filter snapshot, so that the next store
+    /// opened on this state directory builds its filter by listing (the
+    /// benchmark's cold start). Returns whether there was one.
+    pub fn forget_filter_snapshot(&self) -> Result<bool, Error> {
+        let id: [u8; 32] = self.id().as_ref().try_into().expect("32-byte id");
+        let path = snapshot::path(&self.conn().config.state_dir, &id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Error::StateDir(e)),
+        }
     }
 
     /// The multihash bytes of every live entry of one index shard.

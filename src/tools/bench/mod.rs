@@ -86,6 +86,9 @@ const FILL_IN_FLIGHT: usize = 4;
 const SHA2_256: u64 = 0x12;
 /// Longest wait for a presence filter's first listing.
 const FILTER_READY_LIMIT: Duration = Duration::from_secs(600);
+/// How long the filter benchmark waits for the counters to settle
+/// before it restarts a filter from its snapshot.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 
 const NAMESPACE: &str = "bench";
 /// The `colocated` system's namespace.

@@ -120,8 +120,11 @@ pub struct FilterPoint {
     /// From the namespace handle of a fresh store to the filter answering.
     pub build_ms: f64,
     /// The same after a restart: from the snapshot the previous store
-    /// saved, plus one counter read.
+    /// saved, plus one counter read (restored shards answer, the others
+    /// say "maybe" until listed).
     pub restart_ms: f64,
+    /// From the restart to every shard answering (restored or listed).
+    pub restart_all_ms: f64,
     /// Shards the restart restored (of 256; the others were listed).
     pub restored_shards: u64,
     /// Multihashes in the filter.
@@ -292,6 +295,7 @@ pub fn filter_table(filter: &FilterReport) -> String {
             "blocks",
             "build ms",
             "restart ms",
+            "all shards ms",
             "restored",
             "entries",
             "memory bytes",
@@ -304,6 +308,7 @@ pub fn filter_table(filter: &FilterReport) -> String {
                 p.blocks.to_string(),
                 num(p.build_ms),
                 num(p.restart_ms),
+                num(p.restart_all_ms),
                 p.restored_shards.to_string(),
                 p.entries.to_string(),
                 p.memory_bytes.to_string(),
@@ -311,7 +316,7 @@ pub fn filter_table(filter: &FilterReport) -> String {
             ]);
         }
         out.push_str(&format!(
-            "\n== presence filter build (namespace {}, fresh store) and restart (from its snapshot)\n{}",
+            "\n== presence filter build (namespace {}, fresh store, no snapshot) and restart (from its snapshot, counters settled)\n{}",
             filter.namespace,
             format_table(&rows)
         ));

@@ -182,29 +182,38 @@ impl Connector {
         sort_key: &str,
     ) -> Result<QuorumRead<Option<K2VItem>>, Error> {
         let sort_key = sort_key.to_string();
+        let (value, repaired) = self
+            .read_repairing(
+                "reading a K2V item",
+                self.k2v_item.get_monotonic(partition, &sort_key),
+                || self.k2v_item.get(partition, &sort_key),
+            )
+            .await?;
+        let settled = repaired || value_is_absent(&value);
+        Ok(QuorumRead { value, settled })
+    }
+
+    /// A monotonic table read (Garage's read repair) under the RPC
+    /// deadline, or, if it fails, the plain read. Returns the answer and
+    /// whether the monotonic read gave it.
+    async fn read_repairing<T, E, P>(
+        &self,
+        what: &'static str,
+        monotonic: impl std::future::Future<Output = Result<T, E>>,
+        plain: impl FnOnce() -> P,
+    ) -> Result<(T, bool), Error>
+    where
+        E: Into<Error>,
+        P: std::future::Future<Output = Result<T, E>>,
+    {
+        let limit = self.config.timeouts.rpc();
         self.calls.add(Call::TableRead);
-        let monotonic = deadline(
-            self.config.timeouts.rpc(),
-            "reading a K2V item",
-            self.k2v_item.get_monotonic(partition, &sort_key),
-        )
-        .await;
-        match monotonic {
-            Ok(value) => Ok(QuorumRead {
-                value,
-                settled: true,
-            }),
+        match deadline(limit, what, monotonic).await {
+            Ok(value) => Ok((value, true)),
             Err(e) => {
-                tracing::debug!(cause = %e, "monotonic read failed; reading without repair");
+                tracing::debug!(cause = %e, what, "monotonic read failed; reading without repair");
                 self.calls.add(Call::TableRead);
-                let value = deadline(
-                    self.config.timeouts.rpc(),
-                    "reading a K2V item",
-                    self.k2v_item.get(partition, &sort_key),
-                )
-                .await?;
-                let settled = value_is_absent(&value);
-                Ok(QuorumRead { value, settled })
+                Ok((deadline(limit, what, plain()).await?, false))
             }
         }
     }
@@ -230,38 +239,28 @@ impl Connector {
             exclude_only_tombstones: false,
             conflicts_only: false,
         };
-        self.calls.add(Call::TableRead);
-        let monotonic = deadline(
-            self.config.timeouts.rpc(),
-            "listing K2V items",
-            self.k2v_item.get_range_monotonic(
-                partition,
-                start.clone(),
-                Some(filter),
-                limit,
-                EnumerationOrder::Forward,
-            ),
-        )
-        .await;
-        match monotonic {
-            Ok(items) => Ok(items),
-            Err(e) => {
-                tracing::debug!(cause = %e, "monotonic listing failed; listing without repair");
-                self.calls.add(Call::TableRead);
-                deadline(
-                    self.config.timeouts.rpc(),
-                    "listing K2V items",
+        let (items, _) = self
+            .read_repairing(
+                "listing K2V items",
+                self.k2v_item.get_range_monotonic(
+                    partition,
+                    start.clone(),
+                    Some(filter),
+                    limit,
+                    EnumerationOrder::Forward,
+                ),
+                || {
                     self.k2v_item.get_range(
                         partition,
                         start,
                         Some(filter),
                         limit,
                         EnumerationOrder::Forward,
-                    ),
-                )
-                .await
-            }
-        }
+                    )
+                },
+            )
+            .await?;
+        Ok(items)
     }
 
     /// The counters storage nodes keep for a bucket's K2V items, one

@@ -352,19 +352,17 @@ impl Namespace {
         data: Bytes,
     ) -> Result<(), Error> {
         let anchor = AnchorId::of(self.id, place.generation, &hash).version_uuid();
-        let (ref_written, block_written) = match (place.new_ref, place.unknown) {
-            (false, _) => (Ok(()), self.conn().rpc_put_block(hash, data).await),
-            (true, true) => {
-                let (r, b) = tokio::join!(
-                    self.write_ref(hash, anchor, false),
-                    self.conn().rpc_put_block(hash, data)
-                );
-                (r, b)
-            }
-            (true, false) => {
+        // `unknown` implies `new_ref`: no ref at all means none is live.
+        let (ref_written, block_written) = if place.unknown {
+            tokio::join!(
+                self.write_ref(hash, anchor, false),
+                self.conn().rpc_put_block(hash, data)
+            )
+        } else {
+            if place.new_ref {
                 self.write_ref(hash, anchor, false).await?;
-                (Ok(()), self.conn().rpc_put_block(hash, data).await)
             }
+            (Ok(()), self.conn().rpc_put_block(hash, data).await)
         };
         match (ref_written, block_written) {
             (Ok(()), Ok(())) => Ok(()),

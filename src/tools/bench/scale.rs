@@ -184,17 +184,27 @@ pub(super) async fn fill(
 
 /// Waits until a namespace's presence filter answers.
 pub(super) async fn wait_filter_ready(ns: &crate::store::Namespace) -> anyhow::Result<()> {
+    wait_filter(ns, "was not ready", |s| s.ready).await
+}
+
+/// Waits until a namespace's presence filter's stats satisfy `done`, at
+/// most [`FILTER_READY_LIMIT`]; `pending` says what it still was.
+async fn wait_filter(
+    ns: &crate::store::Namespace,
+    pending: &str,
+    done: impl Fn(&crate::store::filter::FilterStats) -> bool,
+) -> anyhow::Result<()> {
     let t = Instant::now();
     loop {
         let stats = ns
             .filter_stats()
             .context("the store keeps no presence filter for this namespace")?;
-        if stats.ready {
+        if done(&stats) {
             return Ok(());
         }
         anyhow::ensure!(
             t.elapsed() < FILTER_READY_LIMIT,
-            "the presence filter of {:?} was not ready after {FILTER_READY_LIMIT:?}",
+            "the presence filter of {:?} {pending} after {FILTER_READY_LIMIT:?}",
             ns.name()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -216,11 +226,11 @@ pub(super) async fn filter_build(
     conn: &Arc<Connector>,
     blocks: usize,
 ) -> anyhow::Result<FilterPoint> {
-    let store = GarageStore::with_filters(conn.clone());
-    let ns = store.namespace(SCALE_NAMESPACE)?;
-    ns.forget_filter_snapshot()?;
-    drop(ns);
-    drop(store);
+    // Through a store without filters: a filtered one would start reading
+    // the snapshot being deleted.
+    GarageStore::new(conn.clone())
+        .namespace(SCALE_NAMESPACE)?
+        .forget_filter_snapshot()?;
     let t = Instant::now();
     let store = GarageStore::with_filters(conn.clone());
     let ns = store.namespace(SCALE_NAMESPACE)?;
@@ -239,13 +249,7 @@ pub(super) async fn filter_build(
     wait_filter_ready(&ns).await?;
     let restart = t.elapsed();
     let restored = ns.filter_stats().unwrap_or_default().restored_shards;
-    while ns.filter_stats().unwrap_or_default().maybe_shards > 0 {
-        anyhow::ensure!(
-            t.elapsed() < FILTER_READY_LIMIT,
-            "the presence filter of {SCALE_NAMESPACE:?} still had shards to list after {FILTER_READY_LIMIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_filter(&ns, "still had shards to list", |s| s.maybe_shards == 0).await?;
     let restart_all = t.elapsed();
     Ok(FilterPoint {
         blocks: blocks as u64,

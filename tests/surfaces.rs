@@ -107,8 +107,13 @@ fn http_helia_reads_an_ipfs_car_import_through_the_gateway() {
     });
 }
 
+/// kubo's official JS RPC client (`kubo-rpc.mjs`) against `/api/v0`:
+/// version and id answer; block/put of raw and dag-cbor blocks returns
+/// the CIDs computed locally, block/get and block/stat give them back,
+/// block/rm removes them (get and stat fail after); a put without the
+/// token is refused.
 #[test]
-fn http_kubo_rpc_client_block_commands() {
+fn http_kubo_rpc_client_round_trips_block_put_get_stat_rm_and_needs_the_token() {
     run(async {
         let d = daemon().await;
         let mut c = node();
@@ -118,8 +123,11 @@ fn http_kubo_rpc_client_block_commands() {
     });
 }
 
+/// A stock Python grpcio client (`grpc_client.py`, stubs generated from
+/// the .proto): Put, Get, Has, GetSize, List and Delete round-trip, and
+/// bad input, absent blocks and a missing token get their status codes.
 #[test]
-fn grpc_python_client() {
+fn grpc_python_grpcio_client_round_trips_put_get_has_list_delete_and_codes() {
     run(async {
         let d = daemon().await;
         let mut c = Command::new(clients().join("bin/python"));
@@ -391,8 +399,10 @@ fn store_blockstore_trait_on_garage() {
 }
 
 /// A daemon with a presence filter answers absent blocks through the
-/// gateway with 404 and no cluster call at all, and `/metrics` shows the
-/// requests, the filter's hits and the connector's cluster calls.
+/// gateway with 404, and the lookups make no more cluster calls than the
+/// filter had false positives (each costs one index read; the filter's
+/// own polling is not counted); `/metrics` shows the requests, the
+/// filter's hits and the connector's cluster calls.
 #[test]
 fn http_absent_lookups_cost_no_cluster_call_beyond_false_positives() {
     run(async {

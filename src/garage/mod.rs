@@ -414,7 +414,7 @@ impl Connector {
 
     /// Writes a block ref (a CRDT row: idempotent), sharing the request
     /// with concurrent ref writes. Returns once it is on a write quorum.
-    pub async fn write_block_ref(
+    pub async fn rpc_write_block_ref(
         &self,
         r: garage_model::s3::block_ref_table::BlockRef,
     ) -> Result<(), Error> {
@@ -527,30 +527,46 @@ fn garage_config(config: &Config, state: &Path) -> Result<garage_util::config::C
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::State(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let text = format!(
-        r#"
-        metadata_dir = {meta:?}
-        data_dir = {data:?}
-        db_engine = "sqlite"
-        replication_factor = {rf}
-        consistency_mode = {cm:?}
-        rpc_bind_addr = "{bind}"
-        rpc_public_addr = "{public}"
-        rpc_timeout_msec = {timeout}
-        bootstrap_peers = {peers:?}
-        [s3_api]
-        s3_region = "garage"
-        "#,
-        meta = path_str(&meta)?,
-        data = path_str(&data)?,
-        rf = config.replication_factor,
-        cm = config.consistency_mode,
-        bind = config.rpc_bind_addr,
-        public = config.public_addr(),
-        timeout = config.timeouts.rpc_ms,
-        peers = config.bootstrap_peers,
+    // Built as TOML values, not text: `toml` does the quoting of paths
+    // and peers (Rust's `{:?}` escaping is not TOML's), as for the
+    // connector configs the harness writes.
+    let int = |n: u64, key: &str| {
+        i64::try_from(n).map_err(|_| Error::State(format!("{key} = {n} does not fit in TOML")))
+    };
+    let mut t = toml::Table::new();
+    t.insert("metadata_dir".into(), path_str(&meta)?.into());
+    t.insert("data_dir".into(), path_str(&data)?.into());
+    t.insert("db_engine".into(), "sqlite".into());
+    t.insert(
+        "replication_factor".into(),
+        int(config.replication_factor as u64, "replication_factor")?.into(),
     );
-    toml::from_str(&text).map_err(|e| Error::State(format!("internal Garage config: {e}")))
+    t.insert(
+        "consistency_mode".into(),
+        config.consistency_mode.clone().into(),
+    );
+    t.insert(
+        "rpc_bind_addr".into(),
+        config.rpc_bind_addr.to_string().into(),
+    );
+    t.insert(
+        "rpc_public_addr".into(),
+        config.public_addr().to_string().into(),
+    );
+    t.insert(
+        "rpc_timeout_msec".into(),
+        int(config.timeouts.rpc_ms, "rpc_timeout_msec")?.into(),
+    );
+    t.insert(
+        "bootstrap_peers".into(),
+        config.bootstrap_peers.clone().into(),
+    );
+    let mut s3 = toml::Table::new();
+    s3.insert("s3_region".into(), "garage".into());
+    t.insert("s3_api".into(), s3.into());
+    toml::Value::Table(t)
+        .try_into()
+        .map_err(|e| Error::State(format!("internal Garage config: {e}")))
 }
 
 fn path_str(p: &Path) -> Result<&str, Error> {

@@ -308,7 +308,7 @@ impl Namespace {
             version,
             deleted: crdt::Bool::new(deleted),
         };
-        Ok(self.conn().write_block_ref(r).await?)
+        Ok(self.conn().rpc_write_block_ref(r).await?)
     }
 
     /// Picks the generation whose ref will hold the block: the first whose

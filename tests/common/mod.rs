@@ -428,7 +428,7 @@ pub async fn blockstore_suite(s: &impl BlockStore) {
 }
 
 /// Runs `garage repair -a --yes WHAT` and waits until every node has
-/// finished it.
+/// finished the run it started (not an earlier one).
 ///
 /// For `tables`, polling the sync workers for "Busy" cannot prove the
 /// repair ran: a full sync of this small cluster can start and finish
@@ -473,23 +473,53 @@ pub async fn repair_to_completion(what: &str) {
         "block-rc" => "Block refcount repair worker",
         other => panic!("unknown repair {other}"),
     };
+    // Garage keeps a finished worker in `garage worker list`, "Done", and
+    // gives each worker it launches a new task id (TID): a Done row of an
+    // earlier run of this repair would pass a check by name at once. The
+    // repair is done when every node lists a worker of that name with a
+    // TID it did not list before the command, Done. (A worker is listed
+    // from the end of its first step on, so a new one may be missing at
+    // first; Garage never removes one from the list.)
+    let rows = |i: usize| worker_rows(&c.garage_cli(i, &["worker", "list"]).unwrap(), worker);
+    let before: Vec<Vec<usize>> = (0..3)
+        .map(|i| rows(i).into_iter().map(|(tid, _)| tid).collect())
+        .collect();
     c.garage_cli(0, &["repair", "-a", "--yes", what]).unwrap();
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut done = true;
-        for i in 0..3 {
-            let list = c.garage_cli(i, &["worker", "list"]).unwrap();
-            let rows: Vec<&str> = list.lines().filter(|l| l.contains(worker)).collect();
-            done &= !rows.is_empty() && rows.iter().all(|r| r.contains("Done"));
-        }
-        if done {
+        let pending: Vec<String> = (0..3)
+            .filter(|&i| {
+                !rows(i)
+                    .iter()
+                    .any(|(tid, state)| state == "Done" && !before[i].contains(tid))
+            })
+            .map(|i| format!("node{}", i + 1))
+            .collect();
+        if pending.is_empty() {
             return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(180),
-            "repair {what} did not finish in 180 s"
+            "repair {what}: no new {worker:?} reached Done in 180 s on {pending:?}"
         );
     }
+}
+
+/// The (TID, state) of each row of `garage worker list` output whose
+/// worker is `name`. Columns: TID, State, Name (which has spaces), then
+/// Tranq, Done, Queue...; the name is matched whole, so that "Block
+/// repair worker" does not match "Block refcount repair worker".
+fn worker_rows(list: &str, name: &str) -> Vec<(usize, String)> {
+    list.lines()
+        .filter_map(|line| {
+            let mut cols = line.split_whitespace();
+            let tid = cols.next()?.parse().ok()?;
+            let state = cols.next()?.to_string();
+            let rest: Vec<&str> = cols.collect();
+            let words = name.split(' ').count();
+            (rest.len() >= words && rest[..words].join(" ") == name).then_some((tid, state))
+        })
+        .collect()
 }
 
 /// Polls an async `cond` until it holds or `limit` passes.

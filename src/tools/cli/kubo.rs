@@ -18,8 +18,9 @@ pub enum KuboCmd {
     /// Make a kubo repo whose blocks (`/blocks`) live in a garage-ipfs
     /// namespace, one of its own by default (`kubo-<peer id>`). Pins, MFS
     /// and keys stay in the repo, on kubo's local default. The daemon
-    /// (`garage-ipfs serve` or `dev`) must be running: kubo writes its
-    /// first block at init.
+    /// (`garage-ipfs serve` or `dev`) must be running: `ipfs init
+    /// --empty-repo` adds no help files but still writes and pins the
+    /// empty directory (the MFS root), through the daemon.
     #[command(after_help = "Examples:\n  \
         garage-ipfs kubo init --repo ~/.ipfs-garage\n  \
         IPFS_PATH=~/.ipfs-garage target/kubo/ipfs daemon\n  \

@@ -28,10 +28,15 @@
 //! A program that embeds the store needs none of the last two:
 //! `garage-ipfs = { …, default-features = false }`.
 
+#![warn(unreachable_pub)]
+
 pub mod api;
 pub mod cid;
 pub mod config;
 pub mod dag;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod garage;
 #[cfg(feature = "harness")]
 pub mod harness;

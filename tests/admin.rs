@@ -661,3 +661,151 @@ fn cli_soak_loses_nothing_under_mixed_load() {
     );
     assert!(r["peak_rss_bytes"].as_u64().unwrap() <= 512 << 20);
 }
+
+/// Stops what `garage-ipfs dev` started, also when the test panics: the
+/// dev process (SIGINT, as Ctrl-C; SIGKILL if it lingers) and then the dev
+/// cluster's nodes, which outlive it by design (`cluster down`).
+struct DevRun {
+    child: std::process::Child,
+    /// Set once the process was waited for (its PID may be reused then).
+    exited: Option<std::process::ExitStatus>,
+    cluster: std::path::PathBuf,
+}
+
+impl DevRun {
+    /// Sends SIGINT (unless it ended already) and waits for the process to
+    /// end; its exit status.
+    fn interrupt(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        if self.exited.is_none() {
+            if let Ok(None) = self.child.try_wait() {
+                let _ = garage_ipfs::harness::process::signal(self.child.id(), libc::SIGINT);
+            }
+            let start = std::time::Instant::now();
+            while self.exited.is_none() && start.elapsed() < limit {
+                self.exited = self.child.try_wait().ok().flatten();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.exited
+    }
+}
+
+impl Drop for DevRun {
+    fn drop(&mut self) {
+        if self.interrupt(Duration::from_secs(30)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
+            .args(["cluster", "down", "--dir"])
+            .arg(&self.cluster)
+            .output();
+    }
+}
+
+/// The README's first command with kubo: `garage-ipfs dev --kubo` brings up
+/// the dev cluster, the daemon and a kubo node (made on first use) whose
+/// blocks live in a namespace of that cluster. A file added through the
+/// node reads back identical, and every block of its DAG is in the node's
+/// namespace as our own CLI lists it. Ctrl-C stops the daemon and the kubo
+/// node (its API stops answering); `cluster down` then stops the nodes.
+#[test]
+fn cli_dev_with_kubo_runs_a_kubo_node_whose_blocks_live_in_the_cluster() {
+    use garage_ipfs::harness::kubo::{kubo_binary, Flavour, KuboNode};
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let cluster = dir.path().join("dev");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"));
+    cmd.args(["dev", "--kubo", "--kubo-profile", "test", "--dir"])
+        .arg(&cluster)
+        .stdout(std::process::Stdio::piped());
+    let mut child = garage_ipfs::harness::process::spawn_attached(cmd).expect("cannot run dev");
+    let stdout = child.stdout.take().unwrap();
+    let mut dev = DevRun {
+        child,
+        exited: None,
+        cluster: cluster.clone(),
+    };
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("dev| {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut next_line = |what: &str| -> String {
+        let line = lines
+            .recv_timeout(Duration::from_secs(600))
+            .unwrap_or_else(|_| panic!("dev printed no {what}; it printed:\n{}", seen.join("\n")));
+        seen.push(line.clone());
+        line
+    };
+    // "kubo node <peer id> on the dev cluster (repo <dir>):", then its API.
+    let peer = loop {
+        let line = next_line("kubo node line");
+        if let Some(rest) = line.strip_prefix("kubo node ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let api = loop {
+        let line = next_line("kubo API line");
+        if let Some(url) = line.trim().strip_prefix("API") {
+            break url.trim().to_string();
+        }
+    };
+    assert!(api.starts_with("http://127.0.0.1:"), "kubo API {api}");
+
+    let node = KuboNode::new(kubo_binary(Flavour::Garage).unwrap(), cluster.join("kubo"));
+    let data = random_bytes(3 << 20);
+    let file = dir.path().join("file.bin");
+    std::fs::write(&file, &data).unwrap();
+    let root = node.run(&["add", "-Q", file.to_str().unwrap()]).unwrap();
+    let root = root.trim();
+    let back = node.command().args(["cat", root]).output().unwrap();
+    assert!(back.status.success(), "ipfs cat failed");
+    assert!(back.stdout == data, "ipfs cat returned other bytes");
+
+    // Every block of the DAG is in the node's namespace, listed by our CLI.
+    let mut dag: std::collections::BTreeSet<String> = node
+        .run(&["refs", "-r", "--unique", root])
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    dag.insert(root.to_string());
+    assert!(dag.len() > 10, "a 3 MiB file of {} blocks", dag.len());
+    let config = cluster.join("connector.toml");
+    let ns = format!("kubo-{peer}");
+    let listed: std::collections::BTreeSet<Vec<u8>> = cli_ok(&config, &["block", "ls", "-n", &ns])
+        .lines()
+        .map(|c| cidutil::parse(c).unwrap().hash().to_bytes())
+        .collect();
+    for c in &dag {
+        let mh = cidutil::parse(c).unwrap().hash().to_bytes();
+        assert!(listed.contains(&mh), "{c} is not in namespace {ns}");
+    }
+
+    // Ctrl-C: the daemon stops, and the kubo node with it.
+    let status = dev.interrupt(Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "dev did not exit cleanly on SIGINT: {status:?}"
+    );
+    let port = api.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the kubo API still answers after dev stopped"
+    );
+    let down = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
+        .args(["cluster", "down", "--dir"])
+        .arg(&cluster)
+        .output()
+        .unwrap();
+    assert!(down.status.success(), "cluster down failed");
+    assert_no_node_runs_in(&cluster);
+}

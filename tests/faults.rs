@@ -608,13 +608,7 @@ fn fault_corrupt_replicas_reads_stay_correct_and_verify_reports_them() {
 async fn wait_layout_settled(conn: &Connector, version: u64) {
     let start = Instant::now();
     loop {
-        let (versions, current) = {
-            let layout = conn.system.cluster_layout();
-            (
-                layout.versions().map(|v| v.len()).unwrap_or(0),
-                layout.current().map(|v| v.version).unwrap_or(0),
-            )
-        };
+        let (versions, current) = (conn.layout_versions_in_use(), conn.layout_version());
         if current == version && versions == 1 {
             eprintln!("layout v{version} settled after {:?}", start.elapsed());
             return;

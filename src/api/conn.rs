@@ -18,18 +18,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// An admitted connection; its slot under the bound is freed on drop.
-pub struct Admitted {
+pub(super) struct Admitted {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
 }
 
 /// The HTTP/2 client preface's length.
-pub const HTTP2_PREFACE: usize = 24;
+pub(super) const HTTP2_PREFACE: usize = 24;
 
 /// Accepts on `listener` in a task of its own until the receiver is
 /// dropped, and hands over connections whose first `first_bytes` bytes
 /// arrived within `deadline`, at most `max_connections` alive at once.
-pub fn admit(
+pub(super) fn admit(
     listener: TcpListener,
     max_connections: usize,
     first_bytes: usize,

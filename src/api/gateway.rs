@@ -22,7 +22,7 @@ const CAR_TYPE: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=n";
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 
 /// The gateway's routes.
-pub fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions) -> Router {
+pub(crate) fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions) -> Router {
     let routes = Router::new()
         .route("/ipfs/{cid}", get(block::<S>))
         .route("/ipfs/{cid}/{*path}", get(block_with_path::<S>))

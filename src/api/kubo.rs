@@ -28,7 +28,11 @@ struct Rpc<S> {
 type Args = Query<Vec<(String, String)>>;
 
 /// The RPC routes.
-pub fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions, auth: WriteAuth) -> Router {
+pub(crate) fn router<S: BlockStore + Clone>(
+    store: S,
+    opts: &ApiOptions,
+    auth: WriteAuth,
+) -> Router {
     let state = Rpc {
         store,
         auth,
@@ -407,7 +411,7 @@ async fn version() -> Response {
 
 /// A libp2p peer id for an ed25519 public key: the identity multihash of
 /// its protobuf encoding, base58btc.
-pub fn peer_id(key: &[u8; 32]) -> (String, String) {
+pub(crate) fn peer_id(key: &[u8; 32]) -> (String, String) {
     let mut proto = vec![0x08, 0x01, 0x12, 0x20];
     proto.extend_from_slice(key);
     let mut mh = vec![0x00, proto.len() as u8];

@@ -37,7 +37,7 @@ const BUCKETS: &[f64] = &[
 ];
 
 /// The process's Prometheus recorder (installed on first use).
-pub fn handle() -> &'static PrometheusHandle {
+pub(crate) fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
@@ -55,7 +55,7 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// Renders the exposition text, with the store's figures as of now.
-pub fn render(store: Option<&GarageStore>) -> String {
+pub(crate) fn render(store: Option<&GarageStore>) -> String {
     let handle = handle();
     if let Some(store) = store {
         export_store(store);
@@ -126,7 +126,7 @@ fn op_of(surface: &str, method: &Method, path: &str) -> &'static str {
 
 /// A tower layer that records every request of one surface.
 #[derive(Debug, Clone, Copy)]
-pub struct Observe(pub &'static str);
+pub(crate) struct Observe(pub &'static str);
 
 impl<S> tower::Layer<S> for Observe {
     type Service = Observed<S>;
@@ -141,7 +141,7 @@ impl<S> tower::Layer<S> for Observe {
 
 /// The service of [`Observe`].
 #[derive(Debug, Clone)]
-pub struct Observed<S> {
+pub(crate) struct Observed<S> {
     inner: S,
     surface: &'static str,
 }

@@ -7,10 +7,10 @@
 //! a [`Backend`]: the Garage store in production, memory in unit tests.
 
 mod conn;
-pub mod error;
+pub(crate) mod error;
 pub(crate) mod gateway;
 pub mod grpc;
-pub mod kubo;
+pub(crate) mod kubo;
 pub(crate) mod metrics;
 
 use std::future::Future;

@@ -24,7 +24,7 @@ use super::Op;
 
 /// How much a batcher queues and sends.
 #[derive(Debug, Clone, Copy)]
-pub struct BatchLimits {
+pub(crate) struct BatchLimits {
     /// Writes per request, at most.
     pub max_items: usize,
     /// Bytes per request, at most (by the writes' own estimates).
@@ -43,14 +43,14 @@ struct Pending<T> {
 }
 
 /// A group-commit queue for writes of type `T`.
-pub struct Batcher<T> {
+pub(crate) struct Batcher<T> {
     tx: mpsc::Sender<Pending<T>>,
 }
 
 impl<T: Send + 'static> Batcher<T> {
     /// Starts the batching task; `write` sends one batch. The task ends
     /// when the batcher is dropped.
-    pub fn spawn<F, Fut>(limits: BatchLimits, write: F) -> Self
+    pub(crate) fn spawn<F, Fut>(limits: BatchLimits, write: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
@@ -62,7 +62,7 @@ impl<T: Send + 'static> Batcher<T> {
 
     /// Queues one write of about `bytes` bytes and waits until the request
     /// holding it is acknowledged.
-    pub async fn submit(&self, item: T, bytes: usize) -> Result<(), Error> {
+    pub(crate) async fn submit(&self, item: T, bytes: usize) -> Result<(), Error> {
         let (done, rx) = oneshot::channel();
         let stopped = || Error::Internal("the write batcher stopped".into());
         self.tx

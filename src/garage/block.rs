@@ -25,14 +25,14 @@ fn put_block_request(hash: Hash, data: Bytes) -> Result<Req<BlockRpc>, Error> {
 impl Connector {
     /// The storage nodes of a block in the current layout, in the order
     /// reads should try them (connected, low-latency nodes first).
-    pub fn block_nodes(&self, hash: &Hash) -> Result<Vec<Uuid>, Error> {
+    pub(crate) fn block_nodes(&self, hash: &Hash) -> Result<Vec<Uuid>, Error> {
         let helper = self.system.rpc_helper();
         Ok(helper.block_read_nodes_of(hash, helper)?)
     }
 
     /// Writes a block to its nodes and returns once the write quorum holds
     /// it; the remaining copies finish in the background.
-    pub async fn rpc_put_block(&self, hash: Hash, data: Bytes) -> Result<(), Error> {
+    pub(crate) async fn rpc_put_block(&self, hash: Hash, data: Bytes) -> Result<(), Error> {
         let who: Vec<Uuid> = self
             .system
             .cluster_layout()
@@ -58,7 +58,12 @@ impl Connector {
     }
 
     /// Writes a block to one node only (repair of a missing replica).
-    pub async fn rpc_put_block_to(&self, node: Uuid, hash: Hash, data: Bytes) -> Result<(), Error> {
+    pub(crate) async fn rpc_put_block_to(
+        &self,
+        node: Uuid,
+        hash: Hash,
+        data: Bytes,
+    ) -> Result<(), Error> {
         let req = put_block_request(hash, data)?;
         self.calls.add(Call::BlockPut);
         let resp = deadline(
@@ -73,7 +78,7 @@ impl Connector {
     }
 
     /// Reads a block from one node.
-    pub async fn rpc_get_block_from(&self, node: Uuid, hash: Hash) -> Result<Bytes, Error> {
+    pub(crate) async fn rpc_get_block_from(&self, node: Uuid, hash: Hash) -> Result<Bytes, Error> {
         let limit = self.config.timeouts.block();
         self.calls.add(Call::BlockGet);
         deadline(limit, "reading a block from a node", async {
@@ -119,7 +124,7 @@ impl Connector {
     /// the bytes and asks the cluster on any doubt. Garage writes a block
     /// file under a temporary name and renames it, so a file is never seen
     /// half written.
-    pub async fn read_colocated(&self, hash: &Hash) -> Option<Bytes> {
+    pub(crate) async fn read_colocated(&self, hash: &Hash) -> Option<Bytes> {
         if self.config.colocated_data_dirs.is_empty() {
             return None;
         }
@@ -159,7 +164,7 @@ impl Connector {
 
     /// Reads a block, trying its nodes in turn until one returns bytes that
     /// `valid` accepts. Errors and invalid copies fall through to the next.
-    pub async fn rpc_get_block(
+    pub(crate) async fn rpc_get_block(
         &self,
         hash: Hash,
         valid: impl Fn(&[u8]) -> bool,

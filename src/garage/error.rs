@@ -138,6 +138,8 @@ impl From<garage_util::error::Error> for Error {
             G::MissingBlock(h) => Error::MissingBlock(h),
             G::CorruptData(_) => Error::Corrupt(e.to_string()),
             G::Net(n) => n.into(),
+            // The connector keeps no Garage storage of its own: the I/O
+            // errors Garage's layers hand it come from its sockets.
             G::Io(_) => Error::Connection(e.to_string()),
             G::RemoteError(m) | G::Message(m) => Error::from_remote_text(m),
             other => Error::Internal(other.to_string()),

@@ -34,7 +34,7 @@ use super::{Call, CallCounters, Connector, BATCH_LIMITS};
 /// What a quorum read returned, and whether it is known to be on a write
 /// quorum of nodes ([`Connector::rpc_k2v_get`]).
 #[derive(Debug)]
-pub struct QuorumRead<T> {
+pub(crate) struct QuorumRead<T> {
     /// The merged answer.
     pub value: T,
     /// False when the read could not write back a disagreement: a value
@@ -49,12 +49,12 @@ fn value_is_absent(item: &Option<K2VItem>) -> bool {
 }
 
 /// The RPC path Garage's K2V handler listens on.
-pub const K2V_RPC_PATH: &str = "garage_model/k2v/Rpc";
+pub(crate) const K2V_RPC_PATH: &str = "garage_model/k2v/Rpc";
 
 /// Mirror of the variants of Garage's `K2VRpc` we send or receive. Unknown
 /// variants (poll responses) are never asked for.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum K2VRpc {
+pub(crate) enum K2VRpc {
     /// Acknowledgement.
     Ok,
     /// Insert one item.
@@ -65,7 +65,7 @@ pub enum K2VRpc {
 
 /// Mirror of Garage's `InsertedItem`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct InsertedItem {
+pub(crate) struct InsertedItem {
     /// Bucket and partition key.
     pub partition: K2VItemPartition,
     /// Sort key.
@@ -141,7 +141,7 @@ pub(crate) fn index_batcher(
 impl Connector {
     /// Inserts a K2V item (or a tombstone), sharing the request with
     /// concurrent inserts. Returns once it is on a write quorum.
-    pub async fn rpc_k2v_insert(
+    pub(crate) async fn rpc_k2v_insert(
         &self,
         partition: K2VItemPartition,
         sort_key: String,
@@ -176,7 +176,7 @@ impl Connector {
     /// reached the others). The item is then read again without it, and
     /// the answer says it is not `settled`: such an item may be on fewer
     /// nodes than a write quorum, and a put must not acknowledge it as is.
-    pub async fn rpc_k2v_get(
+    pub(crate) async fn rpc_k2v_get(
         &self,
         partition: &K2VItemPartition,
         sort_key: &str,
@@ -229,7 +229,7 @@ impl Connector {
     /// anti-entropy has not reached it yet), a read that excludes tombstones
     /// gets the stale value alone and shows a deleted item as live. With the
     /// tombstone in the answer, the merge lets the delete win.
-    pub async fn rpc_k2v_range(
+    pub(crate) async fn rpc_k2v_range(
         &self,
         partition: &K2VItemPartition,
         start: Option<String>,
@@ -265,7 +265,7 @@ impl Connector {
 
     /// The counters storage nodes keep for a bucket's K2V items, one
     /// entry per partition key.
-    pub async fn rpc_k2v_counters(
+    pub(crate) async fn rpc_k2v_counters(
         &self,
         bucket: Uuid,
     ) -> Result<Vec<CounterEntry<K2VItem>>, Error> {
@@ -291,7 +291,7 @@ impl Connector {
     }
 
     /// Live K2V items of a bucket, from the counters (no listing).
-    pub async fn rpc_k2v_entry_counts(&self, bucket: Uuid) -> Result<u64, Error> {
+    pub(crate) async fn rpc_k2v_entry_counts(&self, bucket: Uuid) -> Result<u64, Error> {
         let entries = self.rpc_k2v_counters(bucket).await?;
         let layout = self.system.cluster_layout();
         Ok(entries

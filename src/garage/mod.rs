@@ -47,7 +47,7 @@ type Sharded<S> = Arc<Table<S, TableShardedReplication>>;
 /// A live connection to a Garage cluster.
 pub struct Connector {
     /// Garage's membership manager for this peer.
-    pub system: Arc<System>,
+    pub(crate) system: Arc<System>,
     pub(crate) config: Config,
     pub(crate) consistency: ConsistencyMode,
     pub(crate) block_ep: Arc<Endpoint<BlockRpc, ()>>,
@@ -383,6 +383,21 @@ impl Connector {
             .unwrap_or(0)
     }
 
+    /// Layout versions in use: one once the cluster has finished moving
+    /// data to the current layout, more while it moves.
+    pub fn layout_versions_in_use(&self) -> usize {
+        self.system
+            .cluster_layout()
+            .versions()
+            .map(|v| v.len())
+            .unwrap_or(0)
+    }
+
+    /// Storage nodes this connector sees up, as Garage's health counts them.
+    pub fn storage_nodes_up(&self) -> usize {
+        self.system.health().storage_nodes_ok
+    }
+
     /// Write quorum of the current layout.
     pub fn write_quorum(&self) -> Result<usize, Error> {
         Ok(self
@@ -414,7 +429,7 @@ impl Connector {
 
     /// Writes a block ref (a CRDT row: idempotent), sharing the request
     /// with concurrent ref writes. Returns once it is on a write quorum.
-    pub async fn rpc_write_block_ref(
+    pub(crate) async fn rpc_write_block_ref(
         &self,
         r: garage_model::s3::block_ref_table::BlockRef,
     ) -> Result<(), Error> {

@@ -23,7 +23,7 @@ use super::error::Error;
 
 /// A bootstrap peer: node id and the addresses its name resolved to.
 #[derive(Clone, Debug)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The node's public key.
     pub id: NodeID,
     /// Where to reach it.
@@ -33,7 +33,7 @@ pub struct Peer {
 }
 
 /// Parses `<node id>@<host>:<port>` entries.
-pub fn parse_peers(peers: &[String]) -> Result<Vec<Peer>, Error> {
+pub(crate) fn parse_peers(peers: &[String]) -> Result<Vec<Peer>, Error> {
     peers
         .iter()
         .map(|p| {
@@ -49,7 +49,7 @@ pub fn parse_peers(peers: &[String]) -> Result<Vec<Peer>, Error> {
 }
 
 /// The layout side-channel.
-pub struct Probe {
+pub(crate) struct Probe {
     netapp: Arc<NetApp>,
     endpoint: Arc<Endpoint<SystemRpc, ()>>,
     peers: Vec<Peer>,
@@ -57,7 +57,7 @@ pub struct Probe {
 
 impl Probe {
     /// A probe with a fresh throwaway key.
-    pub fn new(network_key: NetworkKey, peers: Vec<Peer>) -> Self {
+    pub(crate) fn new(network_key: NetworkKey, peers: Vec<Peer>) -> Self {
         let (_pk, sk) = sodiumoxide::crypto::sign::ed25519::gen_keypair();
         let netapp = NetApp::new(GARAGE_VERSION_TAG, network_key, sk, None);
         let endpoint = netapp.endpoint::<SystemRpc, ()>(SYSTEM_RPC_PATH.into());
@@ -69,7 +69,7 @@ impl Probe {
     }
 
     /// Asks the peers in turn for the layout; the first answer wins.
-    pub async fn rpc_pull_layout(&self, limit: Duration) -> Result<LayoutHistory, Error> {
+    pub(crate) async fn rpc_pull_layout(&self, limit: Duration) -> Result<LayoutHistory, Error> {
         let mut errors = Vec::new();
         for peer in &self.peers {
             for addr in &peer.addrs {
@@ -115,7 +115,7 @@ impl Probe {
 impl Probe {
     /// `<id>@<addr>` of every storage node of the layout that a node knows
     /// an address for, plus the bootstrap peers.
-    pub async fn rpc_storage_peers(
+    pub(crate) async fn rpc_storage_peers(
         &self,
         layout: &LayoutHistory,
         limit: Duration,
@@ -146,7 +146,7 @@ impl Probe {
 }
 
 /// Checks the pulled layout against the configured replication factor.
-pub fn check_layout(layout: &LayoutHistory, configured: usize) -> Result<(), Error> {
+pub(crate) fn check_layout(layout: &LayoutHistory, configured: usize) -> Result<(), Error> {
     let current = layout.current();
     if current.version == 0 {
         return Err(Error::NoLayout);

@@ -15,7 +15,7 @@ use garage_table::{DeletedFilter, EmptyKey, Entry, TableSchema};
 use garage_util::data::{Hash, Uuid};
 
 /// `block_ref`: (block hash, version uuid) → deleted flag. Feeds refcounts.
-pub struct BlockRefSchema;
+pub(crate) struct BlockRefSchema;
 
 impl TableSchema for BlockRefSchema {
     const TABLE_NAME: &'static str = "block_ref";
@@ -30,7 +30,7 @@ impl TableSchema for BlockRefSchema {
 }
 
 /// `object`: holds the anchors (inline objects in a bucket no key can see).
-pub struct ObjectSchema;
+pub(crate) struct ObjectSchema;
 
 impl TableSchema for ObjectSchema {
     const TABLE_NAME: &'static str = "object";
@@ -49,7 +49,7 @@ impl TableSchema for ObjectSchema {
 
 /// `version`: one live entry per anchor keeps its refs valid for
 /// `garage repair block-refs`.
-pub struct VersionSchema;
+pub(crate) struct VersionSchema;
 
 impl TableSchema for VersionSchema {
     const TABLE_NAME: &'static str = "version";
@@ -65,7 +65,7 @@ impl TableSchema for VersionSchema {
 
 /// `k2v_item`: the CID index. Read through this table; written through the
 /// K2V RPC so that storage nodes assign causality (see `k2v.rs`).
-pub struct K2VItemSchema;
+pub(crate) struct K2VItemSchema;
 
 impl TableSchema for K2VItemSchema {
     const TABLE_NAME: &'static str = "k2v_item";
@@ -83,7 +83,7 @@ impl TableSchema for K2VItemSchema {
 
 /// `k2v_index_counter_v2`: per (bucket, partition key) counts that storage
 /// nodes keep for K2V items; the index's block counts per namespace.
-pub struct K2VCounterSchema;
+pub(crate) struct K2VCounterSchema;
 
 impl TableSchema for K2VCounterSchema {
     const TABLE_NAME: &'static str = "k2v_index_counter_v2";

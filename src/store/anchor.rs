@@ -44,7 +44,7 @@ const ANCHOR_TIMESTAMP: u64 = 1_764_000_000_000;
 const ANCHOR_BODY: &[u8] = b"garage-ipfs anchor";
 
 /// The synthetic bucket holding every anchor object.
-pub fn anchor_bucket() -> Uuid {
+pub(super) fn anchor_bucket() -> Uuid {
     blake2sum(b"garage-ipfs/anchor-bucket/v1")
 }
 
@@ -125,7 +125,7 @@ impl AnchorId {
 /// A block's generations in order, each with its anchor and the ref of
 /// `refs` (the block's refs, all namespaces) that sits under it, if any:
 /// the one walk that choosing a generation, deleting and verifying share.
-pub fn generations<'a>(
+pub(super) fn generations<'a>(
     namespace: Uuid,
     block: &'a Hash,
     refs: &'a [BlockRef],
@@ -139,7 +139,7 @@ pub fn generations<'a>(
 
 /// Anchors this process has checked, and whether each is alive.
 #[derive(Default)]
-pub struct Anchors {
+pub(super) struct Anchors {
     known: Mutex<HashMap<AnchorId, Arc<OnceCell<bool>>>>,
 }
 
@@ -147,7 +147,7 @@ impl Anchors {
     /// Makes sure the anchor exists; returns whether it is alive (a dead
     /// anchor's version was marked deleted, e.g. by `garage block purge`,
     /// and must not take new refs). Checked once per anchor per process.
-    pub async fn ensure(&self, conn: &Connector, id: AnchorId) -> Result<bool, Error> {
+    pub(super) async fn ensure(&self, conn: &Connector, id: AnchorId) -> Result<bool, Error> {
         let cell = self.known.lock().unwrap().entry(id).or_default().clone();
         cell.get_or_try_init(|| ensure_anchor(conn, id))
             .await

@@ -48,7 +48,7 @@ pub struct CacheStats {
 }
 
 /// The cache; capacity 0 disables it.
-pub struct BlockCache {
+pub(crate) struct BlockCache {
     cache: Option<Cache<(Uuid, Multihash<64>), Cached, ByBytes>>,
     /// Switched off, it neither answers nor stores.
     enabled: std::sync::atomic::AtomicBool,
@@ -58,7 +58,7 @@ pub struct BlockCache {
 
 impl BlockCache {
     /// A cache of at most `bytes` bytes.
-    pub fn new(bytes: usize) -> Self {
+    pub(crate) fn new(bytes: usize) -> Self {
         Self {
             cache: (bytes > 0)
                 .then(|| Cache::with_weighter(bytes / 1024 + 16, bytes as u64, ByBytes)),
@@ -75,7 +75,7 @@ impl BlockCache {
     }
 
     /// Switches the cache on or off (the benchmark's cold-read phases).
-    pub fn set_enabled(&self, on: bool) {
+    pub(crate) fn set_enabled(&self, on: bool) {
         self.enabled.store(on, Ordering::Relaxed);
     }
 
@@ -83,7 +83,7 @@ impl BlockCache {
     /// if cached under this epoch. A lookup that needs the bytes of a
     /// block stored outside the index and finds only the entry counts as
     /// a miss: the cluster is asked anyway.
-    pub fn lookup(
+    pub(crate) fn lookup(
         &self,
         ns: Uuid,
         mh: &Multihash<64>,
@@ -101,7 +101,7 @@ impl BlockCache {
     }
 
     /// Caches an index entry (keeping bytes cached under the same epoch).
-    pub fn put_entry(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32, entry: &Entry) {
+    pub(crate) fn put_entry(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32, entry: &Entry) {
         let Some(cache) = self.active() else { return };
         let data = cache
             .get(&(ns, *mh))
@@ -118,7 +118,14 @@ impl BlockCache {
     }
 
     /// Caches a block's bytes with its entry.
-    pub fn put_data(&self, ns: Uuid, mh: &Multihash<64>, epoch: u32, entry: &Entry, data: &Bytes) {
+    pub(crate) fn put_data(
+        &self,
+        ns: Uuid,
+        mh: &Multihash<64>,
+        epoch: u32,
+        entry: &Entry,
+        data: &Bytes,
+    ) {
         let Some(cache) = self.active() else { return };
         cache.insert(
             (ns, *mh),
@@ -131,21 +138,21 @@ impl BlockCache {
     }
 
     /// Forgets a block (our own delete).
-    pub fn remove(&self, ns: Uuid, mh: &Multihash<64>) {
+    pub(crate) fn remove(&self, ns: Uuid, mh: &Multihash<64>) {
         if let Some(cache) = &self.cache {
             cache.remove(&(ns, *mh));
         }
     }
 
     /// Forgets everything (benchmarks measure cold reads).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         if let Some(cache) = &self.cache {
             cache.clear();
         }
     }
 
     /// Counters.
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),

@@ -5,7 +5,7 @@
 //! its index holds, so that `has`, `get_size` and `get` of an absent block
 //! cost no cluster request at all.
 //!
-//! - One quotient filter (`qfilter`, ~1.2 bytes per block at 1 % false
+//! - One quotient filter (`qfilter`, ~2.5 bytes per block at 0.01 % false
 //!   positives) per index shard, 256 per namespace, so a shard can be
 //!   rebuilt alone.
 //! - The filter answers only once the first complete listing is done
@@ -54,16 +54,19 @@ use super::snapshot::{self, SavedShard};
 use super::{Error, GarageStore, Namespace};
 
 /// How often counters are polled for changes.
-pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Every shard is listed again at least this often.
-pub const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How often the filter is saved (when it changed).
-pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Target false-positive rate.
-const FP_RATE: f64 = 0.01;
+/// Target false-positive rate. Each false positive costs one index read,
+/// so at 1 % a node flooded with absent CIDs still sent one cluster
+/// request per hundred; at 0.01 % it is one per ten thousand, for about one
+/// more byte per block (7 more remainder bits per slot).
+const FP_RATE: f64 = 0.0001;
 
 type Qf = qfilter::Filter;
 
@@ -120,7 +123,7 @@ struct Shard {
 }
 
 /// The filter of one namespace.
-pub struct NsFilter {
+pub(crate) struct NsFilter {
     shards: RwLock<Vec<Shard>>,
     ready: AtomicBool,
     hits: AtomicU64,
@@ -187,14 +190,14 @@ impl NsFilter {
     }
 
     /// Whether the filter answers.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// `None` while the filter is not ready; else whether the multihash
     /// may be present (`false`: surely absent) and its shard's epoch, under
     /// which cached data is valid. Counts nothing (puts use it).
-    pub fn peek(&self, mh: &Multihash<64>) -> Option<(bool, u32)> {
+    pub(crate) fn peek(&self, mh: &Multihash<64>) -> Option<(bool, u32)> {
         if !self.is_ready() {
             return None;
         }
@@ -205,18 +208,18 @@ impl NsFilter {
     }
 
     /// The current epoch of the multihash's shard.
-    pub fn epoch(&self, mh: &Multihash<64>) -> u32 {
+    pub(crate) fn epoch(&self, mh: &Multihash<64>) -> u32 {
         self.shards.read().unwrap()[shard_of(mh)].epoch
     }
 
     /// A delete of ours was acknowledged (the block stays "maybe present"
     /// until its shard is listed again).
-    pub fn note_delete(&self, mh: &Multihash<64>) {
+    pub(crate) fn note_delete(&self, mh: &Multihash<64>) {
         self.shards.write().unwrap()[shard_of(mh)].ours.note(-1);
     }
 
     /// [`peek`](Self::peek), counted: a sure "absent" is a hit.
-    pub fn check(&self, mh: &Multihash<64>) -> Option<(bool, u32)> {
+    pub(crate) fn check(&self, mh: &Multihash<64>) -> Option<(bool, u32)> {
         let answer = self.peek(mh);
         match answer {
             None => self.not_ready.fetch_add(1, Ordering::Relaxed),
@@ -227,17 +230,17 @@ impl NsFilter {
     }
 
     /// The index said absent after the filter said maybe.
-    pub fn note_false_positive(&self) {
+    pub(crate) fn note_false_positive(&self) {
         self.false_positives.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A put of ours was acknowledged: a new index entry.
-    pub fn note_put(&self, mh: &Multihash<64>) {
+    pub(crate) fn note_put(&self, mh: &Multihash<64>) {
         self.insert(mh, true);
     }
 
     /// A put of ours found the block indexed already.
-    pub fn note_present(&self, mh: &Multihash<64>) {
+    pub(crate) fn note_present(&self, mh: &Multihash<64>) {
         self.insert(mh, false);
     }
 
@@ -258,7 +261,7 @@ impl NsFilter {
     }
 
     /// The filter's counters.
-    pub fn stats(&self) -> FilterStats {
+    pub(crate) fn stats(&self) -> FilterStats {
         let shards = self.shards.read().unwrap();
         FilterStats {
             hits: self.hits.load(Ordering::Relaxed),
@@ -667,7 +670,8 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
 /// the shards, each shard's filter sized as a listing sizes it): the time to
 /// write it, the time to read it back (read, checksum, decode), and its size
 /// in bytes. For namespace sizes the benchmark does not fill.
-pub fn snapshot_cost(
+#[cfg(feature = "tools")]
+pub(crate) fn snapshot_cost(
     entries: u64,
     dir: &std::path::Path,
 ) -> std::io::Result<(Duration, Duration, u64)> {
@@ -839,17 +843,20 @@ mod tests {
 
     #[test]
     fn sized_filters_stay_small_and_accurate() {
-        // A rebuilt shard of 4000 entries: about 2 bytes each at 1 % FP.
+        // A rebuilt shard of 4000 entries: 8192 slots (a power of two) of 14
+        // remainder bits at 0.01 % FP, about 4.1 bytes per entry; a shard
+        // filled closer to its size costs half that.
         let mut filter = new_filter(4000);
         for i in 0..4000u32 {
             filter.insert_duplicated(mh(i).to_bytes()).unwrap();
         }
         let per_entry = filter.memory_usage() as f64 / 4000.0;
-        assert!(per_entry <= 2.5, "{per_entry} bytes per entry");
+        assert!(per_entry <= 4.5, "{per_entry} bytes per entry");
         let fp = (10_000..110_000u32)
             .filter(|i| filter.contains(mh(*i).to_bytes()))
             .count();
-        assert!(fp < 1000, "{fp} false positives in 100000");
+        // 10 expected; 40 would be a rate four times the target.
+        assert!(fp < 40, "{fp} false positives in 100000");
     }
 
     fn counted(sig: u8, entries: i64) -> Counted {

@@ -42,17 +42,17 @@ use crate::garage::k2v::QuorumRead;
 use crate::garage::{error::deadline, Call, Connector, Op};
 
 /// Namespaces with a presence filter, at most, per store.
-pub const MAX_FILTERED_NAMESPACES: usize = 64;
+pub(super) const MAX_FILTERED_NAMESPACES: usize = 64;
 
 /// Index entries fetched per listing request.
 const LIST_PAGE: usize = 1000;
 
 /// Bytes the block cache of a filtered store holds, at most.
-pub const CACHE_BYTES: usize = 64 << 20;
+pub(super) const CACHE_BYTES: usize = 64 << 20;
 
 /// Block data in flight in puts, at most, in KiB (back-pressure: further
 /// puts wait).
-pub const IN_FLIGHT_KIB: usize = 64 << 10;
+pub(super) const IN_FLIGHT_KIB: usize = 64 << 10;
 
 /// The store: one connector, any number of namespaces.
 pub struct GarageStore {

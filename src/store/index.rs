@@ -31,25 +31,25 @@ const INLINE_HEADER: usize = 1 + 1 + 8;
 pub const INLINE_MAX: usize = 3072;
 
 /// Number of index partitions per namespace.
-pub const INDEX_SHARDS: usize = 256;
+pub(crate) const INDEX_SHARDS: usize = 256;
 
 /// The bucket id of a namespace's index.
-pub fn namespace_id(name: &str) -> Uuid {
+pub(crate) fn namespace_id(name: &str) -> Uuid {
     blake2sum(format!("garage-ipfs/namespace/v1/{name}").as_bytes())
 }
 
 /// The index partition key of a multihash: its digest's first byte, hex.
-pub fn shard_key(mh: &Multihash<64>) -> String {
+pub(crate) fn shard_key(mh: &Multihash<64>) -> String {
     shard_name(mh.digest().first().copied().unwrap_or(0) as usize)
 }
 
 /// The partition key of shard `i`.
-pub fn shard_name(i: usize) -> String {
+pub(crate) fn shard_name(i: usize) -> String {
     format!("{i:02x}")
 }
 
 /// The K2V partition holding a multihash's entry.
-pub fn partition(ns: Uuid, mh: &Multihash<64>) -> K2VItemPartition {
+pub(crate) fn partition(ns: Uuid, mh: &Multihash<64>) -> K2VItemPartition {
     K2VItemPartition {
         bucket_id: ns,
         partition_key: shard_key(mh),
@@ -168,7 +168,7 @@ impl Entry {
 /// The live entry of an item, if any. Concurrent puts of one block leave
 /// sibling values with the same content; a tombstone sibling next to a
 /// value means a put raced a delete, and the put wins (never lose data).
-pub fn live_entry(item: &K2VItem) -> Result<Option<Entry>, DecodeError> {
+pub(crate) fn live_entry(item: &K2VItem) -> Result<Option<Entry>, DecodeError> {
     let mut first_err = None;
     for v in item.values() {
         if let DvvsValue::Value(bytes) = v {

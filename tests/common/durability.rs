@@ -34,7 +34,7 @@ pub async fn sees_all_nodes(conn: &garage_ipfs::Connector) {
     eventually(
         Duration::from_secs(60),
         "connector sees all nodes up",
-        || conn.system.health().storage_nodes_ok == 3,
+        || conn.storage_nodes_up() == 3,
     )
     .await;
 }
@@ -67,7 +67,7 @@ pub async fn assert_all_readable(
 /// asserts that a second verify finds every block with all its replicas.
 /// Returns (problems first found, replicas repair wrote).
 pub async fn verify_repair_verify(ns: &Namespace) -> (u64, u64) {
-    use garage_ipfs::store::verify::{RepairSummary, VerifySummary};
+    use garage_ipfs::store::{RepairSummary, VerifySummary};
 
     async fn verify(ns: &Namespace) -> VerifySummary {
         let entries = ns.list_entries().try_collect().await.unwrap();

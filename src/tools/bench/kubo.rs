@@ -102,6 +102,8 @@ pub struct Options {
     pub db_engine: Option<crate::harness::DbEngine>,
     /// Systems, in order.
     pub systems: Vec<Kind>,
+    /// Our daemon reads block files from node 1's data directory first.
+    pub colocated: bool,
 }
 
 /// One workload on one system.
@@ -285,6 +287,15 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
             &[("allow_anonymous_writes_on_loopback", true.into())],
         ),
     )?;
+    if opts.colocated {
+        let mut t: toml::Table = std::fs::read_to_string(&config)?.parse()?;
+        let dir = cluster.nodes[0].data_dir.display().to_string();
+        t.insert(
+            "colocated_data_dirs".into(),
+            toml::Value::Array(vec![dir.into()]),
+        );
+        std::fs::write(&config, toml::to_string(&t)?)?;
+    }
     let daemon = Daemon {
         config: config.clone(),
         log: daemon_dir.join("daemon.log"),
@@ -745,6 +756,7 @@ impl Bench<'_> {
             "absent_cids": self.opts.absent,
             "bloom_filter_bytes": self.opts.bloom_bytes,
             "nodelay_shim": self.opts.nodelay,
+            "colocated": self.opts.colocated,
             "db_engine": self.cluster.nodes[0].db_engine.name(),
             "systems": self.opts.systems.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "workloads": WORKLOAD_NOTES.iter().map(|(w, n)| (w.to_string(), json!(n)))

@@ -9,14 +9,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Prometheus counter of the RPCs a Garage node sends (to any node,
 /// itself included), labelled by endpoint and destination.
-pub const RPC_COUNTER: &str = "rpc_request_counter";
+pub(super) const RPC_COUNTER: &str = "rpc_request_counter";
 
 /// Prometheus counter of the S3 API requests a Garage node served.
-pub const S3_COUNTER: &str = "api_s3_request_counter";
+pub(super) const S3_COUNTER: &str = "api_s3_request_counter";
 
 /// The `p`-th percentile (0–100) of sorted samples, by nearest rank; 0 for
 /// no samples.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -27,7 +27,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The sum of every sample of metric `name` in a Prometheus text
 /// exposition (all label sets).
-pub fn sum_metric(text: &str, name: &str) -> f64 {
+pub(super) fn sum_metric(text: &str, name: &str) -> f64 {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.starts_with('#'))
@@ -64,7 +64,7 @@ fn labels_end(labels: &str) -> Option<usize> {
 
 /// `GET http://<addr>/metrics`: a node's Prometheus exposition. Plain
 /// HTTP/1.0, so the body ends with the connection.
-pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+pub(super) async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         let request =
@@ -91,7 +91,7 @@ pub async fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
 }
 
 /// Clock ticks per second of `/proc/*/stat` times.
-pub fn clock_ticks_per_sec() -> f64 {
+pub(super) fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 {
@@ -104,7 +104,7 @@ pub fn clock_ticks_per_sec() -> f64 {
 /// User plus system CPU time, in clock ticks, from the text of a
 /// `/proc/<pid>/stat` file (fields 14 and 15; the command name, field 2,
 /// may hold spaces and parentheses, so fields count from its last `)`).
-pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+pub(super) fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
@@ -113,13 +113,13 @@ pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// CPU ticks used so far by another process, from `/proc/<pid>/stat`.
-pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
+pub(super) fn process_cpu_ticks(pid: u32) -> Option<u64> {
     stat_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// User plus system CPU time used so far by this process, in seconds:
 /// `getrusage`, finer than `/proc/self/stat`'s clock ticks.
-pub fn self_cpu_seconds() -> Option<f64> {
+pub(super) fn self_cpu_seconds() -> Option<f64> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given and nothing else.
     let usage = unsafe {

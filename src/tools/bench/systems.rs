@@ -85,10 +85,10 @@ impl SystemKind {
 }
 
 /// Entries of a listing per latency sample.
-pub const LIST_SAMPLE_ENTRIES: u64 = 1000;
+pub(super) const LIST_SAMPLE_ENTRIES: u64 = 1000;
 
 /// A system under test.
-pub enum System {
+pub(super) enum System {
     /// This crate's store.
     Connector {
         /// The store (owns the presence filters).
@@ -111,13 +111,13 @@ impl System {
     /// Which system this is.
     /// Empties the connector's block cache and switches it on or off
     /// (no-op for the others).
-    pub fn reset_cache(&self, enabled: bool) {
+    pub(super) fn reset_cache(&self, enabled: bool) {
         if let System::Connector { store, .. } = self {
             store.reset_cache(enabled);
         }
     }
 
-    pub fn kind(&self) -> SystemKind {
+    pub(super) fn kind(&self) -> SystemKind {
         match self {
             System::Connector {
                 colocated: false, ..
@@ -132,7 +132,7 @@ impl System {
     }
 
     /// Stores a block.
-    pub async fn put(&self, cid: Cid, data: Bytes) -> anyhow::Result<()> {
+    pub(super) async fn put(&self, cid: Cid, data: Bytes) -> anyhow::Result<()> {
         match self {
             System::Connector { ns, .. } => Ok(ns.put(&cid, data).await?),
             System::Floor(floor) => floor.put(&cid, data).await,
@@ -143,7 +143,7 @@ impl System {
 
     /// Stores several blocks: the store's own `put_many` for the
     /// connector, as many puts at once as its default for the others.
-    pub async fn put_many(&self, blocks: Vec<(Cid, Bytes)>) -> anyhow::Result<()> {
+    pub(super) async fn put_many(&self, blocks: Vec<(Cid, Bytes)>) -> anyhow::Result<()> {
         match self {
             System::Connector { ns, .. } => Ok(ns.put_many(blocks).await?),
             _ => {
@@ -157,7 +157,7 @@ impl System {
     }
 
     /// A block's bytes, or `None` if absent.
-    pub async fn get(&self, cid: &Cid) -> anyhow::Result<Option<Bytes>> {
+    pub(super) async fn get(&self, cid: &Cid) -> anyhow::Result<Option<Bytes>> {
         match self {
             System::Connector { ns, .. } => Ok(ns.get(cid).await?),
             System::Floor(floor) => floor.get(cid).await,
@@ -167,7 +167,7 @@ impl System {
     }
 
     /// Whether a block is stored.
-    pub async fn has(&self, cid: &Cid) -> anyhow::Result<bool> {
+    pub(super) async fn has(&self, cid: &Cid) -> anyhow::Result<bool> {
         match self {
             System::Connector { ns, .. } => Ok(ns.has(cid).await?),
             _ => Ok(self.get_size(cid).await?.is_some()),
@@ -175,7 +175,7 @@ impl System {
     }
 
     /// A block's size, or `None` if absent.
-    pub async fn get_size(&self, cid: &Cid) -> anyhow::Result<Option<u64>> {
+    pub(super) async fn get_size(&self, cid: &Cid) -> anyhow::Result<Option<u64>> {
         match self {
             System::Connector { ns, .. } => Ok(ns.get_size(cid).await?),
             System::Floor(_) => anyhow::bail!("the floor has no index: no lookups"),
@@ -186,7 +186,7 @@ impl System {
 
     /// Lists every block: the number of entries, and the milliseconds
     /// each [`LIST_SAMPLE_ENTRIES`] took (the whole listing when shorter).
-    pub async fn list(&self) -> anyhow::Result<(u64, Vec<f64>)> {
+    pub(super) async fn list(&self) -> anyhow::Result<(u64, Vec<f64>)> {
         let stream = match self {
             System::Connector { ns, .. } => ns
                 .list()
@@ -202,7 +202,7 @@ impl System {
 
     /// Requests the client sent so far: RPCs for the connector, HTTP
     /// requests for S3; `None` when not counted.
-    pub fn client_requests(&self) -> Option<u64> {
+    pub(super) fn client_requests(&self) -> Option<u64> {
         match self {
             System::Connector { store, .. } => connector_rpc_calls(store.connector()),
             System::Floor(floor) => connector_rpc_calls(&floor.conn),
@@ -243,14 +243,14 @@ async fn time_listing(
 /// quorum holds it, `GetBlock` from the first node that answers. The map
 /// from CID to block hash lives in memory, free: what an index costs is
 /// exactly what the floor leaves out.
-pub struct FloorSystem {
+pub(super) struct FloorSystem {
     conn: Arc<Connector>,
     hashes: std::sync::Mutex<std::collections::HashMap<cid::multihash::Multihash<64>, Hash>>,
 }
 
 impl FloorSystem {
     /// Transfers through `conn`.
-    pub fn new(conn: Arc<Connector>) -> Self {
+    pub(super) fn new(conn: Arc<Connector>) -> Self {
         Self {
             conn,
             hashes: Default::default(),
@@ -281,7 +281,7 @@ impl FloorSystem {
 }
 
 /// Garage's S3 API through `object_store`, every request counted.
-pub struct S3System {
+pub(super) struct S3System {
     store: AmazonS3,
     requests: Arc<AtomicU64>,
 }
@@ -292,7 +292,12 @@ const S3_PREFIX: &str = "blocks";
 impl S3System {
     /// A client of `bucket` on `endpoint` (`http://host:port`), path-style,
     /// region `garage`.
-    pub fn new(endpoint: &str, bucket: &str, key_id: &str, secret: &str) -> anyhow::Result<Self> {
+    pub(super) fn new(
+        endpoint: &str,
+        bucket: &str,
+        key_id: &str,
+        secret: &str,
+    ) -> anyhow::Result<Self> {
         let requests = Arc::new(AtomicU64::new(0));
         let store = AmazonS3Builder::new()
             .with_endpoint(endpoint)
@@ -360,7 +365,7 @@ impl S3System {
     }
 
     /// Every object key under `prefix` (the whole bucket for `None`).
-    pub fn list_under(
+    pub(super) fn list_under(
         &self,
         prefix: Option<&str>,
     ) -> futures::stream::BoxStream<'static, anyhow::Result<ObjectPath>> {
@@ -406,13 +411,13 @@ impl HttpService for CountingService {
 /// the key is kubo's datastore key and the shard its next-to-last two
 /// characters (flatfs's `next-to-last/2`). Written to a temporary file and
 /// renamed, without fsync; one copy.
-pub struct LocalSystem {
+pub(super) struct LocalSystem {
     root: PathBuf,
 }
 
 impl LocalSystem {
     /// Files under `root`.
-    pub fn new(root: PathBuf) -> anyhow::Result<Self> {
+    pub(super) fn new(root: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&root).with_context(|| format!("{}", root.display()))?;
         Ok(Self { root })
     }

@@ -10,7 +10,7 @@ use crate::tools::bench::{self, SystemKind, Workload};
 
 /// Arguments of `garage-ipfs bench`.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(super) struct BenchArgs {
     #[command(flatten)]
     cluster: crate::tools::util::OwnCluster,
     /// Multiply every op count by this factor (1, the default, takes about
@@ -45,7 +45,7 @@ pub struct BenchArgs {
 /// Op-count factor of `--quick`.
 const QUICK_SCALE: f64 = 0.05;
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let json_to_stdout = args.json.as_deref() == Some(std::path::Path::new("-"));
     let mut systems = Vec::new();
     for s in SystemKind::ALL {

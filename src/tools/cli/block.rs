@@ -13,7 +13,7 @@ use crate::tools::util::{print_json, print_table, JsonArg, NsArg, Target};
 
 /// Block commands.
 #[derive(Debug, Subcommand)]
-pub enum BlockCmd {
+pub(super) enum BlockCmd {
     /// Store a block from a file or stdin; prints its CID.
     #[command(after_help = "Examples:\n  garage-ipfs block put photo.jpg\n  \
         echo hello | garage-ipfs block put --cid-codec dag-cbor --mhtype blake3")]
@@ -76,7 +76,7 @@ fn parse(cid: &str) -> anyhow::Result<cid::Cid> {
     Ok(cid)
 }
 
-pub async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
+pub(super) async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
     match cmd {
         BlockCmd::Put {
             file,

@@ -12,7 +12,7 @@ use crate::tools::util::{human_bytes, print_json, progress, JsonArg, NsArg, Targ
 
 /// CAR commands.
 #[derive(Debug, Subcommand)]
-pub enum CarCmd {
+pub(super) enum CarCmd {
     /// Import a CARv1: every block verified and stored; refused if
     /// truncated, corrupt or missing part of its roots' DAGs.
     #[command(
@@ -44,7 +44,7 @@ pub enum CarCmd {
     },
 }
 
-pub async fn run(target: &Target, cmd: CarCmd) -> anyhow::Result<()> {
+pub(super) async fn run(target: &Target, cmd: CarCmd) -> anyhow::Result<()> {
     match cmd {
         CarCmd::Import { file, ns, json } => {
             let (_, namespace) = target.namespace(&ns).await?;

@@ -12,7 +12,7 @@ use crate::tools::util::{print_json, print_table, progress, JsonArg, NsArg, Targ
 
 /// Arguments of `verify` and `repair`.
 #[derive(Debug, clap::Args)]
-pub struct VerifyArgs {
+pub(super) struct VerifyArgs {
     #[command(flatten)]
     ns: NsArg,
     /// Check every block (the default).
@@ -27,7 +27,7 @@ pub struct VerifyArgs {
 
 /// Arguments of `repair`.
 #[derive(Debug, clap::Args)]
-pub struct RepairArgs {
+pub(super) struct RepairArgs {
     #[command(flatten)]
     verify: VerifyArgs,
     /// Say what would be repaired; change nothing.
@@ -37,7 +37,7 @@ pub struct RepairArgs {
 
 /// Arguments of `gc`.
 #[derive(Debug, clap::Args)]
-pub struct GcArgs {
+pub(super) struct GcArgs {
     #[command(flatten)]
     ns: NsArg,
     /// File of root CIDs to keep, one per line (`#` comments allowed).
@@ -111,7 +111,7 @@ fn print_summary(s: &VerifySummary) {
     );
 }
 
-pub async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<()> {
+pub(super) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<()> {
     let (_, ns) = target.namespace(&args.ns).await?;
     let (summary, problems) = verify_ns(&ns, &args).await?;
     if args.json.json {
@@ -133,7 +133,7 @@ pub async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<()> {
     }
 }
 
-pub async fn repair(target: &Target, args: RepairArgs) -> anyhow::Result<()> {
+pub(super) async fn repair(target: &Target, args: RepairArgs) -> anyhow::Result<()> {
     let (_, ns) = target.namespace(&args.verify.ns).await?;
     let (summary, problems) = verify_ns(&ns, &args.verify).await?;
     let mut out = RepairSummary {
@@ -174,7 +174,7 @@ pub async fn repair(target: &Target, args: RepairArgs) -> anyhow::Result<()> {
     }
 }
 
-pub async fn gc(target: &Target, args: GcArgs) -> anyhow::Result<()> {
+pub(super) async fn gc(target: &Target, args: GcArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.keep)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.keep.display()))?;
     let roots = text

@@ -44,7 +44,10 @@ pub struct NodelayArg {
 }
 
 /// Starts (or finds running) the dev cluster in `dir`, detached.
-pub async fn up(dir: &DirArg, nodelay: &NodelayArg) -> anyhow::Result<std::sync::Arc<Cluster>> {
+pub(super) async fn up(
+    dir: &DirArg,
+    nodelay: &NodelayArg,
+) -> anyhow::Result<std::sync::Arc<Cluster>> {
     eprintln!("Starting the dev cluster in {} ...", dir.dir.display());
     let cluster = Cluster::start(StartOptions {
         dir: dir.dir.clone(),
@@ -59,7 +62,7 @@ pub async fn up(dir: &DirArg, nodelay: &NodelayArg) -> anyhow::Result<std::sync:
     Ok(cluster)
 }
 
-pub async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
+pub(super) async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
         ClusterCmd::Up { dir, nodelay } => {
             let cluster = up(&dir, &nodelay).await?;

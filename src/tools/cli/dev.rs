@@ -14,7 +14,7 @@ use crate::tools::daemon::{shutdown_signal, Daemon};
 
 /// Arguments of `garage-ipfs dev`.
 #[derive(Debug, clap::Args)]
-pub struct DevArgs {
+pub(super) struct DevArgs {
     #[command(flatten)]
     dir: DirArg,
     #[command(flatten)]
@@ -33,7 +33,7 @@ pub struct DevArgs {
     kubo_profiles: Vec<String>,
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let cluster = super::cluster::up(&args.dir, &args.nodelay).await?;
     println!(

@@ -14,7 +14,7 @@ use crate::tools::util::{print_json, JsonArg, Target};
 
 /// kubo commands.
 #[derive(Debug, Subcommand)]
-pub enum KuboCmd {
+pub(super) enum KuboCmd {
     /// Make a kubo repo whose blocks (`/blocks`) live in a garage-ipfs
     /// namespace, one of its own by default (`kubo-<peer id>`). Pins, MFS
     /// and keys stay in the repo, on kubo's local default. The daemon
@@ -46,7 +46,7 @@ pub enum KuboCmd {
 
 /// Arguments of `kubo bench`.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(super) struct BenchArgs {
     /// Size of the file added, MiB.
     #[arg(long, default_value_t = 256)]
     size_mib: usize,
@@ -64,6 +64,12 @@ pub struct BenchArgs {
         default_value = "garage,s3,s3-bloom,flatfs"
     )]
     systems: Vec<crate::tools::bench::kubo::Kind>,
+    /// Give our daemon node 1's data directory (`colocated_data_dirs`), as
+    /// a daemon beside a storage node runs: cats read block files from
+    /// disk, checked against their CIDs, where go-ds-s3's GETs are answered
+    /// by node 1's gateway from its own copy.
+    #[arg(long)]
+    colocated: bool,
     #[command(flatten)]
     cluster: crate::tools::util::OwnCluster,
     /// Also write the results as JSON to FILE.
@@ -73,7 +79,7 @@ pub struct BenchArgs {
 
 /// Arguments of `kubo init`.
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {
+pub(super) struct InitArgs {
     /// The repo directory to create (kubo's IPFS_PATH).
     #[arg(long)]
     repo: PathBuf,
@@ -117,7 +123,7 @@ struct InitReport {
     ipfs: PathBuf,
 }
 
-pub async fn run(target: &Target, cmd: KuboCmd) -> anyhow::Result<()> {
+pub(super) async fn run(target: &Target, cmd: KuboCmd) -> anyhow::Result<()> {
     match cmd {
         KuboCmd::Build { out } => {
             let out = out.unwrap_or_else(|| kubo::build_dir().join("ipfs"));
@@ -146,6 +152,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 nodelay: !args.cluster.no_nodelay,
                 db_engine: args.cluster.db_engine,
                 systems,
+                colocated: args.colocated,
             };
             kubo::run(&opts).await
         })
@@ -257,7 +264,7 @@ async fn init_repo(
 /// `dev --kubo`: a kubo node on the dev daemon, its repo in the cluster
 /// directory (made on first use), started and left to run until the
 /// returned node is dropped.
-pub async fn dev_node(
+pub(super) async fn dev_node(
     store: &Arc<GarageStore>,
     config: &Config,
     dir: &Path,

@@ -9,7 +9,7 @@ use crate::tools::util::{human_bytes, print_json, print_table, progress, JsonArg
 
 /// Namespace commands.
 #[derive(Debug, Subcommand)]
-pub enum NamespaceCmd {
+pub(super) enum NamespaceCmd {
     /// Create a namespace (idempotent).
     #[command(after_help = "Example:\n  garage-ipfs namespace create photos")]
     Create {
@@ -53,7 +53,7 @@ struct Info {
     bytes: u64,
 }
 
-pub async fn run(target: &Target, cmd: NamespaceCmd) -> anyhow::Result<()> {
+pub(super) async fn run(target: &Target, cmd: NamespaceCmd) -> anyhow::Result<()> {
     let store = target.store().await?;
     match cmd {
         NamespaceCmd::Create { name, json } => {

@@ -6,13 +6,13 @@ use crate::tools::daemon::{shutdown_signal, Daemon};
 
 /// Arguments of `garage-ipfs serve`.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(super) struct ServeArgs {
     /// Connector and daemon configuration (see cluster-config/connector.toml).
     #[arg(long, short, env = "GARAGE_IPFS_CONFIG")]
     config: PathBuf,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = crate::config::read_config(&args.config)?;
     let daemon = Daemon::start(config).await?;
     let [gw, rpc, grpc] = daemon.listeners.addrs()?;

@@ -9,7 +9,7 @@ use crate::tools::soak;
 
 /// Arguments of `garage-ipfs soak`.
 #[derive(Debug, clap::Args)]
-pub struct SoakArgs {
+pub(super) struct SoakArgs {
     /// Concurrent clients; half use HTTP (kubo RPC and gateway), half gRPC.
     #[arg(long, default_value_t = 32)]
     clients: usize,
@@ -36,7 +36,7 @@ pub struct SoakArgs {
     json: Option<PathBuf>,
 }
 
-pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: SoakArgs) -> anyhow::Result<()> {
     let report =
         crate::tools::util::in_work_dir(args.cluster.dir.clone(), "soak", |dir| async move {
             let opts = soak::Options {

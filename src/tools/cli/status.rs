@@ -46,7 +46,7 @@ struct ConnectorView {
     version: &'static str,
 }
 
-pub async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> anyhow::Result<()> {
+pub(super) async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> anyhow::Result<()> {
     let store = target.store().await?;
     let conn = store.connector();
     let health = conn.system.health();

@@ -1,0 +1,694 @@
+//! Packs: many small blocks in one Garage block, listed by one manifest.
+//!
+//! An inline index entry made a small put one K2V item, but an item is
+//! still rows on every node (its row, two Merkle transactions, a counter
+//! row), whatever the batch. A pack holds a group-commit batch of small
+//! blocks end to end in one Garage block, under one anchored ref, listed by
+//! one *manifest*: a K2V item in the namespace's bucket, partition
+//! `pk:<first byte of the pack's hash>`, sort key the pack's hash in hex.
+//! docs/DESIGN.md ("Packing small blocks") says why each rule below is as
+//! it is; this module holds the formats and the in-memory map, no I/O.
+//!
+//! Manifest value (index format 3), little endian:
+//! `[3][flags][slots u16]`, then per slot `[codec u64][offset u32][len u32]
+//! [multihash length u8][multihash]`, then the deleted set as a bitmap of
+//! `ceil(slots / 8)` bytes, then, with flag [`RETIRED`], the 32-byte hash of
+//! the pack that replaced this one.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use garage_model::k2v::item_table::{DvvsValue, K2VItem, K2VItemPartition};
+use garage_util::data::{blake2sum, Hash, Uuid};
+use multihash::Multihash;
+
+/// Index format version of manifests.
+pub(crate) const FORMAT_MANIFEST: u8 = 3;
+
+/// Flag: the pack was compacted into another; its live blocks are there.
+pub(crate) const RETIRED: u8 = 1;
+
+/// Bytes of block data in a pack, at most (a read of one packed block moves
+/// at most this much).
+pub(crate) const PACK_MAX_BYTES: usize = 64 * 1024;
+
+/// Blocks in a pack, at most.
+pub(crate) const PACK_MAX_SLOTS: usize = 512;
+
+/// Prefix of the manifest partitions' keys (index shards are two hex
+/// digits, so the two never meet).
+pub(crate) const PARTITION_PREFIX: &str = "pk:";
+
+/// One block in a pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// The block's multihash.
+    pub(crate) mh: Multihash<64>,
+    /// CID codec of the put.
+    pub(crate) codec: u64,
+    /// Where its bytes start in the pack.
+    pub(crate) offset: u32,
+    /// Its size.
+    pub(crate) len: u32,
+}
+
+/// A pack's manifest: its slots, which are deleted, and whether it was
+/// replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Manifest {
+    pub(crate) slots: Vec<Slot>,
+    /// Bitmap of deleted slots (bit `i % 8` of byte `i / 8`).
+    pub(crate) deleted: Vec<u8>,
+    /// The pack holding this one's live blocks, once compacted.
+    pub(crate) retired_by: Option<Hash>,
+}
+
+/// Why a manifest could not be decoded or merged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ManifestError {
+    #[error("not a manifest (format {0})")]
+    Version(u8),
+    #[error("truncated manifest")]
+    Truncated,
+    #[error("unknown manifest flags 0x{0:02x}")]
+    Flags(u8),
+    #[error("{0} trailing bytes after the manifest")]
+    Trailing(usize),
+    #[error("bad multihash in slot {0}")]
+    Multihash(usize),
+    #[error("slot {0} lies outside a pack of at most {PACK_MAX_BYTES} bytes")]
+    Bounds(usize),
+    #[error("two values of one manifest list different slots")]
+    Conflict,
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ManifestError> {
+        if self.0.len() < n {
+            return Err(ManifestError::Truncated);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, ManifestError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ManifestError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, ManifestError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, ManifestError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+}
+
+impl Manifest {
+    /// Whether slot `i` is deleted.
+    pub(crate) fn is_deleted(&self, i: usize) -> bool {
+        self.deleted
+            .get(i / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    /// Marks slot `i` deleted.
+    pub(crate) fn delete(&mut self, i: usize) {
+        self.deleted.resize(self.slots.len().div_ceil(8), 0);
+        self.deleted[i / 8] |= 1 << (i % 8);
+    }
+
+    /// The slots not deleted, with their index. A retired pack has none:
+    /// its live blocks are in the pack that replaced it.
+    pub(crate) fn live(&self) -> impl Iterator<Item = (usize, &Slot)> {
+        let retired = self.retired_by.is_some();
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(move |(i, _)| !retired && !self.is_deleted(*i))
+    }
+
+    /// Bytes of the live slots.
+    pub(crate) fn live_bytes(&self) -> u64 {
+        self.live().map(|(_, s)| u64::from(s.len)).sum()
+    }
+
+    /// Binary form (module docs).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(4 + self.slots.len() * 52 + 40);
+        v.push(FORMAT_MANIFEST);
+        v.push(if self.retired_by.is_some() {
+            RETIRED
+        } else {
+            0
+        });
+        v.extend_from_slice(&(self.slots.len() as u16).to_le_bytes());
+        for s in &self.slots {
+            v.extend_from_slice(&s.codec.to_le_bytes());
+            v.extend_from_slice(&s.offset.to_le_bytes());
+            v.extend_from_slice(&s.len.to_le_bytes());
+            let mh = s.mh.to_bytes();
+            v.push(mh.len() as u8);
+            v.extend_from_slice(&mh);
+        }
+        let mut deleted = self.deleted.clone();
+        deleted.resize(self.slots.len().div_ceil(8), 0);
+        v.extend_from_slice(&deleted);
+        if let Some(h) = &self.retired_by {
+            v.extend_from_slice(h.as_slice());
+        }
+        v
+    }
+
+    /// Inverse of [`Manifest::encode`]; refuses anything else.
+    pub(crate) fn decode(v: &[u8]) -> Result<Self, ManifestError> {
+        let mut r = Reader(v);
+        match r.u8() {
+            Ok(FORMAT_MANIFEST) => (),
+            Ok(other) => return Err(ManifestError::Version(other)),
+            Err(e) => return Err(e),
+        }
+        let flags = r.u8()?;
+        if flags & !RETIRED != 0 {
+            return Err(ManifestError::Flags(flags));
+        }
+        let n = r.u16()? as usize;
+        let mut slots = Vec::with_capacity(n);
+        for i in 0..n {
+            let codec = r.u64()?;
+            let offset = r.u32()?;
+            let len = r.u32()?;
+            if offset as usize + len as usize > PACK_MAX_BYTES {
+                return Err(ManifestError::Bounds(i));
+            }
+            let mh_len = r.u8()? as usize;
+            let mh =
+                Multihash::from_bytes(r.take(mh_len)?).map_err(|_| ManifestError::Multihash(i))?;
+            slots.push(Slot {
+                mh,
+                codec,
+                offset,
+                len,
+            });
+        }
+        let deleted = r.take(n.div_ceil(8))?.to_vec();
+        let retired_by = if flags & RETIRED != 0 {
+            let h: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
+            Some(h.into())
+        } else {
+            None
+        };
+        if !r.0.is_empty() {
+            return Err(ManifestError::Trailing(r.0.len()));
+        }
+        Ok(Self {
+            slots,
+            deleted,
+            retired_by,
+        })
+    }
+
+    /// The manifest of an item: its values merged (concurrent deletes of
+    /// different slots leave siblings; their deleted sets are united, and a
+    /// retirement seen in any sibling holds). `None` for a tombstone.
+    pub(crate) fn of_item(item: &K2VItem) -> Result<Option<Self>, ManifestError> {
+        let mut merged: Option<Self> = None;
+        for v in item.values() {
+            let DvvsValue::Value(bytes) = v else { continue };
+            let m = Self::decode(bytes)?;
+            merged = Some(match merged {
+                None => m,
+                Some(acc) => acc.merge(m)?,
+            });
+        }
+        Ok(merged)
+    }
+
+    /// Two values of one manifest, united.
+    pub(crate) fn merge(mut self, other: Self) -> Result<Self, ManifestError> {
+        if self.slots != other.slots {
+            return Err(ManifestError::Conflict);
+        }
+        self.deleted.resize(self.slots.len().div_ceil(8), 0);
+        for (a, b) in self.deleted.iter_mut().zip(&other.deleted) {
+            *a |= b;
+        }
+        self.retired_by = self.retired_by.or(other.retired_by);
+        Ok(self)
+    }
+}
+
+/// Blocks gathered into a pack.
+#[derive(Default)]
+pub(crate) struct PackBuilder {
+    data: BytesMut,
+    slots: Vec<Slot>,
+}
+
+impl PackBuilder {
+    /// Whether a block of `len` bytes still fits.
+    pub(crate) fn fits(&self, len: usize) -> bool {
+        self.slots.len() < PACK_MAX_SLOTS && self.data.len() + len <= PACK_MAX_BYTES
+    }
+
+    /// Adds a block (the caller checked [`Self::fits`]); its slot number.
+    pub(crate) fn push(&mut self, mh: Multihash<64>, codec: u64, bytes: &[u8]) -> usize {
+        debug_assert!(self.fits(bytes.len()));
+        self.slots.push(Slot {
+            mh,
+            codec,
+            offset: self.data.len() as u32,
+            len: bytes.len() as u32,
+        });
+        self.data.extend_from_slice(bytes);
+        self.slots.len() - 1
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// The pack's bytes, its Garage block hash, and its manifest.
+    pub(crate) fn finish(self) -> (Bytes, Hash, Manifest) {
+        let data = self.data.freeze();
+        let hash = blake2sum(&data);
+        let manifest = Manifest {
+            deleted: vec![0; self.slots.len().div_ceil(8)],
+            slots: self.slots,
+            retired_by: None,
+        };
+        (data, hash, manifest)
+    }
+}
+
+/// The manifest partition of a pack: `pk:` and its hash's first byte.
+pub(crate) fn partition(ns: Uuid, pack: &Hash) -> K2VItemPartition {
+    K2VItemPartition {
+        bucket_id: ns,
+        partition_key: partition_name(pack.as_slice()[0] as usize),
+    }
+}
+
+/// The key of manifest partition `i`.
+pub(crate) fn partition_name(i: usize) -> String {
+    format!("{PARTITION_PREFIX}{i:02x}")
+}
+
+/// The manifest partition a partition key names, if it is one.
+pub(crate) fn parse_partition(key: &str) -> Option<usize> {
+    let hex = key.strip_prefix(PARTITION_PREFIX)?;
+    (hex.len() == 2)
+        .then(|| usize::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// A manifest's sort key: the pack's hash in hex.
+pub(crate) fn sort_key(pack: &Hash) -> String {
+    hex::encode(pack.as_slice())
+}
+
+/// The pack hash a manifest sort key names.
+pub(crate) fn parse_sort_key(key: &str) -> Option<Hash> {
+    let bytes: [u8; 32] = hex::decode(key).ok()?.try_into().ok()?;
+    Some(bytes.into())
+}
+
+/// Where a packed block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Located {
+    /// The pack's Garage block hash.
+    pub(crate) pack: Hash,
+    /// Anchor generation of the pack's ref.
+    pub(crate) generation: u16,
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+}
+
+/// The map's key of a multihash: its first 8 digest bytes, mixed with its
+/// function code. Two stored blocks sharing it are told apart by checking
+/// the bytes against the CID on every get; a `has` answered from the key
+/// alone is wrong only for an absent multihash sharing it with a stored one
+/// (2⁻⁶⁴ per stored block for a cryptographic hash).
+pub(crate) fn map_key(mh: &Multihash<64>) -> u64 {
+    let mut first = [0u8; 8];
+    let d = mh.digest();
+    let n = d.len().min(8);
+    first[..n].copy_from_slice(&d[..n]);
+    u64::from_le_bytes(first) ^ mh.code().wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loc {
+    pack: u32,
+    slot: u16,
+}
+
+/// A pack the map knows.
+struct PackInfo {
+    hash: Hash,
+    generation: u16,
+    partition: u8,
+    /// Per slot: offset, length, map key.
+    slots: Box<[(u32, u32, u64)]>,
+    deleted: Vec<u8>,
+}
+
+impl PackInfo {
+    fn is_deleted(&self, i: usize) -> bool {
+        self.deleted
+            .get(i / 8)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+}
+
+/// Per namespace: where each packed block is, in memory. Built from the
+/// manifests and kept current with them (module docs of `filter.rs` say
+/// how a filtered store follows the cluster's changes).
+#[derive(Default)]
+pub(crate) struct PackMap {
+    /// Packs by number; `None` for a number free for reuse.
+    packs: Vec<Option<PackInfo>>,
+    free: Vec<u32>,
+    by_hash: HashMap<Hash, u32>,
+    /// One location per key; the rare second copy of a block (two packs
+    /// holding it, or two blocks sharing a key) goes to `more`.
+    index: HashMap<u64, Loc>,
+    more: HashMap<u64, Vec<Loc>>,
+}
+
+impl PackMap {
+    /// Adds (or replaces) a pack from its manifest. A retired manifest
+    /// adds nothing and removes the pack if it was known.
+    pub(crate) fn insert(&mut self, hash: Hash, generation: u16, manifest: &Manifest) {
+        self.remove(&hash);
+        if manifest.retired_by.is_some() {
+            return;
+        }
+        let info = PackInfo {
+            hash,
+            generation,
+            partition: hash.as_slice()[0],
+            slots: manifest
+                .slots
+                .iter()
+                .map(|s| (s.offset, s.len, map_key(&s.mh)))
+                .collect(),
+            deleted: manifest.deleted.clone(),
+        };
+        let n = match self.free.pop() {
+            Some(n) => n,
+            None => {
+                self.packs.push(None);
+                (self.packs.len() - 1) as u32
+            }
+        };
+        for (i, s) in info.slots.iter().enumerate() {
+            if info.is_deleted(i) {
+                continue;
+            }
+            let loc = Loc {
+                pack: n,
+                slot: i as u16,
+            };
+            if let Some(prev) = self.index.insert(s.2, loc) {
+                self.more.entry(s.2).or_default().push(prev);
+            }
+        }
+        self.by_hash.insert(hash, n);
+        self.packs[n as usize] = Some(info);
+    }
+
+    /// Forgets a pack.
+    pub(crate) fn remove(&mut self, hash: &Hash) {
+        let Some(n) = self.by_hash.remove(hash) else {
+            return;
+        };
+        let info = self.packs[n as usize].take().expect("known pack");
+        for (i, s) in info.slots.iter().enumerate() {
+            self.unlink(
+                s.2,
+                Loc {
+                    pack: n,
+                    slot: i as u16,
+                },
+            );
+        }
+        self.free.push(n);
+    }
+
+    fn unlink(&mut self, key: u64, loc: Loc) {
+        if let Some(more) = self.more.get_mut(&key) {
+            if let Some(p) = more.iter().position(|l| *l == loc) {
+                more.swap_remove(p);
+            } else if self.index.get(&key) == Some(&loc) {
+                let next = more.pop().expect("non-empty");
+                self.index.insert(key, next);
+            }
+            if more.is_empty() {
+                self.more.remove(&key);
+            }
+        } else if self.index.get(&key) == Some(&loc) {
+            self.index.remove(&key);
+        }
+    }
+
+    /// Marks a block deleted in every pack the map has it in.
+    pub(crate) fn delete(&mut self, mh: &Multihash<64>) -> Vec<(Hash, usize)> {
+        let key = map_key(mh);
+        let locs = self.locs(key);
+        for loc in &locs {
+            if let Some(info) = self.packs[loc.pack as usize].as_mut() {
+                let i = loc.slot as usize;
+                info.deleted.resize(info.slots.len().div_ceil(8), 0);
+                info.deleted[i / 8] |= 1 << (i % 8);
+            }
+            self.unlink(key, *loc);
+        }
+        locs.iter()
+            .filter_map(|l| {
+                let info = self.packs[l.pack as usize].as_ref()?;
+                Some((info.hash, l.slot as usize))
+            })
+            .collect()
+    }
+
+    fn locs(&self, key: u64) -> Vec<Loc> {
+        let mut v: Vec<Loc> = self.index.get(&key).copied().into_iter().collect();
+        if let Some(more) = self.more.get(&key) {
+            v.extend(more);
+        }
+        v
+    }
+
+    /// Every live location of a multihash's key.
+    pub(crate) fn lookup(&self, mh: &Multihash<64>) -> Vec<Located> {
+        self.locs(map_key(mh))
+            .into_iter()
+            .filter_map(|l| {
+                let info = self.packs[l.pack as usize].as_ref()?;
+                let (offset, len, _) = info.slots[l.slot as usize];
+                Some(Located {
+                    pack: info.hash,
+                    generation: info.generation,
+                    offset,
+                    len,
+                })
+            })
+            .collect()
+    }
+
+    /// The packs of a manifest partition.
+    pub(crate) fn packs_in(&self, partition: usize) -> Vec<Hash> {
+        self.packs
+            .iter()
+            .flatten()
+            .filter(|p| p.partition as usize == partition)
+            .map(|p| p.hash)
+            .collect()
+    }
+
+    /// Live packed blocks the map knows.
+    pub(crate) fn len(&self) -> usize {
+        self.index.len() + self.more.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Bytes the map uses, about: hash tables at their capacity (key,
+    /// value and hashbrown's control byte per bucket) and each pack's slots.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        let table = |cap: usize, entry: usize| cap * (entry + 1);
+        table(self.index.capacity(), 16)
+            + table(self.by_hash.capacity(), 36)
+            + self
+                .packs
+                .iter()
+                .flatten()
+                .map(|p| 64 + p.slots.len() * 16 + p.deleted.len())
+                .sum::<usize>()
+            + self.packs.capacity() * std::mem::size_of::<Option<PackInfo>>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mh(i: u32) -> Multihash<64> {
+        let mut d = [0u8; 32];
+        d[..4].copy_from_slice(&i.to_be_bytes());
+        d[31] = 1;
+        Multihash::wrap(0x12, &d).unwrap()
+    }
+
+    fn pack(range: std::ops::Range<u32>) -> (Bytes, Hash, Manifest) {
+        let mut b = PackBuilder::default();
+        for i in range {
+            b.push(mh(i), 0x55, &i.to_le_bytes().repeat(10));
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn manifests_round_trip_and_refuse_garbage() {
+        let (data, _, mut m) = pack(0..20);
+        assert_eq!(data.len(), 20 * 40);
+        m.delete(3);
+        m.delete(17);
+        let bytes = m.encode();
+        let back = Manifest::decode(&bytes).unwrap();
+        assert_eq!(back, m);
+        assert!(back.is_deleted(3) && back.is_deleted(17) && !back.is_deleted(4));
+        assert_eq!(back.live().count(), 18);
+        assert_eq!(Manifest::decode(&[1]), Err(ManifestError::Version(1)));
+        assert_eq!(
+            Manifest::decode(&bytes[..bytes.len() - 1]),
+            Err(ManifestError::Truncated)
+        );
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(Manifest::decode(&long), Err(ManifestError::Trailing(1)));
+        let mut flagged = bytes.clone();
+        flagged[1] = 0x80;
+        assert_eq!(Manifest::decode(&flagged), Err(ManifestError::Flags(0x80)));
+        // A slot reaching past the largest pack is refused.
+        let mut far = m.clone();
+        far.slots[0].offset = PACK_MAX_BYTES as u32;
+        assert_eq!(
+            Manifest::decode(&far.encode()),
+            Err(ManifestError::Bounds(0))
+        );
+        let mut retired = m.clone();
+        retired.retired_by = Some(blake2sum(b"next"));
+        let back = Manifest::decode(&retired.encode()).unwrap();
+        assert_eq!(back.retired_by, retired.retired_by);
+        assert_eq!(back.live().count(), 0, "a retired pack has no live slot");
+    }
+
+    #[test]
+    fn concurrent_deletes_merge_into_the_union() {
+        let (_, _, m) = pack(0..10);
+        let (mut a, mut b) = (m.clone(), m.clone());
+        a.delete(1);
+        b.delete(8);
+        let merged = a.merge(b).unwrap();
+        assert!(merged.is_deleted(1) && merged.is_deleted(8));
+        assert_eq!(merged.live().count(), 8);
+        let (_, _, other) = pack(0..11);
+        assert_eq!(m.merge(other), Err(ManifestError::Conflict));
+    }
+
+    #[test]
+    fn packs_stop_at_their_limits() {
+        let mut b = PackBuilder::default();
+        let block = vec![0u8; 3072];
+        let mut n = 0;
+        while b.fits(block.len()) {
+            b.push(mh(n), 0x55, &block);
+            n += 1;
+        }
+        assert_eq!(n as usize, PACK_MAX_BYTES / 3072);
+        let mut b = PackBuilder::default();
+        for i in 0..PACK_MAX_SLOTS as u32 {
+            assert!(b.fits(1));
+            b.push(mh(i), 0x55, &[1]);
+        }
+        assert!(!b.fits(1), "more than {PACK_MAX_SLOTS} slots");
+    }
+
+    #[test]
+    fn the_map_finds_live_blocks_and_forgets_deleted_and_removed_ones() {
+        let mut map = PackMap::default();
+        let (data, h1, m1) = pack(0..100);
+        map.insert(h1, 0, &m1);
+        let (_, h2, m2) = pack(50..150);
+        map.insert(h2, 2, &m2);
+        assert_eq!(map.len(), 200);
+        // Block 10 is in pack 1 only, where its bytes are.
+        let l = map.lookup(&mh(10));
+        assert_eq!(l.len(), 1);
+        let got = &data[l[0].offset as usize..(l[0].offset + l[0].len) as usize];
+        assert_eq!(got, &10u32.to_le_bytes().repeat(10)[..]);
+        // Block 60 is in both packs.
+        assert_eq!(map.lookup(&mh(60)).len(), 2);
+        assert!(map.lookup(&mh(1000)).is_empty());
+        // A delete marks every copy.
+        let marked = map.delete(&mh(60));
+        assert_eq!(marked.len(), 2);
+        assert!(map.lookup(&mh(60)).is_empty());
+        // Removing pack 1 keeps pack 2's blocks.
+        map.remove(&h1);
+        assert!(map.lookup(&mh(10)).is_empty());
+        assert_eq!(map.lookup(&mh(70)).len(), 1);
+        assert_eq!(map.lookup(&mh(70))[0].generation, 2);
+        assert_eq!(map.len(), 99);
+        // Inserting a known pack again replaces it (a refreshed manifest).
+        let mut m2b = m2.clone();
+        m2b.delete(20); // block 70
+        map.insert(h2, 2, &m2b);
+        assert!(map.lookup(&mh(70)).is_empty());
+        assert_eq!(map.packs_in(h2.as_slice()[0] as usize), vec![h2]);
+        // A retired manifest removes its pack.
+        m2b.retired_by = Some(h1);
+        map.insert(h2, 2, &m2b);
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn the_map_stays_within_its_stated_memory() {
+        let mut map = PackMap::default();
+        for p in 0..2000u32 {
+            let (_, h, m) = pack(p * 64..(p + 1) * 64);
+            map.insert(h, 0, &m);
+        }
+        let per_block = map.memory_bytes() as f64 / map.len() as f64;
+        // Stated in DESIGN.md: 16 bytes of slot, 17 of table entry at a
+        // load between 7/16 and 7/8, a share of the pack's own.
+        assert!(per_block <= 60.0, "{per_block} bytes per packed block");
+    }
+
+    #[test]
+    fn partitions_and_sort_keys_parse_back() {
+        let h = blake2sum(b"pack");
+        let p = partition(Uuid::from([1; 32]), &h);
+        assert_eq!(
+            parse_partition(&p.partition_key),
+            Some(h.as_slice()[0] as usize)
+        );
+        assert_eq!(parse_partition("ab"), None);
+        assert_eq!(parse_partition("pk:zz"), None);
+        assert_eq!(parse_sort_key(&sort_key(&h)), Some(h));
+        assert_eq!(parse_sort_key("00"), None);
+    }
+}

@@ -663,39 +663,17 @@ fn cli_soak_loses_nothing_under_mixed_load() {
 }
 
 /// Stops what `garage-ipfs dev` started, also when the test panics: the
-/// dev process (SIGINT, as Ctrl-C; SIGKILL if it lingers) and then the dev
-/// cluster's nodes, which outlive it by design (`cluster down`).
+/// dev process (SIGINT, as Ctrl-C; SIGKILL when the guard drops) and then
+/// the dev cluster's nodes, which outlive it by design (`cluster down`).
 struct DevRun {
-    child: std::process::Child,
-    /// Set once the process was waited for (its PID may be reused then).
-    exited: Option<std::process::ExitStatus>,
+    dev: ChildGuard,
     cluster: std::path::PathBuf,
-}
-
-impl DevRun {
-    /// Sends SIGINT (unless it ended already) and waits for the process to
-    /// end; its exit status.
-    fn interrupt(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        if self.exited.is_none() {
-            if let Ok(None) = self.child.try_wait() {
-                let _ = garage_ipfs::harness::process::signal(self.child.id(), libc::SIGINT);
-            }
-            let start = std::time::Instant::now();
-            while self.exited.is_none() && start.elapsed() < limit {
-                self.exited = self.child.try_wait().ok().flatten();
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        self.exited
-    }
 }
 
 impl Drop for DevRun {
     fn drop(&mut self) {
-        if self.interrupt(Duration::from_secs(30)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.dev
+            .signal_and_wait(libc::SIGINT, Duration::from_secs(30));
         let _ = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
             .args(["cluster", "down", "--dir"])
             .arg(&self.cluster)
@@ -720,13 +698,11 @@ fn cli_dev_with_kubo_runs_a_kubo_node_whose_blocks_live_in_the_cluster() {
     cmd.args(["dev", "--kubo", "--kubo-profile", "test", "--dir"])
         .arg(&cluster)
         .stdout(std::process::Stdio::piped());
-    let mut child = garage_ipfs::harness::process::spawn_attached(cmd).expect("cannot run dev");
-    let stdout = child.stdout.take().unwrap();
     let mut dev = DevRun {
-        child,
-        exited: None,
+        dev: ChildGuard::spawn(cmd),
         cluster: cluster.clone(),
     };
+    let stdout = dev.dev.take_stdout().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines() {
@@ -791,7 +767,9 @@ fn cli_dev_with_kubo_runs_a_kubo_node_whose_blocks_live_in_the_cluster() {
     }
 
     // Ctrl-C: the daemon stops, and the kubo node with it.
-    let status = dev.interrupt(Duration::from_secs(60));
+    let status = dev
+        .dev
+        .signal_and_wait(libc::SIGINT, Duration::from_secs(60));
     assert!(
         status.is_some_and(|s| s.success()),
         "dev did not exit cleanly on SIGINT: {status:?}"

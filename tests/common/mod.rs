@@ -552,16 +552,37 @@ impl ChildGuard {
     }
 
     /// SIGTERM, as an operator would, and wait for it to exit (SIGKILL
-    /// after 30 s).
+    /// after 30 s, on drop).
     pub fn terminate(mut self) {
-        let _ = garage_ipfs::harness::process::signal(self.0.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
+        self.signal_and_wait(libc::SIGTERM, Duration::from_secs(30));
+    }
+
+    /// Sends `signal` unless the process has ended, then waits up to
+    /// `limit` for it to end: its exit status, if it did. A process already
+    /// reaped is never signalled (its PID may belong to another by then).
+    pub fn signal_and_wait(
+        &mut self,
+        signal: libc::c_int,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = garage_ipfs::harness::process::signal(self.0.id(), signal);
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process's stdout, when it was piped (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.0.stdout.take()
     }
 }
 

@@ -277,25 +277,23 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         harness::free_port()?,
     ];
     let config = daemon_dir.join("connector.toml");
-    std::fs::write(
-        &config,
-        cluster.daemon_config(
-            &daemon_dir.join("state"),
-            harness::free_port()?,
-            ports,
-            "default",
-            &[("allow_anonymous_writes_on_loopback", true.into())],
-        ),
-    )?;
+    let mut text = cluster.daemon_config(
+        &daemon_dir.join("state"),
+        harness::free_port()?,
+        ports,
+        "default",
+        &[("allow_anonymous_writes_on_loopback", true.into())],
+    );
     if opts.colocated {
-        let mut t: toml::Table = std::fs::read_to_string(&config)?.parse()?;
+        let mut t: toml::Table = text.parse()?;
         let dir = cluster.nodes[0].data_dir.display().to_string();
         t.insert(
             "colocated_data_dirs".into(),
             toml::Value::Array(vec![dir.into()]),
         );
-        std::fs::write(&config, toml::to_string(&t)?)?;
+        text = toml::to_string(&t)?;
     }
+    std::fs::write(&config, text)?;
     let daemon = Daemon {
         config: config.clone(),
         log: daemon_dir.join("daemon.log"),

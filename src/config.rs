@@ -117,6 +117,15 @@ pub struct Config {
     /// Relative paths are taken from the config file's directory.
     #[serde(default)]
     pub colocated_data_dirs: Vec<PathBuf>,
+    /// Whether small blocks (at most 3072 bytes) are written many to a
+    /// pack (the default) rather than one index entry each. Either way,
+    /// blocks written both ways are read.
+    #[serde(default = "default_true")]
+    pub pack_small_blocks: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Environment variable that may hold the write token.
@@ -315,7 +324,15 @@ impl Config {
             timeouts: Timeouts::default(),
             api: ApiConfig::default(),
             colocated_data_dirs: Vec::new(),
+            pack_small_blocks: true,
         }
+    }
+
+    /// Writes small blocks one index entry each instead of packing them
+    /// ([`Config::pack_small_blocks`]).
+    pub fn with_pack_small_blocks(mut self, on: bool) -> Self {
+        self.pack_small_blocks = on;
+        self
     }
 
     /// Reads blocks from a co-located storage node's data directories

@@ -323,6 +323,10 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
             ns.put(&cid, data).await.unwrap();
             present.push(cid);
         }
+        // A block stored on its own (not packed), put before the filter is
+        // ready, so that the cache does not hold its entry.
+        let (big, data) = random_block(codec::RAW, 0x12, 10_000);
+        ns.put(&big, data).await.unwrap();
         eventually(Duration::from_secs(60), "filter ready", || {
             ns.filter_stats().unwrap().ready
         })
@@ -383,17 +387,20 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
             "only {answered} of 1000 answered from memory"
         );
         assert_eq!(after.hits - before.hits, 3 * answered as u64);
-        // Presence comes from the cluster or from the block cache (which
-        // holds the entries of our puts made once the filter was ready, with
-        // the inline bytes of small blocks), never from the filter alone.
+        // A block stored on its own: presence comes from the cluster or
+        // from the block cache (which holds the entries of our puts made
+        // once the filter was ready), never from the filter alone.
         assert!(
-            ns.has(&present[0]).await.is_err(),
+            ns.has(&big).await.is_err(),
             "presence must be confirmed by the cluster"
         );
+        // Packed blocks: the pack map answers `has` from memory, and a get
+        // reads the pack from the cache, which holds the packs we wrote.
         let (hits, _) = cache_counts(&filtered);
-        assert!(ns.has(&own).await.unwrap(), "cached entry");
+        assert!(ns.has(&present[0]).await.unwrap(), "packed, from the map");
+        assert!(ns.has(&own).await.unwrap(), "packed, from the map");
         assert_eq!(ns.get(&own).await.unwrap().map(|b| b.len()), Some(778));
-        assert_eq!(cache_counts(&filtered).0, hits + 2);
+        assert_eq!(cache_counts(&filtered).0, hits + 1, "own pack cached");
 
         restart_and_rejoin(&[1, 2], filtered.connector()).await;
         // A deleted block: the index answers until the shard is rebuilt.
@@ -422,7 +429,8 @@ fn fault_node_killed_during_put_many_loses_no_acknowledged_block() {
             .create_namespace(&unique_ns("kill-node"))
             .await
             .unwrap();
-        let all = blocks(2000);
+        // Half of them small: a node dies mid-pack-write too.
+        let all = mixed_blocks(2000);
         use garage_ipfs::garage::{Call, Op};
         let calls = store.connector().call_counters();
         let before = calls.get(Op::Put, Call::BlockPut);
@@ -749,8 +757,13 @@ fn fault_daemon_killed_mid_batch_then_restarted_loses_no_acknowledged_block() {
             let (http, acked, token) = (http.clone(), acked.clone(), token.clone());
             clients.push(tokio::spawn(async move {
                 loop {
-                    let (cid, data) =
-                        random_block(codec::RAW, 0x12, 4096 + rand::random::<u16>() as usize);
+                    // Half small (packed: the daemon dies mid-pack too).
+                    let size = if rand::random::<bool>() {
+                        1 + rand::random::<u16>() as usize % 3072
+                    } else {
+                        4096 + rand::random::<u16>() as usize
+                    };
+                    let (cid, data) = random_block(codec::RAW, 0x12, size);
                     let form = reqwest::multipart::Form::new().part(
                         "file",
                         reqwest::multipart::Part::bytes(data.to_vec()).file_name("b"),

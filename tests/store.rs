@@ -262,13 +262,17 @@ fn store_survives_garage_repairs() {
     });
 }
 
-/// Blocks up to Garage's inline threshold live in their index entry: no
-/// ref, no block file on any node; they read back, list and delete like
-/// any block. One byte more and the block goes to the block manager.
+/// With packing off, blocks up to Garage's inline threshold live in their
+/// index entry: no ref, no block file on any node; they read back, list
+/// and delete like any block. One byte more and the block goes to the
+/// block manager.
 #[test]
-fn store_small_blocks_live_inline_in_the_index() {
+fn store_small_blocks_live_inline_in_the_index_with_packing_off() {
     run(async {
-        let ns = store().await.namespace(&unique_ns("inline")).unwrap();
+        let conn = new_connector_with("inline", |c| c.with_pack_small_blocks(false)).await;
+        let ns = GarageStore::new(conn)
+            .namespace(&unique_ns("inline"))
+            .unwrap();
         let small = [
             random_block(codec::RAW, SHA2_256, 1024),
             random_block(codec::DAG_CBOR, BLAKE3, INLINE_MAX),
@@ -307,14 +311,16 @@ fn store_small_blocks_live_inline_in_the_index() {
     });
 }
 
-/// Group commit: concurrent puts share their index (and ref) writes, and
-/// each call is accounted to the operation that made it.
+/// Group commit: concurrent puts share their index (and ref) writes, small
+/// ones share packs, and each call is accounted to the operation that made
+/// it.
 #[test]
 fn store_concurrent_puts_share_requests() {
     run(async {
         let conn = new_connector("batch").await;
         let store = GarageStore::new(conn.clone());
-        let ns = store.namespace(&unique_ns("batch")).unwrap();
+        // Registered first, so that what is counted is the puts' own writes.
+        let ns = store.create_namespace(&unique_ns("batch")).await.unwrap();
         let calls = conn.call_counters();
         let count = |call| calls.get(Op::Put, call);
 
@@ -328,18 +334,21 @@ fn store_concurrent_puts_share_requests() {
             .await
             .unwrap();
         let small_writes = count(Call::K2vWrite) - writes;
-        eprintln!("64 concurrent 1 KiB puts: {small_writes} index write requests");
-        // Shared: a request carries at most 128 writes and 4 are in flight,
-        // so 64 puts that arrive together leave in a few requests (16 is a
-        // generous bound); and they are the puts' own, counted as puts.
+        let packs = ns.pack_stats().packs_written;
+        eprintln!("64 concurrent 1 KiB puts: {packs} packs, {small_writes} index write requests");
+        // Shared: a pack holds what waits while 4 are in flight, so 64 puts
+        // that arrive together leave in a few packs (16 is a generous
+        // bound), each one block write and one manifest write, batched
+        // further; and they are the puts' own, counted as puts.
+        assert!((1..=16).contains(&packs), "{packs} packs");
         assert!(
-            (1..=16).contains(&small_writes),
-            "{small_writes} index write requests"
+            (1..=packs).contains(&small_writes),
+            "{small_writes} index write requests for {packs} packs"
         );
         assert_eq!(
-            count(Call::BlockPut),
-            blocks,
-            "inline blocks write no block"
+            count(Call::BlockPut) - blocks,
+            packs,
+            "one block write per pack"
         );
 
         let big: Vec<_> = (0..16)
@@ -366,10 +375,142 @@ fn store_concurrent_puts_share_requests() {
         for (cid, data) in small.iter().chain(&big) {
             assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
         }
-        // No cache in this store: one block read per big block, from the
-        // first node that has it (all are up), counted as gets.
-        assert_eq!(calls.get(Op::Get, Call::BlockGet), 16);
+        // No cache in this store: one block read per get, from the first
+        // node that has it (all are up), counted as gets: the big block,
+        // or the small block's pack.
+        assert_eq!(calls.get(Op::Get, Call::BlockGet), 16 + 64);
         assert_eq!(calls.for_op(Op::Put), puts_before, "gets counted as puts");
+    });
+}
+
+/// Small blocks are written many to a pack, with no index entry of their
+/// own; another connector reads, lists and deletes them; the writer's map
+/// sees those deletes; verify checks them through their packs; and packs
+/// whose every block is deleted are removed.
+#[test]
+fn store_small_blocks_are_packed_and_other_connectors_read_list_and_delete_them() {
+    run(async {
+        let name = unique_ns("packs");
+        let writer_conn = new_connector("packs-writer").await;
+        let writer = GarageStore::with_filters(writer_conn.clone());
+        let ns = writer.namespace(&name).unwrap();
+        eventually(Duration::from_secs(60), "filter ready", || {
+            ns.filter_stats().unwrap().ready
+        })
+        .await;
+        let small: Vec<_> = (0..300)
+            .map(|i| random_block(codec::RAW, SHA2_256, 1 + (i * 97) % INLINE_MAX))
+            .collect();
+        let calls = writer_conn.call_counters();
+        let block_puts = calls.get(Op::Put, Call::BlockPut);
+        futures::future::try_join_all(small.iter().map(|(c, d)| ns.put(c, d.clone())))
+            .await
+            .unwrap();
+        let packs = ns.pack_stats().packs_written;
+        eprintln!("300 concurrent small puts: {packs} packs");
+        assert!(
+            (1..=75).contains(&packs),
+            "{packs} packs for 300 puts (at least 4 blocks a pack expected)"
+        );
+        assert_eq!(calls.get(Op::Put, Call::BlockPut) - block_puts, packs);
+        for (cid, _) in small.iter().take(20) {
+            let (entry, _) = ns.entry(cid.hash()).await.unwrap();
+            assert!(entry.is_none(), "{cid}: a per-block index entry");
+        }
+
+        // Another connector (no filter: it builds its map on first need).
+        let reader = GarageStore::new(new_connector("packs-reader").await)
+            .namespace(&name)
+            .unwrap();
+        for (cid, data) in &small {
+            assert_eq!(reader.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
+            assert_eq!(reader.get_size(cid).await.unwrap(), Some(data.len() as u64));
+        }
+        let listed: Vec<_> = reader.list().try_collect().await.unwrap();
+        let set: std::collections::HashSet<_> = listed.iter().map(|m| m.to_bytes()).collect();
+        assert_eq!(listed.len(), 300, "each block listed once");
+        assert!(small
+            .iter()
+            .all(|(c, _)| set.contains(&c.hash().to_bytes())));
+        // Putting them again writes nothing: the map knows them.
+        for (cid, data) in small.iter().take(10) {
+            reader.put(cid, data.clone()).await.unwrap();
+        }
+        assert_eq!(
+            reader.pack_stats().packs_written,
+            0,
+            "a re-put packed again"
+        );
+
+        // Verify reads each pack once and checks every block in it.
+        let entries: Vec<_> = reader.list_entries().try_collect().await.unwrap();
+        assert!(entries.iter().all(|(_, e)| e.packed.is_some()));
+        let summary = reader
+            .verify_entries(entries.clone(), |_| ())
+            .await
+            .unwrap();
+        assert!(summary.clean(), "verify: {summary:?}");
+        assert_eq!(summary.checked, 300);
+        let report = reader
+            .verify_block(entries[0].0, entries[0].1.clone(), &mut Default::default())
+            .await
+            .unwrap();
+        assert!(report.packed && report.healthy(), "{report:?}");
+        assert_eq!(report.replicas.len(), 3);
+
+        // The reader deletes half; a third connector and the writer (whose
+        // map follows the manifests' counters) see it.
+        let (gone, kept) = small.split_at(150);
+        for (cid, _) in gone {
+            assert!(reader.delete(cid).await.unwrap(), "{cid}");
+            assert!(!reader.delete(cid).await.unwrap(), "{cid} deleted twice");
+        }
+        let third = GarageStore::new(new_connector("packs-third").await)
+            .namespace(&name)
+            .unwrap();
+        for (cid, _) in gone {
+            assert!(!third.has(cid).await.unwrap(), "{cid} deleted, still there");
+            assert_eq!(third.get(cid).await.unwrap(), None);
+        }
+        for (cid, data) in kept {
+            assert_eq!(third.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
+        }
+        let listed: Vec<_> = third.list().try_collect().await.unwrap();
+        assert_eq!(listed.len(), 150);
+        let start = Instant::now();
+        for (cid, _) in gone {
+            while ns.has(cid).await.unwrap() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "the writer does not see a foreign delete in 20 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        eprintln!(
+            "foreign deletes of packed blocks seen after {:?}",
+            start.elapsed()
+        );
+        for (cid, data) in kept {
+            assert_eq!(ns.get(cid).await.unwrap().as_ref(), Some(data), "{cid}");
+        }
+
+        // Packs left with no live block are removed; the others stay.
+        let packs_left = third.reclaim_packs(|_| ()).await.unwrap();
+        for (cid, _) in kept {
+            assert!(third.delete(cid).await.unwrap(), "{cid}");
+        }
+        let removed = third.reclaim_packs(|_| ()).await.unwrap() + packs_left;
+        assert_eq!(removed, packs, "every pack removed once empty");
+        assert_eq!(writer.count_blocks(&name).await.unwrap(), 0);
+        let fresh = GarageStore::new(new_connector("packs-fresh").await)
+            .namespace(&name)
+            .unwrap();
+        let listed: Vec<_> = fresh.list().try_collect().await.unwrap();
+        assert!(listed.is_empty(), "{} blocks listed", listed.len());
+        for (cid, _) in small.iter().step_by(10) {
+            assert!(!fresh.has(cid).await.unwrap());
+        }
     });
 }
 

@@ -290,20 +290,26 @@ impl Connector {
         .await
     }
 
-    /// Live K2V items of a bucket, from the counters (no listing).
-    pub(crate) async fn rpc_k2v_entry_counts(&self, bucket: Uuid) -> Result<u64, Error> {
+    /// Live K2V items of a bucket per partition key, from the counters
+    /// (no listing).
+    pub(crate) async fn rpc_k2v_entry_counts(
+        &self,
+        bucket: Uuid,
+    ) -> Result<Vec<(String, u64)>, Error> {
         let entries = self.rpc_k2v_counters(bucket).await?;
         let layout = self.system.cluster_layout();
         Ok(entries
             .iter()
             .map(|e| {
-                e.filtered_values(&layout)
+                let n = e
+                    .filtered_values(&layout)
                     .get(ENTRIES)
                     .copied()
                     .unwrap_or(0)
-                    .max(0) as u64
+                    .max(0) as u64;
+                (e.sk.clone(), n)
             })
-            .sum())
+            .collect())
     }
 }
 

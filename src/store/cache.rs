@@ -12,12 +12,20 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use garage_util::data::Uuid;
+use garage_util::data::{Hash, Uuid};
 use multihash::Multihash;
 use quick_cache::sync::Cache;
 use serde::Serialize;
 
 use super::index::Entry;
+
+/// The cache key of a pack: under a namespace id no namespace has, its
+/// hash as a BLAKE2b-256 multihash.
+fn pack_key(hash: &Hash) -> (Uuid, Multihash<64>) {
+    let packs = Uuid::from([0xff; 32]);
+    let mh = Multihash::wrap(0xb220, hash.as_slice()).expect("32-byte digest");
+    (packs, mh)
+}
 
 #[derive(Clone)]
 struct Cached {
@@ -137,6 +145,42 @@ impl BlockCache {
         );
     }
 
+    /// A pack's bytes, if cached. Packs are immutable and named by their
+    /// hash, so they need no epoch: whether a block in one is still stored
+    /// is the pack map's to say.
+    pub(crate) fn pack(&self, hash: &Hash) -> Option<Bytes> {
+        let cache = self.active()?;
+        let found = cache.get(&pack_key(hash)).and_then(|c| c.data);
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Caches a pack's bytes.
+    pub(crate) fn put_pack(&self, hash: &Hash, data: &Bytes) {
+        let Some(cache) = self.active() else { return };
+        let entry = Entry {
+            hash: *hash,
+            size: data.len() as u32,
+            generation: 0,
+            codec: 0,
+            inline: None,
+            packed: None,
+        };
+        cache.insert(
+            pack_key(hash),
+            Cached {
+                epoch: 0,
+                entry,
+                data: Some(data.clone()),
+            },
+        );
+    }
+
     /// Forgets a block (our own delete).
     pub(crate) fn remove(&self, ns: Uuid, mh: &Multihash<64>) {
         if let Some(cache) = &self.cache {
@@ -177,6 +221,7 @@ mod tests {
             generation: 0,
             codec: 0x55,
             inline: None,
+            packed: None,
         }
     }
 

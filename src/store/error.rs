@@ -33,6 +33,19 @@ pub enum Error {
          (`garage-ipfs namespace list` shows the existing ones)"
     )]
     UnknownNamespace(String),
+    /// A namespace written in an index format this version cannot read.
+    #[error(
+        "namespace {name:?} holds index format {format}, newer than this garage-ipfs reads \
+         (up to {known}): upgrade garage-ipfs"
+    )]
+    NewerFormat {
+        /// The namespace.
+        name: String,
+        /// The highest format written to it.
+        format: u8,
+        /// The highest this version knows.
+        known: u8,
+    },
     /// An index entry that cannot be decoded.
     #[error("corrupt index entry {key}: {reason}")]
     BadIndexEntry {

@@ -50,6 +50,7 @@ use multihash::Multihash;
 use serde::Serialize;
 
 use super::index::{self, INDEX_SHARDS};
+use super::packed::{PackCounted, PACK_PARTITIONS};
 use super::snapshot::{self, SavedShard};
 use super::{Error, GarageStore, Namespace};
 
@@ -444,14 +445,49 @@ struct Counted {
     entries: i64,
 }
 
+/// What one counter read says: the index shards' counters, and the
+/// manifest partitions' (as signatures).
+struct Counters {
+    shards: BTreeMap<usize, Counted>,
+    packs: BTreeMap<usize, PackCounted>,
+}
+
+/// The counters of the manifest partitions (one counter read).
+pub(crate) async fn pack_counters(ns: &Namespace) -> Result<BTreeMap<usize, PackCounted>, Error> {
+    Ok(read_counters(ns).await?.packs)
+}
+
 /// The counters of each shard.
 async fn counter_signatures(ns: &Namespace) -> Result<BTreeMap<usize, Counted>, Error> {
+    Ok(read_counters(ns).await?.shards)
+}
+
+async fn read_counters(ns: &Namespace) -> Result<Counters, Error> {
     let conn = ns.conn();
     let entries = conn.rpc_k2v_counters(ns.id()).await?;
     let layout = conn.system.cluster_layout();
-    Ok(entries
+    let packs = entries
+        .iter()
+        .filter_map(|e| {
+            let p = super::packed::partition_of_counter(&e.sk)?;
+            let values = e.filtered_values(&layout);
+            let get = |name| values.get(name).copied().unwrap_or(0);
+            Some((
+                p,
+                PackCounted {
+                    signature: rmp_serde::to_vec(&e.values).ok()?,
+                    entries: get(garage_model::k2v::item_table::ENTRIES),
+                    bytes: get(garage_model::k2v::item_table::BYTES),
+                },
+            ))
+        })
+        .collect();
+    let shards = entries
         .into_iter()
         .filter_map(|e| {
+            if e.sk.len() != 2 {
+                return None;
+            }
             let shard = usize::from_str_radix(&e.sk, 16).ok()?;
             let live = e
                 .filtered_values(&layout)
@@ -467,7 +503,8 @@ async fn counter_signatures(ns: &Namespace) -> Result<BTreeMap<usize, Counted>, 
                 },
             ))
         })
-        .collect())
+        .collect();
+    Ok(Counters { shards, packs })
 }
 
 /// Whether a shard must be listed again, given what the counters say now.
@@ -491,22 +528,25 @@ fn needs_rebuild(shard: &Shard, now: Option<&Counted>) -> bool {
 /// must.
 pub const COUNTER_LAG: Duration = Duration::from_secs(4);
 
-/// Our own writes to a shard since it was listed: what they should have
-/// done to its entry count.
+/// Our own writes to a shard (or a manifest partition) since it was
+/// listed: what they should have done to one of its counters (entries, or
+/// bytes).
 #[derive(Debug, Default)]
-struct OwnWrites {
-    puts: i64,
-    deletes: i64,
-    /// Writes of the last [`COUNTER_LAG`], which may not be counted yet.
-    recent: std::collections::VecDeque<(Instant, i8)>,
+pub(super) struct OwnWrites {
+    /// Sum of our increments.
+    up: i64,
+    /// Sum of our decrements, as a magnitude.
+    down: i64,
+    /// Changes of the last [`COUNTER_LAG`], which may not be counted yet.
+    recent: std::collections::VecDeque<(Instant, i64)>,
 }
 
 impl OwnWrites {
-    fn note(&mut self, change: i8) {
+    pub(super) fn note(&mut self, change: i64) {
         if change > 0 {
-            self.puts += 1;
+            self.up += change;
         } else {
-            self.deletes += 1;
+            self.down -= change;
         }
         self.recent.push_back((Instant::now(), change));
         while self
@@ -520,7 +560,7 @@ impl OwnWrites {
 
     /// No write of ours since the shard was listed.
     fn is_empty(&self) -> bool {
-        self.puts == 0 && self.deletes == 0
+        self.up == 0 && self.down == 0
     }
 
     /// Every write of ours is old enough to be in the counters.
@@ -528,21 +568,21 @@ impl OwnWrites {
         self.recent.iter().all(|(t, _)| t.elapsed() > COUNTER_LAG)
     }
 
-    /// Whether our writes alone explain a change of the entry count: older
+    /// Whether our writes alone explain a change of the counter: older
     /// writes must be counted by now, recent ones may or may not be.
-    fn explain(&self, delta: i64) -> bool {
-        let (mut puts_pending, mut deletes_pending) = (0, 0);
+    pub(super) fn explain(&self, delta: i64) -> bool {
+        let (mut up_pending, mut down_pending) = (0, 0);
         for (t, change) in &self.recent {
             if t.elapsed() <= COUNTER_LAG {
                 if *change > 0 {
-                    puts_pending += 1;
+                    up_pending += change;
                 } else {
-                    deletes_pending += 1;
+                    down_pending -= change;
                 }
             }
         }
-        let low = self.puts - puts_pending - self.deletes;
-        let high = self.puts - (self.deletes - deletes_pending);
+        let low = self.up - up_pending - self.down;
+        let high = self.up - (self.down - down_pending);
         (low..=high).contains(&delta)
     }
 }
@@ -567,7 +607,11 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
             .flatten(),
         None => None,
     };
-    let before = counter_signatures(&ns).await?;
+    let counted = read_counters(&ns).await?;
+    let before = counted.shards;
+    // The pack map first: the filter does not hold packed blocks, so it
+    // may answer only once the map does.
+    ns.packs.build(&ns, &counted.packs).await?;
     let mut restored = vec![false; INDEX_SHARDS];
     if let (Some(saved), Some(f)) = (saved, filter.upgrade()) {
         restored = f.restore(saved, &before);
@@ -610,13 +654,14 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
         }
     }
     let mut saved_at = Instant::now();
+    let mut pack_cursor = 0;
     loop {
         tokio::time::sleep(POLL_INTERVAL).await;
         let (Some(f), Some(ns)) = (filter.upgrade(), namespace(store, name)) else {
             return Ok(());
         };
-        let now = match counter_signatures(&ns).await {
-            Ok(n) => n,
+        let (now, packs) = match read_counters(&ns).await {
+            Ok(n) => (n.shards, n.packs),
             Err(e) => {
                 tracing::warn!(cause = %e, "cannot poll index counters; retrying");
                 continue;
@@ -655,6 +700,20 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
                 Err(e) => tracing::warn!(shard, cause = %e, "shard rebuild failed; retrying"),
             }
         }
+        if let Err(e) = ns.packs.follow(&ns, &packs).await {
+            tracing::warn!(cause = %e, "pack map update failed; retrying");
+        }
+        // The packs' rolling refresh, at the shards' pace.
+        let per_poll = PACK_PARTITIONS
+            .div_ceil((REFRESH_INTERVAL.as_secs() / POLL_INTERVAL.as_secs()).max(1) as usize);
+        if let Err(e) = ns
+            .packs
+            .refresh_some(&ns, pack_cursor, per_poll, &packs)
+            .await
+        {
+            tracing::warn!(cause = %e, "pack map refresh failed; retrying");
+        }
+        pack_cursor = (pack_cursor + per_poll) % PACK_PARTITIONS;
         f.polls.fetch_add(1, Ordering::Relaxed);
         if saved_at.elapsed() >= SNAPSHOT_INTERVAL {
             saved_at = Instant::now();
@@ -742,7 +801,8 @@ impl Namespace {
     pub(super) async fn list_shard_keys(&self, shard: usize) -> Result<Vec<Vec<u8>>, Error> {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
         let ns = self.clone();
-        let task = tokio::spawn(async move { ns.list_shard(shard, &tx).await });
+        let task =
+            tokio::spawn(async move { ns.list_shard(shard, &Default::default(), &tx).await });
         let keys: Vec<Vec<u8>> = tokio_stream::wrappers::ReceiverStream::new(rx)
             .map_ok(|(mh, _)| mh.to_bytes())
             .try_collect()

@@ -36,6 +36,8 @@ use super::anchor::{self, AnchorId, Anchors};
 use super::cache::BlockCache;
 use super::filter::{FilterStats, NsFilter};
 use super::index::{self, Entry, INLINE_MAX};
+use super::pack::Located;
+use super::packed::NsPacks;
 use super::{check_namespace, BlockStore, Error};
 use crate::cid as cidutil;
 use crate::garage::k2v::QuorumRead;
@@ -43,6 +45,10 @@ use crate::garage::{error::deadline, Call, Connector, Op};
 
 /// Namespaces with a presence filter, at most, per store.
 pub(super) const MAX_FILTERED_NAMESPACES: usize = 64;
+
+/// Namespaces whose packs (writer and map) a store shares between
+/// handles, at most.
+const MAX_PACKED_NAMESPACES: usize = 1024;
 
 /// Index entries fetched per listing request.
 const LIST_PAGE: usize = 1000;
@@ -66,24 +72,31 @@ pub struct GarageStore {
     in_flight: Arc<tokio::sync::Semaphore>,
     /// Namespaces this process has seen in the registry.
     pub(super) registered: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Packed blocks per namespace: the writer and the map.
+    packs: Mutex<HashMap<String, Arc<NsPacks>>>,
+    /// Whether small blocks are packed ([`crate::config::Config::pack_small_blocks`]).
+    pub(super) packing: bool,
 }
 
 /// What [`Namespace::lookup`] found of a block.
-struct Found {
-    entry: Entry,
+pub(super) struct Found {
+    pub(super) entry: Entry,
     /// The bytes, when the cache had them.
     data: Option<Bytes>,
     /// The filter epoch to cache under (none while the filter is not ready).
     epoch: Option<u32>,
+    /// Where the pack map has it (then `entry` describes the first).
+    packed: Vec<Located>,
 }
 
 /// A namespace of a [`GarageStore`]; cheap to clone.
 #[derive(Clone)]
 pub struct Namespace {
-    store: Arc<GarageStore>,
+    pub(super) store: Arc<GarageStore>,
     name: Arc<str>,
     id: Uuid,
     pub(super) filter: Option<Arc<NsFilter>>,
+    pub(super) packs: Arc<NsPacks>,
 }
 
 impl GarageStore {
@@ -101,7 +114,10 @@ impl GarageStore {
     }
 
     fn build(conn: Arc<Connector>, filters: bool) -> Arc<Self> {
+        let packing = conn.config.pack_small_blocks;
         Arc::new(Self {
+            packs: Default::default(),
+            packing,
             conn,
             anchors: Anchors::default(),
             filters: filters.then(Default::default),
@@ -170,11 +186,28 @@ impl GarageStore {
 
     pub(super) fn namespace_unfiltered(self: &Arc<Self>, name: &str) -> Result<Namespace, Error> {
         check_namespace(name)?;
+        let packs = {
+            let mut all = self.packs.lock().unwrap();
+            match all.get(name) {
+                Some(p) => p.clone(),
+                // Names come from clients (gRPC): beyond the cap, a handle
+                // gets packs of its own, correct but not shared (its map is
+                // built again on need).
+                None if all.len() >= MAX_PACKED_NAMESPACES => {
+                    NsPacks::new(Arc::downgrade(self), name.to_string())
+                }
+                None => all
+                    .entry(name.to_string())
+                    .or_insert_with(|| NsPacks::new(Arc::downgrade(self), name.to_string()))
+                    .clone(),
+            }
+        };
         Ok(Namespace {
             store: self.clone(),
             name: name.into(),
             id: index::namespace_id(name),
             filter: None,
+            packs,
         })
     }
 }
@@ -198,7 +231,24 @@ impl Namespace {
     /// A block's index entry, unless the filter knows it is absent (then
     /// no cluster request at all), with its bytes when the cache holds
     /// them, and the epoch under which what is found may be cached.
-    async fn lookup(&self, mh: &Multihash<64>, need_data: bool) -> Result<Option<Found>, Error> {
+    pub(super) async fn lookup(
+        &self,
+        mh: &Multihash<64>,
+        need_data: bool,
+    ) -> Result<Option<Found>, Error> {
+        // Packed blocks first (the filter does not hold them). A filter
+        // that answers keeps the map current, so the map answers from
+        // memory; without one, nothing follows other connectors' deletes,
+        // so a quorum read of the manifest confirms what the map says.
+        if !self.packs.locate(mh).is_empty() {
+            let followed = self.filter.as_ref().is_some_and(|f| f.is_ready());
+            if followed || self.confirm_packed(mh).await? {
+                let packed = self.packs.locate(mh);
+                if !packed.is_empty() {
+                    return Ok(Some(Found::packed(packed)));
+                }
+            }
+        }
         let filtered = self.filter.as_ref().map(|f| (f, f.check(mh)));
         let epoch = match filtered {
             Some((_, Some((false, _)))) => return Ok(None),
@@ -211,6 +261,7 @@ impl Namespace {
                     entry,
                     data,
                     epoch: Some(epoch),
+                    packed: Vec::new(),
                 }));
             }
         }
@@ -220,11 +271,41 @@ impl Namespace {
             (Some(e), _, Some(epoch)) => self.store.cache.put_entry(self.id, mh, epoch, e),
             _ => (),
         }
+        if entry.is_none() && epoch.is_none() {
+            // No filter answering, so no poller keeping the map current:
+            // it follows the counters now.
+            self.sync_packs().await?;
+            let packed = self.packs.locate(mh);
+            if !packed.is_empty() {
+                return Ok(Some(Found::packed(packed)));
+            }
+        }
         Ok(entry.map(|entry| Found {
             entry,
             data: None,
             epoch,
+            packed: Vec::new(),
         }))
+    }
+
+    /// A block in a new pack: no ref can exist for it (see
+    /// [`super::pack::PackBuilder::unique`]), so its placement needs no
+    /// read, only a live anchor of generation 0.
+    pub(super) async fn new_block_placement(
+        &self,
+        cid: &Cid,
+        hash: &Hash,
+    ) -> Result<Placement, Error> {
+        for (g, anchor, _) in anchor::generations(self.id, hash, &[]) {
+            if self.store.anchors.ensure(self.conn(), anchor).await? {
+                return Ok(Placement {
+                    generation: g,
+                    new_ref: true,
+                    unknown: true,
+                });
+            }
+        }
+        Err(Error::GenerationsExhausted(*cid))
     }
 
     /// The filter's epoch for a multihash's shard when the filter answers
@@ -344,7 +425,7 @@ impl Namespace {
     /// for at all, live or deleted, has no copy pending collection (a
     /// deleted ref is kept a day, far past the collection delay), so both
     /// are written at once and a put waits for one round trip less.
-    async fn write_ref_and_block(
+    pub(super) async fn write_ref_and_block(
         &self,
         cid: &Cid,
         hash: Hash,
@@ -387,6 +468,10 @@ impl Namespace {
         // A block the filter knows is absent has no live entry: write
         // blindly. (A tombstone left by a delete then becomes a sibling of
         // the new value, and a live value wins over a tombstone.)
+        let small = data.len() <= INLINE_MAX;
+        if small && self.confirm_packed(mh).await? {
+            return Ok(()); // packed already
+        }
         let known_absent = matches!(
             self.filter.as_ref().and_then(|f| f.peek(mh)),
             Some((false, _))
@@ -408,7 +493,10 @@ impl Namespace {
             }
             return Ok(());
         }
-        if data.len() <= INLINE_MAX {
+        if small && self.store.packing {
+            return self.put_packed(cid, data).await;
+        }
+        if small {
             let entry = Entry::inline(cid.codec(), data);
             self.rpc_index_insert(mh, context, DvvsValue::Value(entry.encode()))
                 .await?;
@@ -425,6 +513,7 @@ impl Namespace {
             generation: place.generation,
             codec: cid.codec(),
             inline: None,
+            packed: None,
         };
         self.rpc_index_insert(mh, context, DvvsValue::Value(entry.encode()))
             .await?;
@@ -444,8 +533,30 @@ impl Namespace {
 
     async fn get_verified(&self, cid: &Cid) -> Result<Option<Bytes>, Error> {
         let mh = cid.hash();
-        let Some(Found { entry, data, epoch }) = self.lookup(mh, true).await? else {
+        let Some(Found {
+            entry,
+            data,
+            epoch,
+            packed,
+        }) = self.lookup(mh, true).await?
+        else {
             return Ok(None);
+        };
+        let (entry, epoch) = if packed.is_empty() {
+            (entry, epoch)
+        } else {
+            let unreadable = match self.read_packed(cid, &packed).await {
+                Ok(Some(b)) => return Ok(Some(b)),
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            // No pack held it under its CID (a map key shared with another
+            // block), or none could be read: the per-block index decides.
+            match (self.entry(mh).await?.0, unreadable) {
+                (Some(e), _) => (e, None),
+                (None, Some(e)) => return Err(e),
+                (None, None) => return Ok(None),
+            }
         };
         if let Some(data) = entry.inline {
             // Verified like any block: the index is storage too.
@@ -490,8 +601,11 @@ impl Namespace {
         // second remove drops an entry that a concurrent lookup cached from
         // the index between the two.
         self.store.cache.remove(self.id, cid.hash());
+        let packed = self.delete_packed(cid.hash()).await?;
         let (entry, context) = self.entry(cid.hash()).await?;
-        let Some(entry) = entry else { return Ok(false) };
+        let Some(entry) = entry else {
+            return Ok(packed);
+        };
         // Index first: an index entry must never outlive its block.
         self.rpc_index_insert(cid.hash(), context, DvvsValue::Deleted)
             .await?;
@@ -502,14 +616,20 @@ impl Namespace {
         if entry.inline.is_some() {
             return Ok(true);
         }
-        let refs = self.refs_of(&entry.hash).await?;
-        for (_, anchor, r) in anchor::generations(self.id, &entry.hash, &refs) {
+        self.delete_refs(&entry.hash).await?;
+        Ok(true)
+    }
+
+    /// Deletes this namespace's live refs of a block (Garage collects its
+    /// copies once no namespace holds one).
+    pub(super) async fn delete_refs(&self, hash: &Hash) -> Result<(), Error> {
+        let refs = self.refs_of(hash).await?;
+        for (_, anchor, r) in anchor::generations(self.id, hash, &refs) {
             if r.is_some_and(|r| !r.deleted.get()) {
-                self.write_ref(entry.hash, anchor.version_uuid(), true)
-                    .await?;
+                self.write_ref(*hash, anchor.version_uuid(), true).await?;
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Streams the live entries of the namespace, shard by shard, as
@@ -518,8 +638,29 @@ impl Namespace {
         let (tx, rx) = tokio::sync::mpsc::channel(LIST_PAGE);
         let ns = self.clone();
         tokio::spawn(Op::List.scope(async move {
+            // Packed blocks first, each once; then index entries of blocks
+            // not listed with them.
+            let mut seen = std::collections::HashSet::new();
+            {
+                let mut packed = std::pin::pin!(ns.list_packed());
+                while let Some(r) = futures::StreamExt::next(&mut packed).await {
+                    match r {
+                        Ok(manifests) => {
+                            for e in super::packed::packed_entries(manifests, &mut seen) {
+                                if tx.send(Ok(e)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    }
+                }
+            }
             for shard in 0..index::INDEX_SHARDS {
-                if let Err(e) = ns.list_shard(shard, &tx).await {
+                if let Err(e) = ns.list_shard(shard, &seen, &tx).await {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
@@ -534,6 +675,7 @@ impl Namespace {
     pub(super) async fn list_shard(
         &self,
         shard: usize,
+        skip: &std::collections::HashSet<u64>,
         tx: &tokio::sync::mpsc::Sender<Result<(Multihash<64>, Entry), Error>>,
     ) -> Result<(), Error> {
         let partition = K2VItemPartition {
@@ -562,6 +704,10 @@ impl Namespace {
                 };
                 let mh = cidutil::from_dskey(&item.sort_key).map_err(|e| bad(e.to_string()))?;
                 if let Some(entry) = index::live_entry(&item).map_err(|e| bad(e.to_string()))? {
+                    if skip.contains(&super::pack::map_key(&mh)) {
+                        start = Some(item.sort_key);
+                        continue; // listed with its pack
+                    }
                     if tx.send(Ok((mh, entry))).await.is_err() {
                         return Ok(());
                     }
@@ -571,6 +717,26 @@ impl Namespace {
             if !full {
                 return Ok(());
             }
+        }
+    }
+}
+
+impl Found {
+    /// A block the pack map holds.
+    fn packed(packed: Vec<Located>) -> Self {
+        let first = packed[0];
+        Self {
+            entry: Entry {
+                hash: first.pack,
+                size: first.len,
+                generation: first.generation,
+                codec: 0,
+                inline: None,
+                packed: Some(first.offset),
+            },
+            data: None,
+            epoch: None,
+            packed,
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct GcSummary {
     pub missing: Vec<String>,
     /// Whether nothing was removed on purpose.
     pub dry_run: bool,
+    /// Packs removed because none of their blocks was left.
+    pub packs_removed: u64,
 }
 
 impl Namespace {
@@ -72,13 +74,16 @@ impl Namespace {
             }
             summary.removed.push(cid.to_string());
         }
+        if !dry_run {
+            summary.packs_removed = self.reclaim_packs(|_| ()).await?;
+        }
         Ok(summary)
     }
 }
 
 impl GarageStore {
-    /// Deletes a namespace: its refs and index entries, then its registry
-    /// record. Blocks other namespaces also hold stay. Returns how many
+    /// Deletes a namespace: its refs and index entries, its packs, then its
+    /// registry record. Blocks other namespaces also hold stay. Returns how many
     /// blocks it removed.
     pub async fn delete_namespace(
         self: &Arc<Self>,
@@ -94,6 +99,7 @@ impl GarageStore {
                 progress(removed);
             }
         }
+        ns.reclaim_packs(|_| ()).await?;
         self.unregister(name).await?;
         Ok(removed)
     }

@@ -70,6 +70,9 @@ pub struct Entry {
     pub codec: u64,
     /// The block itself, for blocks of at most [`INLINE_MAX`] bytes.
     pub inline: Option<Bytes>,
+    /// For a block in a pack (never encoded: its pack's manifest lists
+    /// it): its offset in the pack, whose hash is then `hash`.
+    pub packed: Option<u32>,
 }
 
 /// Why an index value could not be decoded.
@@ -101,12 +104,15 @@ impl Entry {
             generation: 0,
             codec,
             inline: Some(data),
+            packed: None,
         }
     }
 
     /// Binary form: `[1][flags=0][hash:32][size:u32 LE][generation:u16 LE][codec:u64 LE]`,
-    /// or for an inline block `[2][flags=0][codec:u64 LE][bytes]`.
+    /// or for an inline block `[2][flags=0][codec:u64 LE][bytes]`. A
+    /// packed block has no index entry of its own.
     pub fn encode(&self) -> Vec<u8> {
+        debug_assert!(self.packed.is_none(), "a packed block has no index entry");
         if let Some(data) = &self.inline {
             let mut v = Vec::with_capacity(INLINE_HEADER + data.len());
             v.push(FORMAT_INLINE);
@@ -146,6 +152,7 @@ impl Entry {
             generation: u16::from_le_bytes(v[38..40].try_into().expect("length checked")),
             codec: u64::from_le_bytes(v[40..48].try_into().expect("length checked")),
             inline: None,
+            packed: None,
         })
     }
 
@@ -196,6 +203,7 @@ mod tests {
             generation: 3,
             codec: 0x70,
             inline: None,
+            packed: None,
         };
         let bytes = e.encode();
         assert_eq!(Entry::decode(&bytes), Ok(e));

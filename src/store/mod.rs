@@ -13,11 +13,8 @@ mod garage;
 mod gc;
 pub(crate) mod index;
 mod memory;
-// The formats and the in-memory map of packed small blocks, unit-tested
-// on their own; the store writes and reads packs in the next step
-// (docs/DESIGN.md, "Packing small blocks").
-#[allow(dead_code)]
 mod pack;
+mod packed;
 mod registry;
 mod snapshot;
 pub(crate) mod verify;
@@ -36,6 +33,7 @@ pub use filter::{FilterStats, COUNTER_LAG};
 pub use gc::GcSummary;
 pub use index::{Entry, INLINE_MAX};
 pub use memory::MemBlockStore;
+pub use packed::PackStats;
 pub use registry::NamespaceRecord;
 pub use verify::{BlockReport, RefState, RepairSummary, VerifySummary};
 

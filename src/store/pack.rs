@@ -11,9 +11,13 @@
 //!
 //! Manifest value (index format 3), little endian:
 //! `[3][flags][slots u16]`, then per slot `[codec u64][offset u32][len u32]
-//! [multihash length u8][multihash]`, then the deleted set as a bitmap of
-//! `ceil(slots / 8)` bytes, then, with flag [`RETIRED`], the 32-byte hash of
-//! the pack that replaced this one.
+//! [multihash length u8][multihash]`, then the deleted set as `[count
+//! u16]` and that many slot numbers (`u16`, ascending), then, with flag
+//! [`RETIRED`], the 32-byte hash of the pack that replaced this one. The
+//! deleted set is a list, not a bitmap, so that each delete changes the
+//! value's length: Garage's K2V counters count bytes, not contents, and a
+//! delete that left the length alone would not move them (other
+//! connectors would see it only at their rolling refresh).
 
 use std::collections::HashMap;
 
@@ -78,6 +82,8 @@ pub(crate) enum ManifestError {
     Multihash(usize),
     #[error("slot {0} lies outside a pack of at most {PACK_MAX_BYTES} bytes")]
     Bounds(usize),
+    #[error("deleted slot {0} out of range or out of order")]
+    DeletedSlot(usize),
     #[error("two values of one manifest list different slots")]
     Conflict,
 }
@@ -137,11 +143,6 @@ impl Manifest {
             .filter(move |(i, _)| !retired && !self.is_deleted(*i))
     }
 
-    /// Bytes of the live slots.
-    pub(crate) fn live_bytes(&self) -> u64 {
-        self.live().map(|(_, s)| u64::from(s.len)).sum()
-    }
-
     /// Binary form (module docs).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(4 + self.slots.len() * 52 + 40);
@@ -160,9 +161,14 @@ impl Manifest {
             v.push(mh.len() as u8);
             v.extend_from_slice(&mh);
         }
-        let mut deleted = self.deleted.clone();
-        deleted.resize(self.slots.len().div_ceil(8), 0);
-        v.extend_from_slice(&deleted);
+        let deleted: Vec<u16> = (0..self.slots.len())
+            .filter(|i| self.is_deleted(*i))
+            .map(|i| i as u16)
+            .collect();
+        v.extend_from_slice(&(deleted.len() as u16).to_le_bytes());
+        for i in deleted {
+            v.extend_from_slice(&i.to_le_bytes());
+        }
         if let Some(h) = &self.retired_by {
             v.extend_from_slice(h.as_slice());
         }
@@ -200,7 +206,17 @@ impl Manifest {
                 len,
             });
         }
-        let deleted = r.take(n.div_ceil(8))?.to_vec();
+        let mut deleted = vec![0u8; n.div_ceil(8)];
+        let count = r.u16()? as usize;
+        let mut last = None;
+        for _ in 0..count {
+            let i = r.u16()? as usize;
+            if i >= n || last.is_some_and(|l| l >= i) {
+                return Err(ManifestError::DeletedSlot(i));
+            }
+            deleted[i / 8] |= 1 << (i % 8);
+            last = Some(i);
+        }
         let retired_by = if flags & RETIRED != 0 {
             let h: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
             Some(h.into())
@@ -255,6 +271,19 @@ pub(crate) struct PackBuilder {
 }
 
 impl PackBuilder {
+    /// An empty pack whose bytes start with a random nonce, so that no two
+    /// packs ever share a hash: a pack's ref is then known new, and a put
+    /// needs no read of the refs before writing it (an old pack with the
+    /// same bytes could have a deleted ref, which no write can revive).
+    pub(crate) fn unique() -> Self {
+        let mut data = BytesMut::with_capacity(PACK_MAX_BYTES);
+        data.extend_from_slice(garage_util::data::gen_uuid().as_slice());
+        Self {
+            data,
+            slots: Vec::new(),
+        }
+    }
+
     /// Whether a block of `len` bytes still fits.
     pub(crate) fn fits(&self, len: usize) -> bool {
         self.slots.len() < PACK_MAX_SLOTS && self.data.len() + len <= PACK_MAX_BYTES
@@ -271,10 +300,6 @@ impl PackBuilder {
         });
         self.data.extend_from_slice(bytes);
         self.slots.len() - 1
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.slots.is_empty()
     }
 
     /// The pack's bytes, its Garage block hash, and its manifest.
@@ -521,10 +546,6 @@ impl PackMap {
         self.index.len() + self.more.values().map(Vec::len).sum::<usize>()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.index.is_empty()
-    }
-
     /// Bytes the map uses, about: hash tables at their capacity (key,
     /// value and hashbrown's control byte per bucket) and each pack's slots.
     pub(crate) fn memory_bytes(&self) -> usize {
@@ -662,7 +683,7 @@ mod tests {
         // A retired manifest removes its pack.
         m2b.retired_by = Some(h1);
         map.insert(h2, 2, &m2b);
-        assert!(map.is_empty());
+        assert_eq!(map.len(), 0);
     }
 
     #[test]

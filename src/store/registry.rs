@@ -28,6 +28,32 @@ pub struct NamespaceRecord {
     pub name: String,
     /// When it was registered (ms since the epoch).
     pub created_ms: u64,
+    /// The highest index format written to it: 2 for per-block and inline
+    /// entries, 3 once a pack was. A version that does not know a format
+    /// refuses the namespace rather than answer "absent" for blocks it
+    /// cannot see.
+    #[serde(default = "format_before_packs")]
+    pub format: u8,
+}
+
+fn format_before_packs() -> u8 {
+    2
+}
+
+/// The highest index format this version reads.
+pub(super) const KNOWN_FORMAT: u8 = super::pack::FORMAT_MANIFEST;
+
+impl NamespaceRecord {
+    fn check_format(&self) -> Result<(), Error> {
+        if self.format > KNOWN_FORMAT {
+            return Err(Error::NewerFormat {
+                name: self.name.clone(),
+                format: self.format,
+                known: KNOWN_FORMAT,
+            });
+        }
+        Ok(())
+    }
 }
 
 impl NamespaceRecord {
@@ -64,7 +90,10 @@ impl GarageStore {
     /// A namespace that must exist: [`Error::UnknownNamespace`] otherwise.
     pub async fn open_namespace(self: &Arc<Self>, name: &str) -> Result<Namespace, Error> {
         match self.namespace_record(name).await? {
-            Some(_) => self.namespace(name),
+            Some(r) => {
+                r.check_format()?;
+                self.namespace(name)
+            }
             None => Err(Error::UnknownNamespace(name.to_string())),
         }
     }
@@ -81,13 +110,25 @@ impl GarageStore {
     async fn register_once(&self, name: &str) -> Result<(), Error> {
         let read = self.connector().rpc_k2v_get(&registry(), name).await?;
         let existing = read.value.as_ref().and_then(|i| decode(name, i.values()));
+        if let Some(r) = &existing {
+            r.check_format()?;
+        }
+        // The format this store writes: packs are format 3.
+        let writes = if self.packing {
+            KNOWN_FORMAT
+        } else {
+            format_before_packs()
+        };
         // A record seen but perhaps on one node only (a registration that
-        // missed its quorum) is written again before the name is trusted.
-        if existing.is_none() || !read.settled {
-            let record = existing.unwrap_or_else(|| NamespaceRecord {
+        // missed its quorum) is written again before the name is trusted;
+        // so is one that does not yet say our format.
+        if existing.as_ref().is_none_or(|r| r.format < writes) || !read.settled {
+            let mut record = existing.unwrap_or_else(|| NamespaceRecord {
                 name: name.to_string(),
                 created_ms: now_msec(),
+                format: writes,
             });
+            record.format = record.format.max(writes);
             let value = DvvsValue::Value(serde_json::to_vec(&record).expect("serializable"));
             let context = read.value.map(|i| i.causal_context());
             self.connector()
@@ -140,12 +181,26 @@ impl GarageStore {
         }
     }
 
-    /// Blocks in a namespace, from the counters storage nodes keep for the
-    /// index (no listing; may lag a write by a moment).
-    pub async fn count_blocks(&self, name: &str) -> Result<u64, Error> {
-        Ok(self
+    /// Blocks in a namespace: index entries from the counters storage
+    /// nodes keep (no listing; may lag a write by a moment), plus the live
+    /// slots of its packs (a listing of the manifests, which hold no block
+    /// bytes).
+    pub async fn count_blocks(self: &Arc<Self>, name: &str) -> Result<u64, Error> {
+        let counts = self
             .connector()
             .rpc_k2v_entry_counts(index::namespace_id(name))
-            .await?)
+            .await?;
+        let ns = self.namespace_unfiltered(name)?;
+        let mut blocks = 0;
+        for (key, n) in counts {
+            if let Some(p) = super::pack::parse_partition(&key) {
+                if n > 0 {
+                    blocks += ns.count_packed(p).await?;
+                }
+            } else {
+                blocks += n;
+            }
+        }
+        Ok(blocks)
     }
 }

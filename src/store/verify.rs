@@ -76,6 +76,13 @@ impl RefState {
     }
 }
 
+/// One pack's verification, shared by its blocks.
+struct PackCheck {
+    reference: RefState,
+    replicas: Vec<Replica>,
+    good: Option<bytes::Bytes>,
+}
+
 /// Verify's finding for one block.
 #[derive(Debug, Clone, Serialize)]
 pub struct BlockReport {
@@ -89,6 +96,10 @@ pub struct BlockReport {
     pub reference: RefState,
     /// Its replicas, one per node of its layout set.
     pub replicas: Vec<Replica>,
+    /// Whether the block is in a pack (`block` is then the pack's hash,
+    /// and `reference` and `replicas` the pack's).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub packed: bool,
     #[serde(skip)]
     mh: Multihash<64>,
     #[serde(skip)]
@@ -180,6 +191,19 @@ pub struct RepairSummary {
     pub failed: Vec<(String, String)>,
     /// Whether this was a dry run (nothing written).
     pub dry_run: bool,
+    /// Packs repaired already (their blocks share one repair).
+    #[serde(skip)]
+    packs_done: std::collections::HashSet<Hash>,
+}
+
+impl RepairSummary {
+    /// An empty summary; `dry_run` says whether the repair only counts.
+    pub fn new(dry_run: bool) -> Self {
+        Self {
+            dry_run,
+            ..Default::default()
+        }
+    }
 }
 
 fn classify(e: &crate::garage::Error) -> ReplicaState {
@@ -207,11 +231,116 @@ impl Namespace {
             ..Default::default()
         };
         let mut anchors = HashMap::new();
+        let mut packs = HashMap::new();
         for (mh, entry) in entries {
-            summary.add(self.verify_block(mh, entry, &mut anchors).await?);
+            let report = if entry.packed.is_some() {
+                self.verify_packed(mh, entry, &mut anchors, &mut packs)
+                    .await?
+            } else {
+                self.verify_block(mh, entry, &mut anchors).await?
+            };
+            summary.add(report);
             progress(&summary);
         }
         Ok(summary)
+    }
+
+    /// Verifies a packed block: its pack's ref and copies (read once per
+    /// pack and kept in `packs`), and its slot against its multihash.
+    async fn verify_packed(
+        &self,
+        mh: Multihash<64>,
+        entry: Entry,
+        anchors_alive: &mut HashMap<Uuid, bool>,
+        packs: &mut HashMap<Hash, PackCheck>,
+    ) -> Result<BlockReport, Error> {
+        if !packs.contains_key(&entry.hash) {
+            // One pack at a time: its bytes are needed only for its blocks,
+            // which a listing gives together.
+            packs.clear();
+            let check = self.check_pack(&entry.hash, anchors_alive).await?;
+            packs.insert(entry.hash, check);
+        }
+        let check = &packs[&entry.hash];
+        let cid = cidutil::raw_cid(mh);
+        let mut replicas = check.replicas.clone();
+        let offset = entry.packed.unwrap_or(0) as usize;
+        let slot = check
+            .good
+            .as_ref()
+            .and_then(|b| b.get(offset..offset + entry.size as usize));
+        if let Some(slot) = slot {
+            if cidutil::verify(&cid, slot).is_err() {
+                // Every copy is the pack's bytes (they hash to its name):
+                // the manifest names the wrong slot.
+                for r in &mut replicas {
+                    r.state = ReplicaState::Corrupt;
+                    r.detail = Some("the pack's slot does not match the CID".into());
+                }
+            }
+        }
+        Ok(BlockReport {
+            cid: cid.to_string(),
+            block: hex::encode(entry.hash.as_slice()),
+            size: entry.size,
+            reference: check.reference,
+            replicas,
+            packed: true,
+            mh,
+            entry,
+        })
+    }
+
+    async fn check_pack(
+        &self,
+        hash: &Hash,
+        anchors_alive: &mut HashMap<Uuid, bool>,
+    ) -> Result<PackCheck, Error> {
+        let reference = self.ref_state(hash, anchors_alive).await?;
+        let (replicas, good) = self.read_replicas(hash, |b| blake2sum(b) == *hash).await?;
+        Ok(PackCheck {
+            reference,
+            replicas,
+            good,
+        })
+    }
+
+    /// Reads a block from every node of its layout set; each copy is
+    /// checked by `valid`. Returns the replicas' states and a good copy.
+    async fn read_replicas(
+        &self,
+        hash: &Hash,
+        valid: impl Fn(&[u8]) -> bool,
+    ) -> Result<(Vec<Replica>, Option<bytes::Bytes>), Error> {
+        let conn = self.conn();
+        let nodes: Vec<Uuid> = conn
+            .system
+            .cluster_layout()
+            .current()?
+            .nodes_of(hash)
+            .collect();
+        let mut replicas = Vec::new();
+        let mut good = None;
+        for id in nodes {
+            let (state, detail) = match conn.rpc_get_block_from(id, *hash).await {
+                Ok(b) if valid(&b) => {
+                    good.get_or_insert(b);
+                    (ReplicaState::Ok, None)
+                }
+                Ok(_) => (
+                    ReplicaState::Corrupt,
+                    Some("bytes do not match".to_string()),
+                ),
+                Err(e) => (classify(&e), Some(e.to_string())),
+            };
+            replicas.push(Replica {
+                node: hex::encode(&id.as_slice()[..8]),
+                state,
+                detail,
+                id,
+            });
+        }
+        Ok((replicas, good))
     }
 
     /// Verifies one indexed block.
@@ -221,7 +350,6 @@ impl Namespace {
         entry: Entry,
         anchors_alive: &mut HashMap<Uuid, bool>,
     ) -> Result<BlockReport, Error> {
-        let conn = self.conn();
         let cid = cidutil::raw_cid(mh);
         if let Some(data) = &entry.inline {
             // Read from a quorum of the index already; all that is left to
@@ -242,42 +370,30 @@ impl Namespace {
                     detail: (!ok).then(|| "inline bytes do not match the CID".to_string()),
                     id: Uuid::from([0u8; 32]),
                 }],
+                packed: false,
                 mh,
                 entry,
             });
         }
-        let reference = self.ref_state(&entry.hash, anchors_alive).await?;
-        let nodes: Vec<Uuid> = conn
-            .system
-            .cluster_layout()
-            .current()?
-            .nodes_of(&entry.hash)
-            .collect();
-        let mut replicas = Vec::new();
-        for id in nodes {
-            let (state, detail) = match conn.rpc_get_block_from(id, entry.hash).await {
-                Ok(b) if blake2sum(&b) == entry.hash && cidutil::verify(&cid, &b).is_ok() => {
-                    (ReplicaState::Ok, None)
-                }
-                Ok(_) => (
-                    ReplicaState::Corrupt,
-                    Some("bytes do not match".to_string()),
-                ),
-                Err(e) => (classify(&e), Some(e.to_string())),
-            };
-            replicas.push(Replica {
-                node: hex::encode(&id.as_slice()[..8]),
-                state,
-                detail,
-                id,
-            });
+        if entry.packed.is_some() {
+            return self
+                .verify_packed(mh, entry, anchors_alive, &mut HashMap::new())
+                .await;
         }
+        let reference = self.ref_state(&entry.hash, anchors_alive).await?;
+        let hash = entry.hash;
+        let (replicas, _) = self
+            .read_replicas(&hash, |b| {
+                blake2sum(b) == hash && cidutil::verify(&cid, b).is_ok()
+            })
+            .await?;
         Ok(BlockReport {
             cid: cid.to_string(),
             block: hex::encode(entry.hash.as_slice()),
             size: entry.size,
             reference,
             replicas,
+            packed: false,
             mh,
             entry,
         })
@@ -345,6 +461,9 @@ impl Namespace {
             return Ok(());
         }
         let hash = r.entry.hash;
+        if r.packed && !out.packs_done.insert(hash) {
+            return Ok(()); // its pack was repaired with an earlier block
+        }
         // Refs first: a block without a live ref may be collected.
         if !matches!(r.reference, RefState::Live(_)) {
             if !dry_run {
@@ -355,7 +474,9 @@ impl Namespace {
                 if place.new_ref {
                     self.write_ref(hash, anchor, false).await?;
                 }
-                if generation != r.entry.generation {
+                // A packed block's generation is not recorded anywhere: its
+                // ref is found by trying each.
+                if generation != r.entry.generation && !r.packed {
                     let (_, context) = self.entry(&r.mh).await?;
                     let entry = Entry {
                         generation,

@@ -47,6 +47,21 @@ pub fn blocks(n: usize) -> Vec<(Cid, Bytes)> {
         .collect()
 }
 
+/// Blocks of both kinds, alternating: small ones (up to 3 KiB, written
+/// many to a pack) and blocks of 4 to 12 KiB (stored on their own).
+pub fn mixed_blocks(n: usize) -> Vec<(Cid, Bytes)> {
+    (0..n)
+        .map(|i| {
+            let size = if i % 2 == 0 {
+                1 + (i * 131) % 3072
+            } else {
+                4096 + (i * 37) % 8192
+            };
+            random_block(codec::RAW, 0x12, size)
+        })
+        .collect()
+}
+
 /// Every acknowledged block reads back intact; returns how many.
 pub async fn assert_all_readable(
     ns: &impl BlockStore,
@@ -128,7 +143,8 @@ pub struct WriterReport {
     pub batch_errors: Vec<String>,
 }
 
-/// Puts batches of 32 blocks in the background until finished. A batch
+/// Puts batches of 32 blocks (half of them packed) in the background
+/// until finished. A batch
 /// that fails as a whole counts all its blocks as refused: none of them
 /// was acknowledged.
 pub struct Writer {
@@ -147,7 +163,7 @@ impl Writer {
             async move {
                 let (mut refused, mut errors) = (0, Vec::new());
                 while !stop.load(Ordering::Relaxed) {
-                    let batch = blocks(32);
+                    let batch = mixed_blocks(32);
                     let failed: Vec<Cid> = match ns.put_many(batch.clone()).await {
                         Ok(()) => Vec::new(),
                         Err(garage_ipfs::store::Error::Partial { failed, .. }) => {

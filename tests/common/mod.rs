@@ -163,6 +163,17 @@ pub async fn new_connector(label: &str) -> Arc<Connector> {
         .unwrap_or_else(|e| panic!("connector {label} cannot join: {e}"))
 }
 
+/// A new connector whose config `f` adjusts first.
+pub async fn new_connector_with(
+    label: &str,
+    f: impl FnOnce(garage_ipfs::config::Config) -> garage_ipfs::config::Config,
+) -> Arc<Connector> {
+    let config = f(cluster().connector_config(state_dir(label), free_port().unwrap()));
+    Connector::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("connector {label} cannot join: {e}"))
+}
+
 /// The store shared by the tests of this binary.
 pub async fn store() -> Arc<GarageStore> {
     static STORE: tokio::sync::OnceCell<Arc<GarageStore>> = tokio::sync::OnceCell::const_new();

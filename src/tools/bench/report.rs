@@ -133,6 +133,12 @@ pub struct FilterPoint {
     pub memory_bytes: u64,
     /// `memory_bytes / entries`.
     pub bytes_per_block: f64,
+    /// Blocks in the pack map (packed blocks are not in the filter).
+    pub packed: u64,
+    /// Memory of the pack map.
+    pub map_memory_bytes: u64,
+    /// `map_memory_bytes / packed`.
+    pub map_bytes_per_block: f64,
 }
 
 impl Report {
@@ -300,6 +306,9 @@ pub fn filter_table(filter: &FilterReport) -> String {
             "entries",
             "memory bytes",
             "bytes/block",
+            "packed",
+            "map bytes",
+            "map bytes/block",
         ]
         .map(String::from)
         .to_vec()];
@@ -313,10 +322,13 @@ pub fn filter_table(filter: &FilterReport) -> String {
                 p.entries.to_string(),
                 p.memory_bytes.to_string(),
                 num(p.bytes_per_block),
+                p.packed.to_string(),
+                p.map_memory_bytes.to_string(),
+                num(p.map_bytes_per_block),
             ]);
         }
         out.push_str(&format!(
-            "\n== presence filter build (namespace {}, fresh store, no snapshot) and restart (from its snapshot, counters settled)\n{}",
+            "\n== presence filter and pack map build (namespace {}, fresh store, no snapshot) and restart (from its snapshot, counters settled)\n{}",
             filter.namespace,
             format_table(&rows)
         ));

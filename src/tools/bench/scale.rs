@@ -57,8 +57,8 @@ impl Bench<'_> {
                     let blocks = systems[0].1.len();
                     let p = filter_build(&conn, blocks).await?;
                     status(&format!(
-                        "scale: presence filter of {blocks} blocks built in {:.0} ms, {} bytes ({:.2} per block); after a restart answering in {:.0} ms ({} of 256 shards restored), every shard in {:.0} ms",
-                        p.build_ms, p.memory_bytes, p.bytes_per_block, p.restart_ms, p.restored_shards, p.restart_all_ms
+                        "scale: presence filter and pack map of {blocks} blocks built in {:.0} ms, filter {} bytes ({:.2} per indexed block), map {} bytes ({:.1} per packed block, {} packed); after a restart answering in {:.0} ms ({} of 256 shards restored), every shard in {:.0} ms",
+                        p.build_ms, p.memory_bytes, p.bytes_per_block, p.map_memory_bytes, p.map_bytes_per_block, p.packed, p.restart_ms, p.restored_shards, p.restart_all_ms
                     ));
                     filter.points.push(p);
                 }
@@ -237,6 +237,7 @@ pub(super) async fn filter_build(
     wait_filter_ready(&ns).await?;
     let build = t.elapsed();
     let stats = ns.filter_stats().unwrap_or_default();
+    let map = ns.pack_stats();
     let settling = Instant::now();
     while ns.persist_filter().await? && settling.elapsed() < SETTLE_LIMIT {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -260,5 +261,8 @@ pub(super) async fn filter_build(
         entries: stats.entries,
         memory_bytes: stats.memory_bytes,
         bytes_per_block: stats.memory_bytes as f64 / (stats.entries.max(1)) as f64,
+        packed: map.blocks,
+        map_memory_bytes: map.memory_bytes,
+        map_bytes_per_block: map.memory_bytes as f64 / (map.blocks.max(1)) as f64,
     })
 }

@@ -126,7 +126,7 @@ pub(super) async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
         BlockCmd::Stat { cid, ns, json } => {
             let cid = parse(&cid)?;
             let (_, namespace) = target.namespace(&ns).await?;
-            let (entry, _) = namespace.entry(cid.hash()).await?;
+            let entry = namespace.stored_entry(cid.hash()).await?;
             let entry = entry.ok_or_else(|| {
                 anyhow::anyhow!("block {cid} is not stored in namespace {}", ns.namespace)
             })?;
@@ -150,15 +150,24 @@ pub(super) async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
             let block = hex::encode(entry.hash.as_slice());
             let path = format!("data/{}/{}/{block}", &block[..2], &block[2..4]);
             if json.json {
-                print_json(&serde_json::json!({
+                let mut v = serde_json::json!({
                     "cid": cid.to_string(), "size": entry.size, "block": block,
-                    "generation": entry.generation, "path_on_node": path, "inline": false,
-                }))?;
+                    "path_on_node": path, "inline": false,
+                });
+                match entry.packed {
+                    Some(offset) => v["pack_offset"] = offset.into(),
+                    None => v["generation"] = entry.generation.into(),
+                }
+                print_json(&v)?;
             } else {
+                let block_row = match entry.packed {
+                    Some(offset) => vec!["In pack:".into(), format!("{block} at byte {offset}")],
+                    None => vec!["Garage block:".into(), block.clone()],
+                };
                 print_table(&[
                     vec!["CID:".into(), cid.to_string()],
                     vec!["Size:".into(), entry.size.to_string()],
-                    vec!["Garage block:".into(), block.clone()],
+                    block_row,
                     vec![
                         "File on each node:".into(),
                         format!("<data_dir>/{}", &path[5..]),

@@ -136,10 +136,7 @@ pub(super) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<
 pub(super) async fn repair(target: &Target, args: RepairArgs) -> anyhow::Result<()> {
     let (_, ns) = target.namespace(&args.verify.ns).await?;
     let (summary, problems) = verify_ns(&ns, &args.verify).await?;
-    let mut out = RepairSummary {
-        dry_run: args.dry_run,
-        ..Default::default()
-    };
+    let mut out = RepairSummary::new(args.dry_run);
     let bar = progress(
         Some(problems.len() as u64),
         args.verify.json.json,

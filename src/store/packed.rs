@@ -1,0 +1,767 @@
+//! The store's packed small blocks: the pack writer, the pack map's upkeep,
+//! and the reads, deletes and listings that use them. The formats and the
+//! map itself are in `pack.rs`; docs/DESIGN.md ("Packing small blocks")
+//! says why each rule is as it is.
+//!
+//! - **Writes.** Small puts of a namespace queue in a group-commit batcher
+//!   (no timer: a lone put leaves at once). Each batch becomes one pack:
+//!   its bytes as one Garage block under one anchored ref, then its
+//!   manifest. The batch's puts are acknowledged when the manifest is on a
+//!   write quorum, never before.
+//! - **The map** answers "where is this block" from memory. It is built by
+//!   listing every manifest partition, then kept current from the K2V
+//!   counters of those partitions: a filtered store polls them with its
+//!   index counters every second; a store without filters reads them again
+//!   when a lookup misses.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use bytes::Bytes;
+use cid::Cid;
+use futures::StreamExt;
+use garage_model::k2v::item_table::{DvvsValue, K2VItemPartition};
+use garage_util::data::{blake2sum, Hash};
+use multihash::Multihash;
+
+use super::filter::OwnWrites;
+use super::index::{Entry, INLINE_MAX};
+use super::pack::{self, Located, Manifest, PackBuilder, PackMap, PACK_MAX_BYTES, PACK_MAX_SLOTS};
+use super::{Error, GarageStore, Namespace};
+use crate::cid as cidutil;
+use crate::garage::batch::{BatchLimits, Batcher};
+
+/// Manifest partitions per namespace.
+pub(crate) const PACK_PARTITIONS: usize = 256;
+
+/// Pack writes in flight per namespace.
+const PACKS_IN_FLIGHT: usize = 4;
+
+/// Manifests fetched per listing request (each is up to ~25 KiB).
+const LIST_PAGE: usize = 100;
+
+/// Partitions listed at once when the whole map is built.
+const LIST_CONCURRENCY: usize = 16;
+
+/// One small block waiting for its pack.
+pub(super) struct PackItem {
+    mh: Multihash<64>,
+    codec: u64,
+    data: Bytes,
+}
+
+/// A change of ours to the map, replayed after a listing that may have
+/// started before it.
+enum Change {
+    Insert(Hash, Manifest),
+    Delete(Multihash<64>),
+}
+
+/// What the counters say of one manifest partition.
+#[derive(Debug, Clone)]
+pub(crate) struct PackCounted {
+    /// Every counter value, serialized, to spot any change.
+    pub(crate) signature: Vec<u8>,
+    /// Manifests.
+    pub(crate) entries: i64,
+    /// Bytes of their values (a delete adds two).
+    pub(crate) bytes: i64,
+}
+
+#[derive(Default)]
+struct Partition {
+    /// Counters seen when it was last listed (`None`: it had none).
+    seen: Option<PackCounted>,
+    /// Our changes while it is being listed.
+    pending: Option<Vec<Change>>,
+    /// Our own writes since it was listed, by counter: a change of the
+    /// counters they explain needs no listing (the filter's rule, see
+    /// `filter.rs`), so that our own packs cost us no listing.
+    our_entries: OwnWrites,
+    our_bytes: OwnWrites,
+}
+
+impl Partition {
+    /// Whether the partition must be listed again, given its counters now.
+    fn moved(&self, now: Option<&PackCounted>) -> bool {
+        let (entries, bytes) = match (&self.seen, now) {
+            (None, None) => return false,
+            (Some(seen), Some(now)) if seen.signature == now.signature => return false,
+            (Some(seen), Some(now)) => (now.entries - seen.entries, now.bytes - seen.bytes),
+            (None, Some(now)) => (now.entries, now.bytes),
+            (Some(_), None) => return true,
+        };
+        !(self.our_entries.explain(entries) && self.our_bytes.explain(bytes))
+    }
+}
+
+/// Counters of the pack map, for `status` and the benchmark.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct PackStats {
+    /// Live packed blocks the map knows.
+    pub blocks: u64,
+    /// Bytes the map uses, about.
+    pub memory_bytes: u64,
+    /// Packs this process wrote.
+    pub packs_written: u64,
+    /// Manifest partitions listed.
+    pub partitions_listed: u64,
+    /// Whether the map was built.
+    pub built: bool,
+}
+
+/// The packs of one namespace, as this process knows them.
+pub(crate) struct NsPacks {
+    map: RwLock<PackMap>,
+    parts: Mutex<Vec<Partition>>,
+    built: AtomicBool,
+    /// One listing at a time.
+    syncing: tokio::sync::Mutex<()>,
+    writer: Batcher<PackItem>,
+    written: AtomicU64,
+    listed: AtomicU64,
+}
+
+impl NsPacks {
+    pub(super) fn new(store: Weak<GarageStore>, name: String) -> Arc<Self> {
+        let limits = BatchLimits {
+            max_items: PACK_MAX_SLOTS,
+            // The batcher stops adding once it is at or past this, so a
+            // pack ends at most one small block beyond it.
+            max_bytes: PACK_MAX_BYTES - INLINE_MAX - 64,
+            in_flight: PACKS_IN_FLIGHT,
+            queue: 4 * PACK_MAX_SLOTS,
+        };
+        let writer = Batcher::spawn(limits, move |items: Vec<PackItem>| {
+            let ns = store
+                .upgrade()
+                .and_then(|s| s.namespace_unfiltered(&name).ok());
+            async move {
+                let Some(ns) = ns else {
+                    return Err(crate::garage::Error::Internal(
+                        "the store was dropped".into(),
+                    ));
+                };
+                ns.write_pack(items).await.map_err(|e| match e {
+                    Error::Cluster(e) => e,
+                    other => crate::garage::Error::Internal(other.to_string()),
+                })
+            }
+        });
+        Arc::new(Self {
+            map: Default::default(),
+            parts: Mutex::new((0..PACK_PARTITIONS).map(|_| Partition::default()).collect()),
+            built: AtomicBool::new(false),
+            syncing: Default::default(),
+            writer,
+            written: AtomicU64::new(0),
+            listed: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether the map was built (until then it knows only our packs).
+    pub(super) fn is_built(&self) -> bool {
+        self.built.load(Ordering::Acquire)
+    }
+
+    /// Where the map has a block: every live location of its key.
+    pub(super) fn locate(&self, mh: &Multihash<64>) -> Vec<Located> {
+        self.map.read().unwrap().lookup(mh)
+    }
+
+    pub(super) fn stats(&self) -> PackStats {
+        let map = self.map.read().unwrap();
+        PackStats {
+            blocks: map.len() as u64,
+            memory_bytes: map.memory_bytes() as u64,
+            packs_written: self.written.load(Ordering::Relaxed),
+            partitions_listed: self.listed.load(Ordering::Relaxed),
+            built: self.is_built(),
+        }
+    }
+
+    fn note_removed(&self, hash: &Hash) {
+        self.map.write().unwrap().remove(hash);
+    }
+
+    /// One of our writes changed a partition's counters by so many
+    /// manifests and bytes.
+    fn note_counted(&self, partition: usize, entries: i64, bytes: i64) {
+        let mut parts = self.parts.lock().unwrap();
+        let p = &mut parts[partition];
+        p.our_entries.note(entries);
+        p.our_bytes.note(bytes);
+    }
+
+    fn note(&self, partition: Option<usize>, change: Change) {
+        let mut map = self.map.write().unwrap();
+        let mut parts = self.parts.lock().unwrap();
+        match &change {
+            Change::Insert(hash, m) => map.insert(*hash, 0, m),
+            Change::Delete(mh) => {
+                map.delete(mh);
+            }
+        }
+        // A listing in progress may miss it: replay it after.
+        match (partition, change) {
+            (Some(p), change) => {
+                if let Some(pending) = &mut parts[p].pending {
+                    pending.push(change);
+                }
+            }
+            (None, Change::Delete(mh)) => {
+                for p in parts.iter_mut() {
+                    if let Some(pending) = &mut p.pending {
+                        pending.push(Change::Delete(mh));
+                    }
+                }
+            }
+            (None, Change::Insert(..)) => unreachable!("inserts name their partition"),
+        }
+    }
+
+    /// Lists one manifest partition and replaces what the map had of it.
+    async fn relist(
+        &self,
+        ns: &Namespace,
+        p: usize,
+        seen: Option<&PackCounted>,
+    ) -> Result<(), Error> {
+        {
+            let mut parts = self.parts.lock().unwrap();
+            let part = &mut parts[p];
+            part.pending = Some(Vec::new());
+            // Ours from now on are in the listing or in `pending`.
+            part.our_entries = OwnWrites::default();
+            part.our_bytes = OwnWrites::default();
+        }
+        let listed = match ns.list_manifests(p).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.parts.lock().unwrap()[p].pending = None;
+                return Err(e);
+            }
+        };
+        self.listed.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.map.write().unwrap();
+        let mut parts = self.parts.lock().unwrap();
+        let now: HashSet<Hash> = listed.iter().map(|(h, _)| *h).collect();
+        for h in map.packs_in(p) {
+            if !now.contains(&h) {
+                map.remove(&h);
+            }
+        }
+        for (h, m) in &listed {
+            map.insert(*h, 0, m);
+        }
+        for change in parts[p].pending.take().unwrap_or_default() {
+            match change {
+                Change::Insert(h, m) => map.insert(h, 0, &m),
+                Change::Delete(mh) => {
+                    map.delete(&mh);
+                }
+            }
+        }
+        parts[p].seen = seen.cloned();
+        Ok(())
+    }
+
+    /// Builds the map: every manifest partition listed (not only those the
+    /// counters show, which may lag a pack acknowledged a moment ago).
+    pub(super) async fn build(
+        &self,
+        ns: &Namespace,
+        counters: &BTreeMap<usize, PackCounted>,
+    ) -> Result<(), Error> {
+        let _one = self.syncing.lock().await;
+        if self.is_built() {
+            return Ok(());
+        }
+        let mut listings = futures::stream::iter(0..PACK_PARTITIONS)
+            .map(|p| self.relist(ns, p, counters.get(&p)))
+            .buffer_unordered(LIST_CONCURRENCY);
+        while let Some(r) = listings.next().await {
+            r?;
+        }
+        self.built.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Lists again the partitions whose counters moved since they were
+    /// listed (once built; builds otherwise).
+    pub(super) async fn follow(
+        &self,
+        ns: &Namespace,
+        counters: &BTreeMap<usize, PackCounted>,
+    ) -> Result<(), Error> {
+        if !self.is_built() {
+            return self.build(ns, counters).await;
+        }
+        let _one = self.syncing.lock().await;
+        let moved: Vec<usize> = {
+            let parts = self.parts.lock().unwrap();
+            (0..PACK_PARTITIONS)
+                .filter(|p| parts[*p].moved(counters.get(p)))
+                .collect()
+        };
+        for p in moved {
+            self.relist(ns, p, counters.get(&p)).await?;
+        }
+        Ok(())
+    }
+
+    /// Lists again the `n` partitions of a rolling refresh starting at
+    /// `from` (catches changes the counters cannot show).
+    pub(super) async fn refresh_some(
+        &self,
+        ns: &Namespace,
+        from: usize,
+        n: usize,
+        counters: &BTreeMap<usize, PackCounted>,
+    ) -> Result<(), Error> {
+        if !self.is_built() {
+            return Ok(());
+        }
+        let _one = self.syncing.lock().await;
+        for p in (from..from + n).map(|p| p % PACK_PARTITIONS) {
+            self.relist(ns, p, counters.get(&p)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of an item's values, as Garage's `bytes` counter counts them.
+fn value_bytes(item: &garage_model::k2v::item_table::K2VItem) -> i64 {
+    item.values()
+        .iter()
+        .map(|v| match v {
+            DvvsValue::Value(b) => b.len() as i64,
+            DvvsValue::Deleted => 0,
+        })
+        .sum()
+}
+
+/// The manifest partition a counter entry's sort key names, if any.
+pub(crate) fn partition_of_counter(sort_key: &str) -> Option<usize> {
+    pack::parse_partition(sort_key)
+}
+
+impl Namespace {
+    /// Queues a small block for the next pack of this namespace and waits
+    /// until that pack is acknowledged.
+    pub(super) async fn put_packed(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
+        let len = data.len();
+        let item = PackItem {
+            mh: *cid.hash(),
+            codec: cid.codec(),
+            data,
+        };
+        Ok(self.packs.writer.submit(item, len).await?)
+    }
+
+    /// Writes one pack: its block and ref, then its manifest; the map
+    /// learns it once the manifest is on a write quorum.
+    async fn write_pack(&self, items: Vec<PackItem>) -> Result<(), Error> {
+        let mut b = PackBuilder::unique();
+        let mut seen = HashSet::new();
+        for it in &items {
+            if !seen.insert(it.mh) {
+                continue; // the same block twice in one batch
+            }
+            if !b.fits(it.data.len()) {
+                return Err(Error::Cluster(crate::garage::Error::Internal(format!(
+                    "a batch of {} blocks overflows a pack",
+                    items.len()
+                ))));
+            }
+            b.push(it.mh, it.codec, &it.data);
+        }
+        let (data, hash, manifest) = b.finish();
+        let name = cidutil::raw_cid(Multihash::wrap(0xb220, hash.as_slice()).expect("32 bytes"));
+        // The nonce makes the pack's hash new to the cluster: no ref can
+        // exist, live or deleted, so none is read.
+        let place = self.new_block_placement(&name, &hash).await?;
+        self.write_ref_and_block(&name, hash, &place, data.clone())
+            .await?;
+        let value = manifest.encode();
+        let len = value.len() as i64;
+        let result = self
+            .conn()
+            .rpc_k2v_insert(
+                pack::partition(self.id(), &hash),
+                pack::sort_key(&hash),
+                None,
+                DvvsValue::Value(value),
+            )
+            .await;
+        // Counted even if the write failed: it may have reached a node.
+        let p = hash.as_slice()[0] as usize;
+        self.packs.note_counted(p, 1, len);
+        result?;
+        self.packs.written.fetch_add(1, Ordering::Relaxed);
+        self.store.cache.put_pack(&hash, &data);
+        self.packs.note(Some(p), Change::Insert(hash, manifest));
+        Ok(())
+    }
+
+    /// Whether a pack the map names holds the block live, as a quorum
+    /// read of its manifest says: a put acknowledged because the block is
+    /// packed already must not rely on the map alone, which learns of
+    /// other connectors' deletes only at its next poll. A manifest read
+    /// from fewer nodes than a quorum is written back first.
+    pub(super) async fn confirm_packed(&self, mh: &Multihash<64>) -> Result<bool, Error> {
+        let mut packs: Vec<Hash> = self.packs.locate(mh).into_iter().map(|l| l.pack).collect();
+        packs.dedup();
+        let mut stale = false;
+        for hash in packs {
+            let partition = pack::partition(self.id(), &hash);
+            let key = pack::sort_key(&hash);
+            let read = self.conn().rpc_k2v_get(&partition, &key).await?;
+            let Some(item) = read.value else { continue };
+            let m = Manifest::of_item(&item).map_err(|e| Error::BadIndexEntry {
+                key: format!("{}/{key}", partition.partition_key),
+                reason: e.to_string(),
+            })?;
+            let Some(m) = m else { continue };
+            if m.live().all(|(_, s)| s.mh != *mh) {
+                stale |= m.slots.iter().any(|s| s.mh == *mh);
+                continue;
+            }
+            if !read.settled {
+                self.conn()
+                    .rpc_k2v_insert(
+                        partition,
+                        key,
+                        Some(item.causal_context()),
+                        DvvsValue::Value(m.encode()),
+                    )
+                    .await?;
+            }
+            return Ok(true);
+        }
+        // Deleted meanwhile: what the map said is stale.
+        if stale {
+            self.packs.note(None, Change::Delete(*mh));
+        }
+        Ok(false)
+    }
+
+    /// The live manifests of one partition, by pack hash (retired ones
+    /// included: the map skips them).
+    pub(super) async fn list_manifests(&self, p: usize) -> Result<Vec<(Hash, Manifest)>, Error> {
+        let partition = K2VItemPartition {
+            bucket_id: self.id(),
+            partition_key: pack::partition_name(p),
+        };
+        let mut out = Vec::new();
+        let mut start: Option<String> = None;
+        loop {
+            let page = super::garage::retry_transient(|| async {
+                Ok(self
+                    .conn()
+                    .rpc_k2v_range(&partition, start.clone(), LIST_PAGE)
+                    .await?)
+            })
+            .await?;
+            let full = page.len() == LIST_PAGE;
+            for item in page {
+                if start.as_deref() == Some(item.sort_key.as_str()) {
+                    continue;
+                }
+                let bad = |reason: String| Error::BadIndexEntry {
+                    key: format!("{}/{}", partition.partition_key, item.sort_key),
+                    reason,
+                };
+                let hash = pack::parse_sort_key(&item.sort_key)
+                    .ok_or_else(|| bad("not a pack hash".into()))?;
+                if let Some(m) = Manifest::of_item(&item).map_err(|e| bad(e.to_string()))? {
+                    out.push((hash, m));
+                }
+                start = Some(item.sort_key);
+            }
+            if !full {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Makes the map fit to answer for this connector: a filtered store's
+    /// poller keeps it current; otherwise it is built on first need and
+    /// follows the counters on each miss.
+    pub(super) async fn sync_packs(&self) -> Result<(), Error> {
+        if self.filter.as_ref().is_some_and(|f| f.is_ready()) {
+            return Ok(());
+        }
+        let counters = super::filter::pack_counters(self).await?;
+        self.packs.follow(self, &counters).await
+    }
+
+    /// A packed block's bytes from one of its locations, checked against
+    /// the CID; `Ok(None)` if none holds it (a map key shared with another
+    /// block); an error if a pack could not be read at all.
+    pub(super) async fn read_packed(
+        &self,
+        cid: &Cid,
+        locations: &[Located],
+    ) -> Result<Option<Bytes>, Error> {
+        let mut failed = None;
+        for loc in locations {
+            let pack = match self.pack_bytes(&loc.pack).await {
+                Ok(p) => p,
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            let (from, to) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
+            if let Some(slot) = pack.get(from..to) {
+                if cidutil::verify(cid, slot).is_ok() {
+                    return Ok(Some(pack.slice(from..to)));
+                }
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// A pack's bytes: from the cache, a co-located copy, or one node after
+    /// another, each copy checked against the pack's hash.
+    async fn pack_bytes(&self, hash: &Hash) -> Result<Bytes, Error> {
+        if let Some(b) = self.store.cache.pack(hash) {
+            return Ok(b);
+        }
+        let bytes = match self.conn().read_colocated(hash).await {
+            Some(b) if blake2sum(&b) == *hash => b,
+            _ => self
+                .conn()
+                .rpc_get_block(*hash, |b| blake2sum(b) == *hash)
+                .await
+                .map_err(|e| Error::Unreadable {
+                    cid: cidutil::raw_cid(
+                        Multihash::wrap(0xb220, hash.as_slice()).expect("32 bytes"),
+                    ),
+                    cause: format!("pack: {e}"),
+                })?,
+        };
+        self.store.cache.put_pack(hash, &bytes);
+        Ok(bytes)
+    }
+
+    /// Deletes a block from every pack holding it (its slot joins the
+    /// manifest's deleted set). Returns whether a pack held it live.
+    pub(super) async fn delete_packed(&self, mh: &Multihash<64>) -> Result<bool, Error> {
+        self.sync_packs().await?;
+        let mut packs: Vec<Hash> = self.packs.locate(mh).into_iter().map(|l| l.pack).collect();
+        packs.dedup();
+        let mut any = false;
+        for hash in packs {
+            any |= self.delete_slot(&hash, mh).await?;
+        }
+        if any {
+            self.packs.note(None, Change::Delete(*mh));
+        }
+        Ok(any)
+    }
+
+    async fn delete_slot(&self, hash: &Hash, mh: &Multihash<64>) -> Result<bool, Error> {
+        let partition = pack::partition(self.id(), hash);
+        let key = pack::sort_key(hash);
+        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
+        let Some(item) = read.value else {
+            return Ok(false);
+        };
+        let bad = |reason: String| Error::BadIndexEntry {
+            key: format!("{}/{key}", partition.partition_key),
+            reason,
+        };
+        let Some(mut m) = Manifest::of_item(&item).map_err(|e| bad(e.to_string()))? else {
+            return Ok(false);
+        };
+        let hits: Vec<usize> = m
+            .live()
+            .filter(|(_, s)| s.mh == *mh)
+            .map(|(i, _)| i)
+            .collect();
+        if hits.is_empty() {
+            return Ok(false);
+        }
+        for i in hits {
+            m.delete(i);
+        }
+        let value = m.encode();
+        let (bytes_before, bytes_after) = (value_bytes(&item), value.len() as i64);
+        // With the item's causal context: a concurrent delete of another
+        // slot leaves a sibling, and readers unite the deleted sets.
+        let result = self
+            .conn()
+            .rpc_k2v_insert(
+                partition,
+                key,
+                Some(item.causal_context()),
+                DvvsValue::Value(value),
+            )
+            .await;
+        self.packs
+            .note_counted(hash.as_slice()[0] as usize, 0, bytes_after - bytes_before);
+        result?;
+        Ok(true)
+    }
+
+    /// The namespace's manifests, partition by partition
+    /// ([`packed_entries`] turns them into the entries of their live blocks).
+    pub(super) fn list_packed(
+        &self,
+    ) -> impl futures::Stream<Item = Result<Vec<(Hash, Manifest)>, Error>> + '_ {
+        // Partitions are listed a few at a time (most are small), in order.
+        futures::stream::iter(0..PACK_PARTITIONS)
+            .map(move |p| self.list_manifests(p))
+            .buffered(LIST_CONCURRENCY)
+    }
+}
+
+/// The live blocks of some manifests as entries (`packed` set, `hash` the
+/// pack's), each block once: `seen` holds the map keys of those listed
+/// already, so that a listing of the index can skip them too.
+pub(super) fn packed_entries(
+    manifests: Vec<(Hash, Manifest)>,
+    seen: &mut HashSet<u64>,
+) -> Vec<(Multihash<64>, Entry)> {
+    {
+        let mut out = Vec::new();
+        for (hash, m) in manifests {
+            for (_, s) in m.live() {
+                if seen.insert(pack::map_key(&s.mh)) {
+                    out.push((
+                        s.mh,
+                        Entry {
+                            hash,
+                            size: s.len,
+                            generation: 0,
+                            codec: s.codec,
+                            inline: None,
+                            packed: Some(s.offset),
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Namespace {
+    /// Removes the packs of which no block is live: each manifest (a
+    /// tombstone, written with the causal context of a read that found
+    /// every slot deleted), then the pack's refs, after which Garage
+    /// collects its copies. Returns how many packs it removed.
+    ///
+    /// A manifest is only ever rewritten to add deleted slots, so one with
+    /// every slot deleted stays so, with one exception: a delete that read
+    /// it before its last live slot was deleted by someone else, and writes
+    /// after this tombstone, leaves a sibling value that lacks the other
+    /// deletes. That needs two connectors deleting the same last block of a
+    /// pack while this runs; the block would then be listed again, and its
+    /// reads would fail once Garage collects the pack.
+    pub async fn reclaim_packs(&self, mut progress: impl FnMut(u64)) -> Result<u64, Error> {
+        let mut removed = 0;
+        for p in 0..PACK_PARTITIONS {
+            for (hash, m) in self.list_manifests(p).await? {
+                if m.live().next().is_some() || m.retired_by.is_some() {
+                    continue;
+                }
+                let partition = pack::partition(self.id(), &hash);
+                let key = pack::sort_key(&hash);
+                let read = self.conn().rpc_k2v_get(&partition, &key).await?;
+                let Some(item) = read.value else { continue };
+                let now = Manifest::of_item(&item).map_err(|e| Error::BadIndexEntry {
+                    key: format!("{}/{key}", partition.partition_key),
+                    reason: e.to_string(),
+                })?;
+                if now.is_none_or(|m| m.live().next().is_some()) {
+                    continue;
+                }
+                // Manifest first: a manifest must never name a pack that
+                // is not stored.
+                let result = self
+                    .conn()
+                    .rpc_k2v_insert(
+                        partition,
+                        key,
+                        Some(item.causal_context()),
+                        DvvsValue::Deleted,
+                    )
+                    .await;
+                self.packs.note_counted(p, -1, -value_bytes(&item));
+                result?;
+                self.delete_refs(&hash).await?;
+                self.packs.note_removed(&hash);
+                removed += 1;
+                progress(removed);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Live packed blocks in one manifest partition.
+    pub(super) async fn count_packed(&self, p: usize) -> Result<u64, Error> {
+        Ok(self
+            .list_manifests(p)
+            .await?
+            .iter()
+            .map(|(_, m)| m.live().count() as u64)
+            .sum())
+    }
+
+    /// A block's entry, wherever it is stored: in a pack (`packed` set,
+    /// `hash` the pack's), inline, or as a block of its own.
+    pub async fn stored_entry(&self, mh: &Multihash<64>) -> Result<Option<Entry>, Error> {
+        Ok(self.lookup(mh, false).await?.map(|f| f.entry))
+    }
+
+    /// The pack map's counters.
+    pub fn pack_stats(&self) -> PackStats {
+        self.packs.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counted(sig: u8, entries: i64, bytes: i64) -> PackCounted {
+        PackCounted {
+            signature: vec![sig],
+            entries,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn our_own_packs_explain_their_counters_and_others_changes_do_not() {
+        let mut p = Partition {
+            seen: Some(counted(0, 5, 1000)),
+            ..Default::default()
+        };
+        assert!(!p.moved(Some(&counted(0, 5, 1000))), "unchanged");
+        assert!(p.moved(Some(&counted(1, 5, 1002))), "a foreign delete");
+        assert!(p.moved(Some(&counted(1, 6, 1300))), "a foreign pack");
+        assert!(p.moved(None), "the partition emptied");
+        // Our pack: counted or not yet, it explains the change.
+        p.our_entries.note(1);
+        p.our_bytes.note(300);
+        assert!(!p.moved(Some(&counted(1, 6, 1300))));
+        assert!(!p.moved(Some(&counted(2, 5, 1000))));
+        // Beyond what ours explain: a foreign delete on top of our pack.
+        assert!(p.moved(Some(&counted(3, 6, 1302))));
+        // And a partition first listed empty.
+        let mut empty = Partition::default();
+        assert!(!empty.moved(None));
+        assert!(empty.moved(Some(&counted(0, 1, 300))));
+        empty.our_entries.note(1);
+        empty.our_bytes.note(300);
+        assert!(!empty.moved(Some(&counted(0, 1, 300))));
+    }
+}

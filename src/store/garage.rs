@@ -684,40 +684,54 @@ impl Namespace {
         };
         let mut start: Option<String> = None;
         loop {
-            // A page read is idempotent: retried after a dropped connection.
-            let page = retry_transient(|| async {
-                Ok(self
-                    .conn()
-                    .rpc_k2v_range(&partition, start.clone(), LIST_PAGE)
-                    .await?)
-            })
-            .await?;
-            let full = page.len() == LIST_PAGE;
+            let (page, next) = self.k2v_page(&partition, start.take(), LIST_PAGE).await?;
             for item in page {
-                // `start` is inclusive: skip the item that ended the last page.
-                if start.as_deref() == Some(item.sort_key.as_str()) {
-                    continue;
-                }
                 let bad = |reason: String| Error::BadIndexEntry {
                     key: item.sort_key.clone(),
                     reason,
                 };
                 let mh = cidutil::from_dskey(&item.sort_key).map_err(|e| bad(e.to_string()))?;
-                if let Some(entry) = index::live_entry(&item).map_err(|e| bad(e.to_string()))? {
-                    if skip.contains(&super::pack::map_key(&mh)) {
-                        start = Some(item.sort_key);
-                        continue; // listed with its pack
-                    }
-                    if tx.send(Ok((mh, entry))).await.is_err() {
-                        return Ok(());
-                    }
+                let Some(entry) = index::live_entry(&item).map_err(|e| bad(e.to_string()))? else {
+                    continue;
+                };
+                if skip.contains(&super::pack::map_key(&mh)) {
+                    continue; // listed with its pack
                 }
-                start = Some(item.sort_key);
+                if tx.send(Ok((mh, entry))).await.is_err() {
+                    return Ok(());
+                }
             }
-            if !full {
-                return Ok(());
+            match next {
+                Some(n) => start = Some(n),
+                None => return Ok(()),
             }
         }
+    }
+
+    /// One page of a K2V partition of this namespace from `start`
+    /// (inclusive), tombstones included, without the item that ended the
+    /// previous page (`start` itself); and where the next page starts, or
+    /// `None` after the last. A page read is idempotent, so it is retried
+    /// after a dropped connection.
+    pub(super) async fn k2v_page(
+        &self,
+        partition: &K2VItemPartition,
+        start: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<K2VItem>, Option<String>), Error> {
+        let page = retry_transient(|| async {
+            Ok(self
+                .conn()
+                .rpc_k2v_range(partition, start.clone(), limit)
+                .await?)
+        })
+        .await?;
+        let next = (page.len() == limit).then(|| page.last().map(|i| i.sort_key.clone()));
+        let items = page
+            .into_iter()
+            .filter(|i| start.as_deref() != Some(i.sort_key.as_str()))
+            .collect();
+        Ok((items, next.flatten()))
     }
 }
 

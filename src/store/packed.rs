@@ -457,18 +457,8 @@ impl Namespace {
         let mut out = Vec::new();
         let mut start: Option<String> = None;
         loop {
-            let page = super::garage::retry_transient(|| async {
-                Ok(self
-                    .conn()
-                    .rpc_k2v_range(&partition, start.clone(), LIST_PAGE)
-                    .await?)
-            })
-            .await?;
-            let full = page.len() == LIST_PAGE;
+            let (page, next) = self.k2v_page(&partition, start.take(), LIST_PAGE).await?;
             for item in page {
-                if start.as_deref() == Some(item.sort_key.as_str()) {
-                    continue;
-                }
                 let bad = |reason: String| Error::BadIndexEntry {
                     key: format!("{}/{}", partition.partition_key, item.sort_key),
                     reason,
@@ -478,10 +468,10 @@ impl Namespace {
                 if let Some(m) = Manifest::of_item(&item).map_err(|e| bad(e.to_string()))? {
                     out.push((hash, m));
                 }
-                start = Some(item.sort_key);
             }
-            if !full {
-                return Ok(out);
+            match next {
+                Some(n) => start = Some(n),
+                None => return Ok(out),
             }
         }
     }

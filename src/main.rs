@@ -4,11 +4,8 @@
 mod net;
 
 fn main() -> std::process::ExitCode {
-    // Die quietly on a closed pipe (`garage-ipfs … | head`), as CLIs do.
-    // SAFETY: restoring the default disposition of one signal at start-up.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (a daemon must outlive a peer's reset); a
+    // closed stdout ends the CLI quietly instead (`tools::util::write_stdout`).
     net::ensure_linked();
     garage_ipfs::tools::cli::main()
 }

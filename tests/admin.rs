@@ -16,6 +16,25 @@ fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
 }
 
+/// Runs the CLI with stdout a pipe closed before it writes: exit code and
+/// stderr.
+fn cli_into_closed_pipe(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run garage-ipfs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn cli_namespace_block_and_status_commands() {
     run(async {
@@ -131,6 +150,19 @@ fn cli_namespace_block_and_status_commands() {
             (Some(2), Some(20_000)),
             "{mine}"
         );
+
+        // Output into a pipe whose reader has gone (`… | head`): a quiet
+        // end, as a CLI stopped by SIGPIPE (which the program ignores, so
+        // that a reset connection never kills the daemon).
+        for args in [
+            &["block", "get", &cid, "-n", &ns][..],
+            &["block", "ls", "-n", &ns],
+            &["namespace", "list", "--json"],
+        ] {
+            let (code, stderr) = cli_into_closed_pipe(&cfg, args);
+            assert_eq!(code, Some(141), "{args:?}: {stderr}");
+            assert_eq!(stderr, "", "{args:?}");
+        }
 
         let rm = json(&cli_ok(&cfg, &["block", "rm", &cid, "-n", &ns, "--json"]));
         assert_eq!(rm[0]["removed"], true);

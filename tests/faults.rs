@@ -317,12 +317,14 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
         let name = unique_ns("filter");
         let filtered = garage_ipfs::GarageStore::with_filters(new_connector("filter").await);
         let ns = filtered.namespace(&name).unwrap();
-        let mut present = Vec::new();
-        for i in 0..30 {
-            let (cid, data) = random_block(codec::RAW, 0x12, 1000 + i);
-            ns.put(&cid, data).await.unwrap();
-            present.push(cid);
-        }
+        // Put together, so that the batches are large enough for packs.
+        let blocks: Vec<_> = (0..30)
+            .map(|i| random_block(codec::RAW, 0x12, 1000 + i))
+            .collect();
+        futures::future::try_join_all(blocks.iter().map(|(c, d)| ns.put(c, d.clone())))
+            .await
+            .unwrap();
+        let present: Vec<_> = blocks.into_iter().map(|(c, _)| c).collect();
         // A block stored on its own (not packed), put before the filter is
         // ready, so that the cache does not hold its entry.
         let (big, data) = random_block(codec::RAW, 0x12, 10_000);
@@ -351,10 +353,26 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
             "foreign put visible through the filter after {:?}",
             start.elapsed()
         );
-        // Our own puts are visible at once.
+        // Our own puts are visible at once (a lone small put is an inline
+        // entry, which the cache holds once the filter is ready).
         let (own, data) = random_block(codec::RAW, 0x12, 778);
         ns.put(&own, data).await.unwrap();
         assert!(ns.has(&own).await.unwrap());
+        let mut packed = None;
+        for cid in &present {
+            if ns
+                .stored_entry(cid.hash())
+                .await
+                .unwrap()
+                .unwrap()
+                .packed
+                .is_some()
+            {
+                packed = Some(*cid);
+                break;
+            }
+        }
+        let packed = packed.expect("30 concurrent small puts made no pack");
 
         cluster().kill_node(1);
         cluster().kill_node(2);
@@ -396,11 +414,13 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
         );
         // Packed blocks: the pack map answers `has` from memory, and a get
         // reads the pack from the cache, which holds the packs we wrote.
+        assert!(ns.has(&packed).await.unwrap(), "packed, from the map");
         let (hits, _) = cache_counts(&filtered);
-        assert!(ns.has(&present[0]).await.unwrap(), "packed, from the map");
-        assert!(ns.has(&own).await.unwrap(), "packed, from the map");
-        assert_eq!(ns.get(&own).await.unwrap().map(|b| b.len()), Some(778));
+        assert!(ns.get(&packed).await.unwrap().is_some());
         assert_eq!(cache_counts(&filtered).0, hits + 1, "own pack cached");
+        // Our inline put: its cached entry answers, bytes included.
+        assert!(ns.has(&own).await.unwrap(), "inline, from the cache");
+        assert_eq!(ns.get(&own).await.unwrap().map(|b| b.len()), Some(778));
 
         restart_and_rejoin(&[1, 2], filtered.connector()).await;
         // A deleted block: the index answers until the shard is rebuilt.

@@ -35,18 +35,35 @@ struct Fixture {
     ns: String,
 }
 
-/// The daemon and node A, made on first use.
+/// The daemon and node A, made on first use, running at the start of each
+/// test (take it under `serial()`). A test that failed while A was down
+/// leaves it down: A is started again. A daemon that exited on its own
+/// (it never should) is started again too, and this test fails saying so,
+/// with the daemon's exit status and log.
 async fn fixture() -> &'static Fixture {
     static FIX: OnceCell<Fixture> = OnceCell::const_new();
-    FIX.get_or_init(|| async {
-        let daemon = DaemonProc::new("kubo-daemon", "default");
-        daemon.start().await;
-        let repo = daemon.dir.join("kubo-a");
-        let (a, ns) = garage_node(&daemon, &repo, &[]).await;
-        a.start(Duration::from_secs(120)).expect("node A starts");
-        Fixture { daemon, a, ns }
-    })
-    .await
+    let f = FIX
+        .get_or_init(|| async {
+            let daemon = DaemonProc::new("kubo-daemon", "default");
+            daemon.start().await;
+            let repo = daemon.dir.join("kubo-a");
+            let (a, ns) = garage_node(&daemon, &repo, &[]).await;
+            a.start(Duration::from_secs(120)).expect("node A starts");
+            Fixture { daemon, a, ns }
+        })
+        .await;
+    let crashed = f.daemon.exited();
+    if crashed.is_some() {
+        f.daemon.start().await;
+    }
+    if f.a.pid().is_none() {
+        f.a.start(Duration::from_secs(120))
+            .expect("node A starts again");
+    }
+    if let Some(why) = crashed {
+        panic!("since the previous kubo test, {why}");
+    }
+    f
 }
 
 fn ipfs_bin(flavour: Flavour) -> PathBuf {
@@ -572,6 +589,16 @@ fn kubo_killed_mid_add_adds_again_and_verify_is_clean() {
         let work = state_dir("kubo-kill");
         let file = write_file(&work, "interrupted.bin", 9, 96 * 1024 * 1024);
         let before = namespace_blocks(&f.ns).await.len();
+        // Progress is read from the daemon's count of block writes (a
+        // cheap poll), not by listing the namespace, which takes long
+        // enough for the add to finish meanwhile.
+        let block_puts = || async {
+            metric(
+                &f.daemon.metrics().await,
+                r#"garage_ipfs_cluster_calls_total{op="put",call="block_put"}"#,
+            )
+        };
+        let puts_before = block_puts().await;
 
         let mut add_cmd = f.a.command();
         add_cmd
@@ -583,13 +610,17 @@ fn kubo_killed_mid_add_adds_again_and_verify_is_clean() {
         // file's 384 is in.
         eventually_async(
             Duration::from_secs(120),
-            "the add stores 40 blocks",
-            || async { namespace_blocks(&f.ns).await.len() >= before + 40 },
+            "the add writes 40 blocks",
+            || async { block_puts().await >= puts_before + 40.0 },
         )
         .await;
         f.a.kill();
         client.kill();
         let stored_by_then = namespace_blocks(&f.ns).await.len() - before;
+        // A client killed mid-stream must not take the daemon down.
+        if let Some(why) = f.daemon.exited() {
+            panic!("after A was killed, {why}");
+        }
         assert!(
             stored_by_then < 192,
             "{stored_by_then} blocks stored before the kill: not mid-add"

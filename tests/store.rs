@@ -334,16 +334,28 @@ fn store_concurrent_puts_share_requests() {
             .await
             .unwrap();
         let small_writes = count(Call::K2vWrite) - writes;
-        let packs = ns.pack_stats().packs_written;
-        eprintln!("64 concurrent 1 KiB puts: {packs} packs, {small_writes} index write requests");
-        // Shared: a pack holds what waits while 4 are in flight, so 64 puts
+        let stats = ns.pack_stats();
+        let packs = stats.packs_written;
+        eprintln!(
+            "64 concurrent 1 KiB puts: {packs} packs, {} blocks inline in {} batches, \
+             {small_writes} index write requests",
+            stats.inline_blocks, stats.inline_batches
+        );
+        // Shared: a pack holds what waits while 2 are in flight, so 64 puts
         // that arrive together leave in a few packs (16 is a generous
         // bound), each one block write and one manifest write, batched
-        // further; and they are the puts' own, counted as puts.
+        // further; a batch too small for a pack is written inline, its
+        // entries in one request; and they are the puts' own, counted as
+        // puts.
         assert!((1..=16).contains(&packs), "{packs} packs");
         assert!(
-            (1..=packs).contains(&small_writes),
-            "{small_writes} index write requests for {packs} packs"
+            stats.inline_blocks < 4 * stats.inline_batches.max(1),
+            "{stats:?}: an inline batch of 4 or more"
+        );
+        assert!(
+            (1..=packs + stats.inline_batches).contains(&small_writes),
+            "{small_writes} index write requests for {packs} packs and {} inline batches",
+            stats.inline_batches
         );
         assert_eq!(
             count(Call::BlockPut) - blocks,
@@ -377,8 +389,11 @@ fn store_concurrent_puts_share_requests() {
         }
         // No cache in this store: one block read per get, from the first
         // node that has it (all are up), counted as gets: the big block,
-        // or the small block's pack.
-        assert_eq!(calls.get(Op::Get, Call::BlockGet), 16 + 64);
+        // or the small block's pack (none for an inline one).
+        assert_eq!(
+            calls.get(Op::Get, Call::BlockGet),
+            16 + 64 - stats.inline_blocks
+        );
         assert_eq!(calls.for_op(Op::Put), puts_before, "gets counted as puts");
     });
 }
@@ -406,16 +421,51 @@ fn store_small_blocks_are_packed_and_other_connectors_read_list_and_delete_them(
         futures::future::try_join_all(small.iter().map(|(c, d)| ns.put(c, d.clone())))
             .await
             .unwrap();
-        let packs = ns.pack_stats().packs_written;
-        eprintln!("300 concurrent small puts: {packs} packs");
+        let stats = ns.pack_stats();
+        let packs = stats.packs_written;
+        eprintln!(
+            "300 concurrent small puts: {packs} packs, {} blocks inline in {} batches",
+            stats.inline_blocks, stats.inline_batches
+        );
         assert!(
             (1..=75).contains(&packs),
-            "{packs} packs for 300 puts (at least 4 blocks a pack expected)"
+            "{packs} packs for 300 puts (at least 4 blocks a pack)"
+        );
+        assert!(
+            stats.inline_blocks < 4 * stats.inline_batches.max(1),
+            "{stats:?}: an inline batch of 4 or more"
         );
         assert_eq!(calls.get(Op::Put, Call::BlockPut) - block_puts, packs);
-        for (cid, _) in small.iter().take(20) {
+        // Each block is in a pack or has an inline entry, never both.
+        let mut inline = 0;
+        for (cid, data) in &small {
             let (entry, _) = ns.entry(cid.hash()).await.unwrap();
-            assert!(entry.is_none(), "{cid}: a per-block index entry");
+            // The map is looked up first: a packed block shows as such.
+            let stored = ns.stored_entry(cid.hash()).await.unwrap();
+            let packed = stored.is_some_and(|e| e.packed.is_some());
+            match entry {
+                Some(e) => {
+                    assert_eq!(e.inline.as_ref(), Some(data), "{cid}");
+                    assert!(!packed, "{cid}: packed and inline");
+                    inline += 1;
+                }
+                None => assert!(packed, "{cid}: neither packed nor inline"),
+            }
+        }
+        assert_eq!(inline, stats.inline_blocks);
+        // A put that arrives alone is written inline: a pack of one would
+        // cost a block, a ref and a manifest for one index entry saved.
+        let lone: Vec<_> = (0..3)
+            .map(|i| random_block(codec::RAW, SHA2_256, 100 + i))
+            .collect();
+        for (cid, data) in &lone {
+            ns.put(cid, data.clone()).await.unwrap();
+            let (entry, _) = ns.entry(cid.hash()).await.unwrap();
+            assert_eq!(entry.and_then(|e| e.inline).as_ref(), Some(data), "{cid}");
+        }
+        assert_eq!(ns.pack_stats().packs_written, packs, "a pack of one");
+        for (cid, _) in &lone {
+            assert!(ns.delete(cid).await.unwrap());
         }
 
         // Another connector (no filter: it builds its map on first need).
@@ -444,15 +494,19 @@ fn store_small_blocks_are_packed_and_other_connectors_read_list_and_delete_them(
 
         // Verify reads each pack once and checks every block in it.
         let entries: Vec<_> = reader.list_entries().try_collect().await.unwrap();
-        assert!(entries.iter().all(|(_, e)| e.packed.is_some()));
+        assert_eq!(
+            entries.iter().filter(|(_, e)| e.packed.is_some()).count() as u64,
+            300 - inline
+        );
         let summary = reader
             .verify_entries(entries.clone(), |_| ())
             .await
             .unwrap();
         assert!(summary.clean(), "verify: {summary:?}");
         assert_eq!(summary.checked, 300);
+        let (mh, entry) = entries.iter().find(|(_, e)| e.packed.is_some()).unwrap();
         let report = reader
-            .verify_block(entries[0].0, entries[0].1.clone(), &mut Default::default())
+            .verify_block(*mh, entry.clone(), &mut Default::default())
             .await
             .unwrap();
         assert!(report.packed && report.healthy(), "{report:?}");

@@ -35,25 +35,26 @@ pub(crate) struct BatchLimits {
     pub queue: usize,
 }
 
-struct Pending<T> {
+struct Pending<T, R> {
     item: T,
     op: Op,
     bytes: usize,
-    done: oneshot::Sender<Result<(), Error>>,
+    done: oneshot::Sender<Result<R, Error>>,
 }
 
-/// A group-commit queue for writes of type `T`.
-pub(crate) struct Batcher<T> {
-    tx: mpsc::Sender<Pending<T>>,
+/// A group-commit queue for writes of type `T`; each write learns the
+/// outcome `R` of the request that held it.
+pub(crate) struct Batcher<T, R = ()> {
+    tx: mpsc::Sender<Pending<T, R>>,
 }
 
-impl<T: Send + 'static> Batcher<T> {
+impl<T: Send + 'static, R: Clone + Send + 'static> Batcher<T, R> {
     /// Starts the batching task; `write` sends one batch. The task ends
     /// when the batcher is dropped.
     pub(crate) fn spawn<F, Fut>(limits: BatchLimits, write: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+        Fut: Future<Output = Result<R, Error>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(limits.queue.max(1));
         tokio::spawn(run(rx, limits, Arc::new(write)));
@@ -62,7 +63,7 @@ impl<T: Send + 'static> Batcher<T> {
 
     /// Queues one write of about `bytes` bytes and waits until the request
     /// holding it is acknowledged.
-    pub(crate) async fn submit(&self, item: T, bytes: usize) -> Result<(), Error> {
+    pub(crate) async fn submit(&self, item: T, bytes: usize) -> Result<R, Error> {
         let (done, rx) = oneshot::channel();
         let stopped = || Error::Internal("the write batcher stopped".into());
         self.tx
@@ -78,11 +79,15 @@ impl<T: Send + 'static> Batcher<T> {
     }
 }
 
-async fn run<T, F, Fut>(mut rx: mpsc::Receiver<Pending<T>>, limits: BatchLimits, write: Arc<F>)
-where
+async fn run<T, R, F, Fut>(
+    mut rx: mpsc::Receiver<Pending<T, R>>,
+    limits: BatchLimits,
+    write: Arc<F>,
+) where
     T: Send + 'static,
+    R: Clone + Send + 'static,
     F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    Fut: Future<Output = Result<R, Error>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
     loop {
@@ -126,7 +131,7 @@ where
                 }
             };
             for w in waiters {
-                let _ = w.send(result.as_ref().map(|_| ()).map_err(Error::duplicate));
+                let _ = w.send(result.as_ref().map(R::clone).map_err(Error::duplicate));
             }
             drop(slot);
         });

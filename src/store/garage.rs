@@ -522,7 +522,7 @@ impl Namespace {
     }
 
     /// An acknowledged put: into the filter and the cache.
-    fn note_stored(&self, mh: &Multihash<64>, entry: &Entry) {
+    pub(super) fn note_stored(&self, mh: &Multihash<64>, entry: &Entry) {
         if let Some(f) = &self.filter {
             f.note_put(mh);
         }

@@ -4,10 +4,11 @@
 //! says why each rule is as it is.
 //!
 //! - **Writes.** Small puts of a namespace queue in a group-commit batcher
-//!   (no timer: a lone put leaves at once). Each batch becomes one pack:
-//!   its bytes as one Garage block under one anchored ref, then its
-//!   manifest. The batch's puts are acknowledged when the manifest is on a
-//!   write quorum, never before.
+//!   (no timer: a lone put leaves at once). Each batch of at least
+//!   [`PACK_MIN_BLOCKS`] becomes one pack: its bytes as one Garage block
+//!   under one anchored ref, then its manifest. The batch's puts are
+//!   acknowledged when the manifest is on a write quorum, never before. A
+//!   smaller batch is written as inline index entries instead.
 //! - **The map** answers "where is this block" from memory. It is built by
 //!   listing every manifest partition, then kept current from the K2V
 //!   counters of those partitions: a filtered store polls them with its
@@ -35,8 +36,25 @@ use crate::garage::batch::{BatchLimits, Batcher};
 /// Manifest partitions per namespace.
 pub(crate) const PACK_PARTITIONS: usize = 256;
 
-/// Pack writes in flight per namespace.
-const PACKS_IN_FLIGHT: usize = 4;
+/// Pack writes in flight per namespace. Few, so that puts arriving while
+/// packs are written wait for the next one and packs are large: a pack's
+/// cost (three block copies, a ref, a manifest) is nearly the same for one
+/// block as for a hundred.
+const PACKS_IN_FLIGHT: usize = 2;
+
+/// Batches of fewer blocks are written inline (one index entry each, in
+/// one request) instead of as a pack: below this, a pack costs more than
+/// the entries it saves.
+const PACK_MIN_BLOCKS: usize = 4;
+
+/// How the batch holding a small put was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Written {
+    /// In a pack.
+    Packed,
+    /// As an inline index entry of its own.
+    Inline,
+}
 
 /// Manifests fetched per listing request (each is up to ~25 KiB).
 const LIST_PAGE: usize = 100;
@@ -56,6 +74,27 @@ pub(super) struct PackItem {
 enum Change {
     Insert(Hash, Manifest),
     Delete(Multihash<64>),
+}
+
+impl Change {
+    fn apply(&self, map: &mut PackMap) {
+        match self {
+            Change::Insert(hash, m) => map.insert(*hash, 0, m),
+            Change::Delete(mh) => {
+                map.delete(mh);
+            }
+        }
+    }
+}
+
+/// A manifest as a quorum read found it, with what rewriting it needs.
+struct ManifestRead {
+    partition: K2VItemPartition,
+    key: String,
+    item: garage_model::k2v::item_table::K2VItem,
+    manifest: Manifest,
+    /// Whether every node read agreed (else it is worth writing back).
+    settled: bool,
 }
 
 /// What the counters say of one manifest partition.
@@ -105,6 +144,10 @@ pub struct PackStats {
     pub memory_bytes: u64,
     /// Packs this process wrote.
     pub packs_written: u64,
+    /// Batches of small blocks too few for a pack, written inline instead.
+    pub inline_batches: u64,
+    /// Blocks in those batches.
+    pub inline_blocks: u64,
     /// Manifest partitions listed.
     pub partitions_listed: u64,
     /// Whether the map was built.
@@ -118,8 +161,10 @@ pub(crate) struct NsPacks {
     built: AtomicBool,
     /// One listing at a time.
     syncing: tokio::sync::Mutex<()>,
-    writer: Batcher<PackItem>,
+    writer: Batcher<PackItem, Written>,
     written: AtomicU64,
+    inline_batches: AtomicU64,
+    inline_blocks: AtomicU64,
     listed: AtomicU64,
 }
 
@@ -156,6 +201,8 @@ impl NsPacks {
             syncing: Default::default(),
             writer,
             written: AtomicU64::new(0),
+            inline_batches: AtomicU64::new(0),
+            inline_blocks: AtomicU64::new(0),
             listed: AtomicU64::new(0),
         })
     }
@@ -176,6 +223,8 @@ impl NsPacks {
             blocks: map.len() as u64,
             memory_bytes: map.memory_bytes() as u64,
             packs_written: self.written.load(Ordering::Relaxed),
+            inline_batches: self.inline_batches.load(Ordering::Relaxed),
+            inline_blocks: self.inline_blocks.load(Ordering::Relaxed),
             partitions_listed: self.listed.load(Ordering::Relaxed),
             built: self.is_built(),
         }
@@ -197,12 +246,7 @@ impl NsPacks {
     fn note(&self, partition: Option<usize>, change: Change) {
         let mut map = self.map.write().unwrap();
         let mut parts = self.parts.lock().unwrap();
-        match &change {
-            Change::Insert(hash, m) => map.insert(*hash, 0, m),
-            Change::Delete(mh) => {
-                map.delete(mh);
-            }
-        }
+        change.apply(&mut map);
         // A listing in progress may miss it: replay it after.
         match (partition, change) {
             (Some(p), change) => {
@@ -256,12 +300,7 @@ impl NsPacks {
             map.insert(*h, 0, m);
         }
         for change in parts[p].pending.take().unwrap_or_default() {
-            match change {
-                Change::Insert(h, m) => map.insert(h, 0, &m),
-                Change::Delete(mh) => {
-                    map.delete(&mh);
-                }
-            }
+            change.apply(&mut map);
         }
         parts[p].seen = seen.cloned();
         Ok(())
@@ -298,17 +337,12 @@ impl NsPacks {
         if !self.is_built() {
             return self.build(ns, counters).await;
         }
-        let _one = self.syncing.lock().await;
-        let moved: Vec<usize> = {
-            let parts = self.parts.lock().unwrap();
+        self.relist_chosen(ns, counters, |parts| {
             (0..PACK_PARTITIONS)
                 .filter(|p| parts[*p].moved(counters.get(p)))
                 .collect()
-        };
-        for p in moved {
-            self.relist(ns, p, counters.get(&p)).await?;
-        }
-        Ok(())
+        })
+        .await
     }
 
     /// Lists again the `n` partitions of a rolling refresh starting at
@@ -323,11 +357,34 @@ impl NsPacks {
         if !self.is_built() {
             return Ok(());
         }
+        self.relist_chosen(ns, counters, |_| {
+            (from..from + n).map(|p| p % PACK_PARTITIONS).collect()
+        })
+        .await
+    }
+
+    /// Lists again the partitions `choose` picks, once no other listing
+    /// runs (it sees the partitions' state as that listing left it).
+    async fn relist_chosen(
+        &self,
+        ns: &Namespace,
+        counters: &BTreeMap<usize, PackCounted>,
+        choose: impl FnOnce(&[Partition]) -> Vec<usize>,
+    ) -> Result<(), Error> {
         let _one = self.syncing.lock().await;
-        for p in (from..from + n).map(|p| p % PACK_PARTITIONS) {
+        let chosen = choose(&self.parts.lock().unwrap());
+        for p in chosen {
             self.relist(ns, p, counters.get(&p)).await?;
         }
         Ok(())
+    }
+
+    /// The packs the map says hold a block, each once.
+    fn packs_holding(&self, mh: &Multihash<64>) -> Vec<Hash> {
+        let mut packs: Vec<Hash> = self.locate(mh).into_iter().map(|l| l.pack).collect();
+        packs.sort_unstable();
+        packs.dedup();
+        packs
     }
 }
 
@@ -349,26 +406,45 @@ pub(crate) fn partition_of_counter(sort_key: &str) -> Option<usize> {
 
 impl Namespace {
     /// Queues a small block for the next pack of this namespace and waits
-    /// until that pack is acknowledged.
+    /// until that pack (or, in a small batch, its inline entry) is
+    /// acknowledged.
     pub(super) async fn put_packed(&self, cid: &Cid, data: Bytes) -> Result<(), Error> {
         let len = data.len();
         let item = PackItem {
             mh: *cid.hash(),
             codec: cid.codec(),
-            data,
+            data: data.clone(),
         };
-        Ok(self.packs.writer.submit(item, len).await?)
+        if self.packs.writer.submit(item, len).await? == Written::Inline {
+            self.note_stored(cid.hash(), &Entry::inline(cid.codec(), data));
+        }
+        Ok(())
     }
 
-    /// Writes one pack: its block and ref, then its manifest; the map
-    /// learns it once the manifest is on a write quorum.
-    async fn write_pack(&self, items: Vec<PackItem>) -> Result<(), Error> {
-        let mut b = PackBuilder::unique();
+    /// Writes one batch of small blocks: a pack (its block and ref, then
+    /// its manifest; the map learns it once the manifest is on a write
+    /// quorum), or inline entries if the batch is too small for a pack.
+    async fn write_pack(&self, mut items: Vec<PackItem>) -> Result<Written, Error> {
         let mut seen = HashSet::new();
+        items.retain(|it| seen.insert(it.mh)); // the same block twice in one batch
+        if items.len() < PACK_MIN_BLOCKS {
+            // Written blindly: the put found no live entry, and a value
+            // wins over a tombstone left by a delete.
+            let writes = items.into_iter().map(|it| {
+                let entry = Entry::inline(it.codec, it.data);
+                async move {
+                    self.rpc_index_insert(&it.mh, None, DvvsValue::Value(entry.encode()))
+                        .await
+                }
+            });
+            let n = writes.len() as u64;
+            futures::future::try_join_all(writes).await?;
+            self.packs.inline_batches.fetch_add(1, Ordering::Relaxed);
+            self.packs.inline_blocks.fetch_add(n, Ordering::Relaxed);
+            return Ok(Written::Inline);
+        }
+        let mut b = PackBuilder::unique();
         for it in &items {
-            if !seen.insert(it.mh) {
-                continue; // the same block twice in one batch
-            }
             if !b.fits(it.data.len()) {
                 return Err(Error::Cluster(crate::garage::Error::Internal(format!(
                     "a batch of {} blocks overflows a pack",
@@ -402,7 +478,7 @@ impl Namespace {
         self.packs.written.fetch_add(1, Ordering::Relaxed);
         self.store.cache.put_pack(&hash, &data);
         self.packs.note(Some(p), Change::Insert(hash, manifest));
-        Ok(())
+        Ok(Written::Packed)
     }
 
     /// Whether a pack the map names holds the block live, as a quorum
@@ -411,19 +487,12 @@ impl Namespace {
     /// other connectors' deletes only at its next poll. A manifest read
     /// from fewer nodes than a quorum is written back first.
     pub(super) async fn confirm_packed(&self, mh: &Multihash<64>) -> Result<bool, Error> {
-        let mut packs: Vec<Hash> = self.packs.locate(mh).into_iter().map(|l| l.pack).collect();
-        packs.dedup();
         let mut stale = false;
-        for hash in packs {
-            let partition = pack::partition(self.id(), &hash);
-            let key = pack::sort_key(&hash);
-            let read = self.conn().rpc_k2v_get(&partition, &key).await?;
-            let Some(item) = read.value else { continue };
-            let m = Manifest::of_item(&item).map_err(|e| Error::BadIndexEntry {
-                key: format!("{}/{key}", partition.partition_key),
-                reason: e.to_string(),
-            })?;
-            let Some(m) = m else { continue };
+        for hash in self.packs.packs_holding(mh) {
+            let Some(read) = self.read_manifest(&hash).await? else {
+                continue;
+            };
+            let m = &read.manifest;
             if m.live().all(|(_, s)| s.mh != *mh) {
                 stale |= m.slots.iter().any(|s| s.mh == *mh);
                 continue;
@@ -431,9 +500,9 @@ impl Namespace {
             if !read.settled {
                 self.conn()
                     .rpc_k2v_insert(
-                        partition,
-                        key,
-                        Some(item.causal_context()),
+                        read.partition,
+                        read.key,
+                        Some(read.item.causal_context()),
                         DvvsValue::Value(m.encode()),
                     )
                     .await?;
@@ -445,6 +514,28 @@ impl Namespace {
             self.packs.note(None, Change::Delete(*mh));
         }
         Ok(false)
+    }
+
+    /// A pack's manifest, read from a quorum (`None`: there is none, or
+    /// only its tombstone).
+    async fn read_manifest(&self, hash: &Hash) -> Result<Option<ManifestRead>, Error> {
+        let partition = pack::partition(self.id(), hash);
+        let key = pack::sort_key(hash);
+        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
+        let Some(item) = read.value else {
+            return Ok(None);
+        };
+        let manifest = Manifest::of_item(&item).map_err(|e| Error::BadIndexEntry {
+            key: format!("{}/{key}", partition.partition_key),
+            reason: e.to_string(),
+        })?;
+        Ok(manifest.map(|manifest| ManifestRead {
+            partition,
+            key,
+            item,
+            manifest,
+            settled: read.settled,
+        }))
     }
 
     /// The live manifests of one partition, by pack hash (retired ones
@@ -478,7 +569,11 @@ impl Namespace {
 
     /// Makes the map fit to answer for this connector: a filtered store's
     /// poller keeps it current; otherwise it is built on first need and
-    /// follows the counters on each miss.
+    /// follows the counters on each miss. That costs an unfiltered
+    /// connector one counter read (one K2V range read) per miss and per
+    /// delete: nothing for a CLI command, but a long-lived library user
+    /// with many absent lookups should run with the filter on (the
+    /// default), which answers those from memory.
     pub(super) async fn sync_packs(&self) -> Result<(), Error> {
         if self.filter.as_ref().is_some_and(|f| f.is_ready()) {
             return Ok(());
@@ -544,10 +639,8 @@ impl Namespace {
     /// manifest's deleted set). Returns whether a pack held it live.
     pub(super) async fn delete_packed(&self, mh: &Multihash<64>) -> Result<bool, Error> {
         self.sync_packs().await?;
-        let mut packs: Vec<Hash> = self.packs.locate(mh).into_iter().map(|l| l.pack).collect();
-        packs.dedup();
         let mut any = false;
-        for hash in packs {
+        for hash in self.packs.packs_holding(mh) {
             any |= self.delete_slot(&hash, mh).await?;
         }
         if any {
@@ -557,17 +650,14 @@ impl Namespace {
     }
 
     async fn delete_slot(&self, hash: &Hash, mh: &Multihash<64>) -> Result<bool, Error> {
-        let partition = pack::partition(self.id(), hash);
-        let key = pack::sort_key(hash);
-        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
-        let Some(item) = read.value else {
-            return Ok(false);
-        };
-        let bad = |reason: String| Error::BadIndexEntry {
-            key: format!("{}/{key}", partition.partition_key),
-            reason,
-        };
-        let Some(mut m) = Manifest::of_item(&item).map_err(|e| bad(e.to_string()))? else {
+        let Some(ManifestRead {
+            partition,
+            key,
+            item,
+            manifest: mut m,
+            ..
+        }) = self.read_manifest(hash).await?
+        else {
             return Ok(false);
         };
         let hits: Vec<usize> = m
@@ -662,15 +752,17 @@ impl Namespace {
                 if m.live().next().is_some() || m.retired_by.is_some() {
                     continue;
                 }
-                let partition = pack::partition(self.id(), &hash);
-                let key = pack::sort_key(&hash);
-                let read = self.conn().rpc_k2v_get(&partition, &key).await?;
-                let Some(item) = read.value else { continue };
-                let now = Manifest::of_item(&item).map_err(|e| Error::BadIndexEntry {
-                    key: format!("{}/{key}", partition.partition_key),
-                    reason: e.to_string(),
-                })?;
-                if now.is_none_or(|m| m.live().next().is_some()) {
+                let Some(ManifestRead {
+                    partition,
+                    key,
+                    item,
+                    manifest: now,
+                    ..
+                }) = self.read_manifest(&hash).await?
+                else {
+                    continue;
+                };
+                if now.live().next().is_some() {
                     continue;
                 }
                 // Manifest first: a manifest must never name a pack that

@@ -115,9 +115,47 @@ where
     result
 }
 
+/// Writes to stdout, as `print!` does, except that a closed stdout
+/// (`garage-ipfs block list | head`) ends the process quietly with status
+/// 141, as a shell reports a pipeline member that SIGPIPE stopped.
+///
+/// SIGPIPE itself stays ignored, as Rust programs start: with its default
+/// action, any write to a socket that the peer had reset (hyper and h2
+/// write with `writev`, which cannot ask for `MSG_NOSIGNAL`) would kill the
+/// process, the daemon included, without a word in its log.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        panic!("cannot write to stdout: {e}");
+    }
+}
+
+/// Whether stdout is a pipe whose reader has gone.
+pub fn stdout_closed() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDOUT_FILENO,
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no timeout.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready == 1 && fd.revents & libc::POLLERR != 0
+}
+
+/// `println!` through [`write_stdout`].
+macro_rules! outln {
+    () => { $crate::tools::util::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::tools::util::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+pub(crate) use outln;
+
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -161,7 +199,7 @@ pub fn format_table(rows: &[Vec<String>], align: Align) -> String {
 
 /// Prints rows as a table with aligned columns; the first row is the header.
 pub fn print_table(rows: &[Vec<String>]) {
-    print!("{}", format_table(rows, Align::Left));
+    write_stdout(format_args!("{}", format_table(rows, Align::Left)));
 }
 
 /// A progress bar on stderr when it is a terminal and output is not JSON;

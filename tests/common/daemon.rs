@@ -81,7 +81,9 @@ impl DaemonProc {
             .arg(&self.config)
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        *self.child.lock().unwrap() = Some(ChildGuard::spawn(cmd));
+        let child = ChildGuard::spawn(cmd);
+        let pid = child.id();
+        *self.child.lock().unwrap() = Some(child);
         let http = reqwest::Client::new();
         let url = format!("{}/api/v0/version", self.rpc_url());
         eventually_async(Duration::from_secs(60), "the daemon answers", || {
@@ -89,6 +91,18 @@ impl DaemonProc {
             async move { http.post(&url).send().await.is_ok() }
         })
         .await;
+        // A client that resets its connection while the daemon writes must
+        // not kill it: SIGPIPE is ignored (bit 12 of SigIgn).
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let ignored = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap();
+        assert!(
+            ignored & (1 << (libc::SIGPIPE - 1)) != 0,
+            "the daemon does not ignore SIGPIPE"
+        );
     }
 
     /// Stops the daemon gracefully (SIGTERM) and waits for it.
@@ -103,6 +117,23 @@ impl DaemonProc {
         if let Some(child) = self.child.lock().unwrap().take() {
             child.kill();
         }
+    }
+
+    /// When the daemon was started and has since exited on its own: its
+    /// exit status and the tail of its last log. A test that finds this
+    /// restarts it, so that one crash fails one test, not all that follow.
+    pub fn exited(&self) -> Option<String> {
+        let status = self.child.lock().unwrap().as_mut()?.try_wait()?;
+        let n = *self.starts.lock().unwrap();
+        let log =
+            std::fs::read_to_string(self.dir.join(format!("daemon-{n}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        *self.child.lock().unwrap() = None;
+        Some(format!(
+            "the daemon exited ({status}); the end of daemon-{n}.log:\n{}",
+            tail.join("\n")
+        ))
     }
 
     /// Waits until the daemon is connected to all three storage nodes

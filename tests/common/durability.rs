@@ -21,6 +21,14 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// every node (an earlier test may have just restarted or cut some).
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     let guard = SERIAL.lock().await;
+    // A test that failed while it had nodes down leaves them down: start
+    // them again, so that one failure fails one test.
+    for i in 0..3 {
+        if cluster().node_pid(i).is_none() {
+            eprintln!("node {i} was left down by an earlier test: starting it again");
+            cluster().start_node(i).expect("node starts again");
+        }
+    }
     cluster()
         .wait_healthy(Duration::from_secs(60))
         .await

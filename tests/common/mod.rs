@@ -591,6 +591,16 @@ impl ChildGuard {
         }
     }
 
+    /// Its PID.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Its exit status, if it has ended (reaped here).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+
     /// The process's stdout, when it was piped (once).
     pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
         self.0.stdout.take()

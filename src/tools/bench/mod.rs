@@ -31,6 +31,7 @@ mod scale;
 mod systems;
 mod workloads;
 
+use crate::tools::util::outln;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -331,7 +332,7 @@ impl Bench<'_> {
         if self.opts.tables_to_stderr {
             eprintln!("{text}");
         } else {
-            println!("{text}");
+            outln!("{text}");
         }
     }
 

@@ -1,6 +1,7 @@
 //! `garage-ipfs bench`: the connector, Garage's S3 API and the local disk
 //! side by side on a fresh three-node cluster.
 
+use crate::tools::util::outln;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,7 +80,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         if json_to_stdout {
-            println!("{text}");
+            outln!("{text}");
         } else {
             std::fs::write(path, text + "\n")
                 .with_context(|| format!("writing {}", path.display()))?;

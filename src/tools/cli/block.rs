@@ -1,5 +1,6 @@
 //! `garage-ipfs block put | get | stat | rm | ls`.
 
+use crate::tools::util::outln;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -108,7 +109,7 @@ pub(super) async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
             if json.json {
                 print_json(&serde_json::json!({"cid": cid.to_string(), "size": size}))?;
             } else {
-                println!("{cid}");
+                outln!("{cid}");
             }
         }
         BlockCmd::Get { cid, output, ns } => {
@@ -188,7 +189,7 @@ pub(super) async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
                 missing += usize::from(!removed);
                 results.push(serde_json::json!({"cid": cid.to_string(), "removed": removed}));
                 if !json.json {
-                    println!("{cid}  {}", if removed { "removed" } else { "not stored" });
+                    outln!("{cid}  {}", if removed { "removed" } else { "not stored" });
                 }
             }
             if json.json {

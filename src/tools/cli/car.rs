@@ -1,5 +1,6 @@
 //! `garage-ipfs car import | export`.
 
+use crate::tools::util::outln;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -83,14 +84,14 @@ pub(super) async fn run(target: &Target, cmd: CarCmd) -> anyhow::Result<()> {
                     "seconds": secs, "namespace": ns.namespace,
                 }))?;
             } else {
-                println!(
+                outln!(
                     "imported {} block(s), {} in {secs:.1}s into namespace {}",
                     summary.blocks,
                     human_bytes(summary.bytes),
                     ns.namespace
                 );
                 for r in &summary.roots {
-                    println!("root {r}");
+                    outln!("root {r}");
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! `garage-ipfs verify | repair | gc`.
 
+use crate::tools::util::outln;
 use std::path::PathBuf;
 
 use futures::TryStreamExt;
@@ -96,7 +97,7 @@ fn print_problems(problems: &[BlockReport]) {
 }
 
 fn print_summary(s: &VerifySummary) {
-    println!(
+    outln!(
         "namespace {}: {} block(s) checked, {} healthy, {} under-replicated, {} lost; \
          replicas: {} missing, {} corrupt, {} unreachable; {} ref problem(s)",
         s.namespace,
@@ -119,7 +120,7 @@ pub(super) async fn verify(target: &Target, args: VerifyArgs) -> anyhow::Result<
     } else {
         if !problems.is_empty() {
             print_problems(&problems);
-            println!();
+            outln!();
         }
         print_summary(&summary);
     }
@@ -151,7 +152,7 @@ pub(super) async fn repair(target: &Target, args: RepairArgs) -> anyhow::Result<
         print_json(&serde_json::json!({"verify": summary, "repair": out}))?;
     } else {
         print_summary(&summary);
-        println!(
+        outln!(
             "{}: {} replica(s) {}written, {} ref(s) {}written, {} block(s) not repairable",
             if args.dry_run { "dry run" } else { "repair" },
             out.replicas_written,
@@ -161,7 +162,7 @@ pub(super) async fn repair(target: &Target, args: RepairArgs) -> anyhow::Result<
             out.failed.len()
         );
         for (cid, why) in &out.failed {
-            println!("  {cid}: {why}");
+            outln!("  {cid}: {why}");
         }
     }
     if out.failed.is_empty() {
@@ -192,7 +193,7 @@ pub(super) async fn gc(target: &Target, args: GcArgs) -> anyhow::Result<()> {
         print_json(&summary)?;
     } else {
         for c in &summary.removed {
-            println!(
+            outln!(
                 "{} {c}",
                 if args.dry_run {
                     "would remove"
@@ -201,7 +202,7 @@ pub(super) async fn gc(target: &Target, args: GcArgs) -> anyhow::Result<()> {
                 }
             );
         }
-        println!(
+        outln!(
             "{}: {} block(s) stored, {} reachable from {} root(s), {} {}",
             args.ns.namespace,
             summary.stored,
@@ -215,7 +216,7 @@ pub(super) async fn gc(target: &Target, args: GcArgs) -> anyhow::Result<()> {
             }
         );
         if !summary.missing.is_empty() {
-            println!(
+            outln!(
                 "warning: {} linked block(s) are not stored (the DAG is incomplete)",
                 summary.missing.len()
             );

@@ -1,5 +1,6 @@
 //! `garage-ipfs cluster up | down | status`: the local dev cluster.
 
+use crate::tools::util::outln;
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -67,7 +68,7 @@ pub(super) async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Up { dir, nodelay } => {
             let cluster = up(&dir, &nodelay).await?;
             print_nodes(&cluster);
-            println!(
+            outln!(
                 "Cluster healthy. Connector config: {}",
                 cluster.connector_config_path().display()
             );
@@ -76,7 +77,7 @@ pub(super) async fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Down { dir } => {
             let cluster = Cluster::open(&dir.dir)?;
             let n = cluster.stop();
-            println!("Stopped {n} node(s) of {}.", cluster.dir.display());
+            outln!("Stopped {n} node(s) of {}.", cluster.dir.display());
             Ok(())
         }
         ClusterCmd::Status { dir, json } => status(&dir, json).await,
@@ -122,12 +123,16 @@ fn node_statuses(cluster: &Cluster) -> Vec<NodeStatus> {
 }
 
 fn print_nodes(cluster: &Cluster) {
-    println!(
+    outln!(
         "{:<6} {:<18} {:<16} {:<16} {:<8} STATE",
-        "NODE", "ID", "RPC", "S3", "PID"
+        "NODE",
+        "ID",
+        "RPC",
+        "S3",
+        "PID"
     );
     for n in node_statuses(cluster) {
-        println!(
+        outln!(
             "{:<6} {:<18} {:<16} {:<16} {:<8} {}",
             format!("node{}", n.node),
             &n.id[..16],
@@ -162,14 +167,14 @@ async fn status(dir: &DirArg, json: bool) -> anyhow::Result<()> {
             layout_version,
             health,
         };
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        outln!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        println!("Cluster directory: {}", cluster.dir.display());
+        outln!("Cluster directory: {}", cluster.dir.display());
         print_nodes(&cluster);
         if let Some(v) = layout_version {
-            println!("Layout version: {v}");
+            outln!("Layout version: {v}");
         }
-        println!("{}", health.trim_end());
+        outln!("{}", health.trim_end());
     }
     if healthy {
         Ok(())

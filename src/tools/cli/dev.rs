@@ -1,6 +1,7 @@
 //! `garage-ipfs dev`: the dev cluster, a smoke test of the store, then the
 //! daemon on its default ports until Ctrl-C.
 
+use crate::tools::util::outln;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -36,13 +37,13 @@ pub(super) struct DevArgs {
 pub(super) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let cluster = super::cluster::up(&args.dir, &args.nodelay).await?;
-    println!(
+    outln!(
         "dev cluster: 3 garage nodes healthy in {:.1?} (dir {})",
         t0.elapsed(),
         cluster.dir.display()
     );
     for n in &cluster.nodes {
-        println!(
+        outln!(
             "  node{}  rpc {}  s3 {}  id {}",
             n.index,
             n.rpc,
@@ -55,7 +56,7 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let t = Instant::now();
     let daemon = Daemon::start(config.clone()).await?;
     let conn = daemon.store.connector();
-    println!(
+    outln!(
         "connector: joined as a roleless peer in {:.1?} (layout version {}, write quorum {})",
         t.elapsed(),
         conn.layout_version(),
@@ -67,7 +68,7 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let [gw, rpc, grpc] = daemon.listeners.addrs()?;
-    println!(
+    outln!(
         "\ndaemon serving namespace {:?} (anonymous writes allowed on loopback):\n  \
          trustless gateway  http://{gw}/ipfs/<cid>?format=raw\n  \
          kubo RPC           http://{rpc}/api/v0/\n  \
@@ -86,7 +87,7 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             match super::kubo::dev_node(&store, &config, &dir, &args.kubo_profiles).await {
                 Ok(n) => {
-                    println!(
+                    outln!(
                         "\nkubo node {} on the dev cluster (repo {}):\n  \
                          API      {}\n  gateway  {}\n\
                          Try:\n  echo hello | IPFS_PATH={} {} add\n",
@@ -108,11 +109,11 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<()> {
         let n = node.lock().unwrap().take();
         if let Some(n) = n {
             let _ = tokio::task::spawn_blocking(move || n.stop()).await;
-            println!("kubo node stopped");
+            outln!("kubo node stopped");
         }
     };
     daemon.serve(shutdown).await?;
-    println!("daemon stopped; the dev cluster is still running (garage-ipfs cluster down)");
+    outln!("daemon stopped; the dev cluster is still running (garage-ipfs cluster down)");
     Ok(())
 }
 
@@ -131,7 +132,7 @@ async fn smoke_test(store: &std::sync::Arc<GarageStore>) -> anyhow::Result<()> {
         ),
         (codec::RAW, 0x12, Bytes::from(vec![7u8; 256 * 1024])),
     ];
-    println!("smoke test in namespace {:?}:", ns.name());
+    outln!("smoke test in namespace {:?}:", ns.name());
     for (codec, mh, data) in &blocks {
         let cid = cidutil::compute(*codec, *mh, data)?;
         let t = Instant::now();
@@ -143,14 +144,14 @@ async fn smoke_test(store: &std::sync::Arc<GarageStore>) -> anyhow::Result<()> {
             .await?
             .ok_or_else(|| anyhow::anyhow!("{cid} missing right after its put"))?;
         anyhow::ensure!(back == *data, "{cid} read back different bytes");
-        println!(
+        outln!(
             "  put {cid} ({} bytes) in {put:.1?}, read back and verified in {:.1?}",
             data.len(),
             t.elapsed()
         );
     }
     let listed: Vec<_> = ns.list().try_collect().await?;
-    println!("  list: {} block(s) in the namespace", listed.len());
+    outln!("  list: {} block(s) in the namespace", listed.len());
     for (codec, mh, data) in &blocks {
         let cid = cidutil::compute(*codec, *mh, data)?;
         anyhow::ensure!(
@@ -158,6 +159,6 @@ async fn smoke_test(store: &std::sync::Arc<GarageStore>) -> anyhow::Result<()> {
             "{cid} is missing from the listing"
         );
     }
-    println!("smoke test passed");
+    outln!("smoke test passed");
     Ok(())
 }

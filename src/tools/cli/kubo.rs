@@ -1,5 +1,6 @@
 //! `garage-ipfs kubo init | build`: kubo nodes whose blocks live in Garage.
 
+use crate::tools::util::outln;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -129,7 +130,7 @@ pub(super) async fn run(target: &Target, cmd: KuboCmd) -> anyhow::Result<()> {
             let out = out.unwrap_or_else(|| kubo::build_dir().join("ipfs"));
             let out2 = out.clone();
             tokio::task::spawn_blocking(move || kubo::build(Flavour::Garage, &out2)).await??;
-            println!("{}", out.display());
+            outln!("{}", out.display());
             Ok(())
         }
         KuboCmd::Init(args) => init(target, args).await,
@@ -157,8 +158,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             kubo::run(&opts).await
         })
         .await?;
-    println!("{}", kubo::tables(&report));
-    println!(
+    outln!("{}", kubo::tables(&report));
+    outln!(
         "go-ds-s3's wall time over ours: {}",
         report
             .speedup_vs_s3
@@ -182,7 +183,7 @@ async fn init(target: &Target, args: InitArgs) -> anyhow::Result<()> {
     if args.json.json {
         print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "kubo repo {} (peer {}): blocks in namespace {:?} through the daemon at {}\n\
              Start it with:\n  IPFS_PATH={} {} daemon",
             report.repo.display(),
@@ -280,7 +281,7 @@ pub(super) async fn dev_node(
             timeout: None,
         };
         let report = init_repo(store, &repo, spec, profiles, Some(bin.clone())).await?;
-        println!(
+        outln!(
             "kubo repo {} made: blocks in namespace {:?}",
             repo.display(),
             report.namespace

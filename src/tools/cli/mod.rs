@@ -146,6 +146,18 @@ pub fn main() -> std::process::ExitCode {
         .expect("tokio runtime");
     match rt.block_on(cli.run()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Bytes written to a closed stdout (`block get … | head -c 10`):
+        // quiet, as for text (`tools::util::write_stdout`). A broken connection is
+        // still reported: stdout itself must be the closed pipe.
+        Err(e)
+            if crate::tools::util::stdout_closed()
+                && e.chain().any(|c| {
+                    c.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+                }) =>
+        {
+            std::process::ExitCode::from(141)
+        }
         Err(e) => {
             eprintln!("Error: {e:#}");
             std::process::ExitCode::FAILURE

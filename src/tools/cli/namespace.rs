@@ -1,5 +1,6 @@
 //! `garage-ipfs namespace create | list | info | delete`.
 
+use crate::tools::util::outln;
 use clap::Subcommand;
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -62,7 +63,7 @@ pub(super) async fn run(target: &Target, cmd: NamespaceCmd) -> anyhow::Result<()
             if json.json {
                 print_json(&record)?;
             } else {
-                println!("namespace {name} ready");
+                outln!("namespace {name} ready");
             }
         }
         NamespaceCmd::List { json } => {
@@ -142,7 +143,7 @@ pub(super) async fn run(target: &Target, cmd: NamespaceCmd) -> anyhow::Result<()
                     &serde_json::json!({"name": name, "deleted": true, "blocks_removed": removed}),
                 )?;
             } else {
-                println!("namespace {name} deleted ({removed} block(s) removed from it)");
+                outln!("namespace {name} deleted ({removed} block(s) removed from it)");
             }
         }
     }

@@ -1,5 +1,6 @@
 //! `garage-ipfs soak`: sustained mixed load, every answer checked.
 
+use crate::tools::util::outln;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,7 +58,7 @@ pub(super) async fn run(args: SoakArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
         if path.as_os_str() == "-" {
-            println!("{text}");
+            outln!("{text}");
         } else {
             std::fs::write(path, text + "\n")
                 .with_context(|| format!("writing {}", path.display()))?;

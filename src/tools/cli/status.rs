@@ -1,5 +1,6 @@
 //! `garage-ipfs status`: the cluster as the connector sees it.
 
+use crate::tools::util::outln;
 use futures::TryStreamExt;
 use serde::Serialize;
 
@@ -111,7 +112,7 @@ pub(super) async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> any
     if json.json {
         return print_json(&view);
     }
-    println!(
+    outln!(
         "Cluster: {}  layout v{}  replication factor {}  write quorum {}  ({})",
         view.health.to_uppercase(),
         view.layout_version,
@@ -119,9 +120,11 @@ pub(super) async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> any
         view.write_quorum,
         view.consistency_mode
     );
-    println!(
+    outln!(
         "Storage nodes up: {}/{}   partitions with quorum: {}\n",
-        view.storage_nodes_up, view.storage_nodes, view.partitions_with_quorum
+        view.storage_nodes_up,
+        view.storage_nodes,
+        view.partitions_with_quorum
     );
     let mut rows = vec![
         ["NODE", "ZONE", "CAPACITY", "STATE", "LAST SEEN", "ADDRESS"]
@@ -143,7 +146,7 @@ pub(super) async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> any
         ]);
     }
     print_table(&rows);
-    println!(
+    outln!(
         "\nConnector: node {} ({}), garage-ipfs {}, state dir {}\n",
         view.connector.node_id,
         view.connector.role,
@@ -159,7 +162,7 @@ pub(super) async fn run(target: &Target, with_bytes: bool, json: JsonArg) -> any
         vec![n.name.clone(), n.blocks.to_string(), bytes]
     }));
     if view.namespaces.is_empty() {
-        println!("No namespaces yet (garage-ipfs namespace create NAME).");
+        outln!("No namespaces yet (garage-ipfs namespace create NAME).");
     } else {
         print_table(&rows);
     }

@@ -108,8 +108,12 @@ where
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     if temporary {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            eprintln!("{what}: could not remove {}: {e}", dir.display());
+        match std::fs::remove_dir_all(&dir) {
+            // Work that failed before making it leaves nothing to remove.
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                eprintln!("{what}: could not remove {}: {e}", dir.display());
+            }
+            _ => {}
         }
     }
     result

@@ -58,6 +58,11 @@ impl DaemonProc {
         }
     }
 
+    /// The log of the `n`th start.
+    fn log_path(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("daemon-{n}.log"))
+    }
+
     /// The gRPC address, `127.0.0.1:PORT`.
     pub fn grpc_addr(&self) -> String {
         format!("127.0.0.1:{}", self.ports[2])
@@ -75,7 +80,7 @@ impl DaemonProc {
             *s += 1;
             *s
         };
-        let log = std::fs::File::create(self.dir.join(format!("daemon-{n}.log"))).unwrap();
+        let log = std::fs::File::create(self.log_path(n)).unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"));
         cmd.args(["serve", "--config"])
             .arg(&self.config)
@@ -123,13 +128,16 @@ impl DaemonProc {
     /// exit status and the tail of its last log. A test that finds this
     /// restarts it, so that one crash fails one test, not all that follow.
     pub fn exited(&self) -> Option<String> {
-        let status = self.child.lock().unwrap().as_mut()?.try_wait()?;
+        let status = {
+            let mut child = self.child.lock().unwrap();
+            let status = child.as_mut()?.try_wait()?;
+            *child = None;
+            status
+        };
         let n = *self.starts.lock().unwrap();
-        let log =
-            std::fs::read_to_string(self.dir.join(format!("daemon-{n}.log"))).unwrap_or_default();
+        let log = std::fs::read_to_string(self.log_path(n)).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        *self.child.lock().unwrap() = None;
         Some(format!(
             "the daemon exited ({status}); the end of daemon-{n}.log:\n{}",
             tail.join("\n")

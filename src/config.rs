@@ -122,6 +122,13 @@ pub struct Config {
     /// blocks written both ways are read.
     #[serde(default = "default_true")]
     pub pack_small_blocks: bool,
+    /// Where a pack's bytes go: `rows` (the default), a K2V item beside its
+    /// manifest, in the storage nodes' metadata databases; or `blocks`, a
+    /// Garage block of its own, in their data directories (dearer to write
+    /// and read; keeps the metadata databases small). Packs written either
+    /// way are read.
+    #[serde(default)]
+    pub pack_storage: crate::store::PackStorage,
 }
 
 fn default_true() -> bool {
@@ -325,6 +332,7 @@ impl Config {
             api: ApiConfig::default(),
             colocated_data_dirs: Vec::new(),
             pack_small_blocks: true,
+            pack_storage: Default::default(),
         }
     }
 
@@ -332,6 +340,12 @@ impl Config {
     /// ([`Config::pack_small_blocks`]).
     pub fn with_pack_small_blocks(mut self, on: bool) -> Self {
         self.pack_small_blocks = on;
+        self
+    }
+
+    /// Where pack bytes go ([`Config::pack_storage`]).
+    pub fn with_pack_storage(mut self, storage: crate::store::PackStorage) -> Self {
+        self.pack_storage = storage;
         self
     }
 

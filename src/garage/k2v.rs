@@ -193,6 +193,25 @@ impl Connector {
         Ok(QuorumRead { value, settled })
     }
 
+    /// Reads one K2V item that never changes once written (a pack's row)
+    /// from a read quorum, with no write-back: any copy is as good as
+    /// another, the caller checks the bytes, and Garage's anti-entropy
+    /// fills a node that missed it. A write quorum and a read quorum
+    /// always share a node, so an item acknowledged once is always found.
+    pub(crate) async fn rpc_k2v_get_unchanging(
+        &self,
+        partition: &K2VItemPartition,
+        sort_key: &str,
+    ) -> Result<Option<K2VItem>, Error> {
+        self.calls.add(Call::TableRead);
+        deadline(
+            self.config.timeouts.rpc(),
+            "reading a K2V item",
+            self.k2v_item.get(partition, &sort_key.to_string()),
+        )
+        .await
+    }
+
     /// A monotonic table read (Garage's read repair) under the RPC
     /// deadline, or, if it fails, the plain read. Returns the answer and
     /// whether the monotonic read gave it.

@@ -74,8 +74,10 @@ pub struct GarageStore {
     pub(super) registered: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Packed blocks per namespace: the writer and the map.
     packs: Mutex<HashMap<String, Arc<NsPacks>>>,
-    /// Whether small blocks are packed ([`crate::config::Config::pack_small_blocks`]).
-    pub(super) packing: bool,
+    /// Whether small blocks are packed, and where packs' bytes go
+    /// ([`crate::config::Config::pack_small_blocks`],
+    /// [`crate::config::Config::pack_storage`]).
+    pub(super) packing: Option<super::PackStorage>,
 }
 
 /// What [`Namespace::lookup`] found of a block.
@@ -114,7 +116,10 @@ impl GarageStore {
     }
 
     fn build(conn: Arc<Connector>, filters: bool) -> Arc<Self> {
-        let packing = conn.config.pack_small_blocks;
+        let packing = conn
+            .config
+            .pack_small_blocks
+            .then_some(conn.config.pack_storage);
         Arc::new(Self {
             packs: Default::default(),
             packing,
@@ -493,7 +498,7 @@ impl Namespace {
             }
             return Ok(());
         }
-        if small && self.store.packing {
+        if small && self.store.packing.is_some() {
             return self.put_packed(cid, data).await;
         }
         if small {
@@ -743,10 +748,13 @@ impl Found {
             entry: Entry {
                 hash: first.pack,
                 size: first.len,
-                generation: first.generation,
+                generation: 0,
                 codec: 0,
                 inline: None,
-                packed: Some(first.offset),
+                packed: Some(super::InPack {
+                    offset: first.offset,
+                    storage: first.storage,
+                }),
             },
             data: None,
             epoch: None,

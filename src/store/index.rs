@@ -71,8 +71,17 @@ pub struct Entry {
     /// The block itself, for blocks of at most [`INLINE_MAX`] bytes.
     pub inline: Option<Bytes>,
     /// For a block in a pack (never encoded: its pack's manifest lists
-    /// it): its offset in the pack, whose hash is then `hash`.
-    pub packed: Option<u32>,
+    /// it): where it is in the pack, whose hash is then `hash`.
+    pub packed: Option<InPack>,
+}
+
+/// Where a packed block is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InPack {
+    /// Its offset in the pack's bytes.
+    pub offset: u32,
+    /// Where the pack's bytes are.
+    pub storage: super::PackStorage,
 }
 
 /// Why an index value could not be decoded.

@@ -1,16 +1,20 @@
-//! Packs: many small blocks in one Garage block, listed by one manifest.
+//! Packs: many small blocks in one row, listed by one manifest.
 //!
 //! An inline index entry made a small put one K2V item, but an item is
 //! still rows on every node (its row, two Merkle transactions, a counter
 //! row), whatever the batch. A pack holds a group-commit batch of small
-//! blocks end to end in one Garage block, under one anchored ref, listed by
-//! one *manifest*: a K2V item in the namespace's bucket, partition
-//! `pk:<first byte of the pack's hash>`, sort key the pack's hash in hex.
-//! docs/DESIGN.md ("Packing small blocks") says why each rule below is as
-//! it is; this module holds the formats and the in-memory map, no I/O.
+//! blocks end to end, listed by one *manifest*: a K2V item in the
+//! namespace's bucket, partition `pk:<first byte of the pack's hash>`, sort
+//! key the pack's hash in hex. The bytes are, by [`PackStorage`], a K2V item
+//! beside the manifest (sort key `-` and the hash: before every manifest,
+//! so a listing of manifests never reads them), or one Garage block under
+//! one anchored ref. docs/DESIGN.md ("Packing small blocks") says why each
+//! rule below is as it is; this module holds the formats and the in-memory
+//! map, no I/O.
 //!
-//! Manifest value (index format 3), little endian:
-//! `[3][flags][slots u16]`, then per slot `[codec u64][offset u32][len u32]
+//! Manifest value (index format 4 for a pack in a row, 3 for one in a
+//! Garage block), little endian:
+//! `[format][flags][slots u16]`, then per slot `[codec u64][offset u32][len u32]
 //! [multihash length u8][multihash]`, then the deleted set as `[count
 //! u16]` and that many slot numbers (`u16`, ascending), then, with flag
 //! [`RETIRED`], the 32-byte hash of the pack that replaced this one. The
@@ -26,8 +30,35 @@ use garage_model::k2v::item_table::{DvvsValue, K2VItem, K2VItemPartition};
 use garage_util::data::{blake2sum, Hash, Uuid};
 use multihash::Multihash;
 
-/// Index format version of manifests.
+/// Index format version of the manifests of packs stored as Garage blocks.
 pub(crate) const FORMAT_MANIFEST: u8 = 3;
+
+/// Index format version of the manifests of packs stored as rows.
+pub(crate) const FORMAT_ROW_MANIFEST: u8 = 4;
+
+/// Where a pack's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackStorage {
+    /// A K2V item beside the manifest (index format 4): a pack write is two
+    /// rows and no block file, a read one row.
+    #[default]
+    Rows,
+    /// A Garage block under an anchored ref (index format 3): three block
+    /// files and a ref per pack, and the bytes stay out of the nodes'
+    /// metadata databases.
+    Blocks,
+}
+
+impl PackStorage {
+    /// The index format of the manifests of such packs.
+    pub(crate) fn format(self) -> u8 {
+        match self {
+            PackStorage::Rows => FORMAT_ROW_MANIFEST,
+            PackStorage::Blocks => FORMAT_MANIFEST,
+        }
+    }
+}
 
 /// Flag: the pack was compacted into another; its live blocks are there.
 pub(crate) const RETIRED: u8 = 1;
@@ -60,6 +91,8 @@ pub(crate) struct Slot {
 /// replaced.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Manifest {
+    /// Where the pack's bytes are.
+    pub(crate) storage: PackStorage,
     pub(crate) slots: Vec<Slot>,
     /// Bitmap of deleted slots (bit `i % 8` of byte `i / 8`).
     pub(crate) deleted: Vec<u8>,
@@ -146,7 +179,7 @@ impl Manifest {
     /// Binary form (module docs).
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(4 + self.slots.len() * 52 + 40);
-        v.push(FORMAT_MANIFEST);
+        v.push(self.storage.format());
         v.push(if self.retired_by.is_some() {
             RETIRED
         } else {
@@ -178,11 +211,12 @@ impl Manifest {
     /// Inverse of [`Manifest::encode`]; refuses anything else.
     pub(crate) fn decode(v: &[u8]) -> Result<Self, ManifestError> {
         let mut r = Reader(v);
-        match r.u8() {
-            Ok(FORMAT_MANIFEST) => (),
+        let storage = match r.u8() {
+            Ok(FORMAT_MANIFEST) => PackStorage::Blocks,
+            Ok(FORMAT_ROW_MANIFEST) => PackStorage::Rows,
             Ok(other) => return Err(ManifestError::Version(other)),
             Err(e) => return Err(e),
-        }
+        };
         let flags = r.u8()?;
         if flags & !RETIRED != 0 {
             return Err(ManifestError::Flags(flags));
@@ -227,6 +261,7 @@ impl Manifest {
             return Err(ManifestError::Trailing(r.0.len()));
         }
         Ok(Self {
+            storage,
             slots,
             deleted,
             retired_by,
@@ -251,7 +286,7 @@ impl Manifest {
 
     /// Two values of one manifest, united.
     pub(crate) fn merge(mut self, other: Self) -> Result<Self, ManifestError> {
-        if self.slots != other.slots {
+        if self.slots != other.slots || self.storage != other.storage {
             return Err(ManifestError::Conflict);
         }
         self.deleted.resize(self.slots.len().div_ceil(8), 0);
@@ -271,13 +306,17 @@ pub(crate) struct PackBuilder {
 }
 
 impl PackBuilder {
-    /// An empty pack whose bytes start with a random nonce, so that no two
-    /// packs ever share a hash: a pack's ref is then known new, and a put
-    /// needs no read of the refs before writing it (an old pack with the
-    /// same bytes could have a deleted ref, which no write can revive).
+    /// An empty pack whose bytes start with a 32-byte nonce, so that no two
+    /// packs ever share a hash: a pack's row key or ref is then known new,
+    /// and a put needs no read before writing it (an old pack with the same
+    /// bytes could have a deleted ref, which no write can revive). The
+    /// nonce is the time in milliseconds (u64, little endian) and 24 random
+    /// bytes: the time lets a later `gc` tell a row that no manifest names
+    /// because its writer crashed from one whose manifest is on its way.
     pub(crate) fn unique() -> Self {
         let mut data = BytesMut::with_capacity(PACK_MAX_BYTES);
-        data.extend_from_slice(garage_util::data::gen_uuid().as_slice());
+        data.extend_from_slice(&garage_util::time::now_msec().to_le_bytes());
+        data.extend_from_slice(&garage_util::data::gen_uuid().as_slice()[..24]);
         Self {
             data,
             slots: Vec::new(),
@@ -302,11 +341,13 @@ impl PackBuilder {
         self.slots.len() - 1
     }
 
-    /// The pack's bytes, its Garage block hash, and its manifest.
-    pub(crate) fn finish(self) -> (Bytes, Hash, Manifest) {
+    /// The pack's bytes, its hash (its Garage block hash if it is stored
+    /// as one), and its manifest.
+    pub(crate) fn finish(self, storage: PackStorage) -> (Bytes, Hash, Manifest) {
         let data = self.data.freeze();
         let hash = blake2sum(&data);
         let manifest = Manifest {
+            storage,
             deleted: vec![0; self.slots.len().div_ceil(8)],
             slots: self.slots,
             retired_by: None,
@@ -341,6 +382,15 @@ pub(crate) fn sort_key(pack: &Hash) -> String {
     hex::encode(pack.as_slice())
 }
 
+/// Where manifest sort keys start: every key below it holds pack bytes.
+pub(crate) const MANIFESTS_FROM: &str = "0";
+
+/// The sort key of a pack's bytes stored as a row: `-` and the pack's hash
+/// in hex, so that it sorts before every manifest (whose keys are hex).
+pub(crate) fn row_key(pack: &Hash) -> String {
+    format!("-{}", hex::encode(pack.as_slice()))
+}
+
 /// The pack hash a manifest sort key names.
 pub(crate) fn parse_sort_key(key: &str) -> Option<Hash> {
     let bytes: [u8; 32] = hex::decode(key).ok()?.try_into().ok()?;
@@ -350,10 +400,10 @@ pub(crate) fn parse_sort_key(key: &str) -> Option<Hash> {
 /// Where a packed block is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Located {
-    /// The pack's Garage block hash.
+    /// The pack's hash.
     pub(crate) pack: Hash,
-    /// Anchor generation of the pack's ref.
-    pub(crate) generation: u16,
+    /// Where the pack's bytes are.
+    pub(crate) storage: PackStorage,
     pub(crate) offset: u32,
     pub(crate) len: u32,
 }
@@ -380,7 +430,7 @@ struct Loc {
 /// A pack the map knows.
 struct PackInfo {
     hash: Hash,
-    generation: u16,
+    storage: PackStorage,
     partition: u8,
     /// Per slot: offset, length, map key.
     slots: Box<[(u32, u32, u64)]>,
@@ -413,14 +463,14 @@ pub(crate) struct PackMap {
 impl PackMap {
     /// Adds (or replaces) a pack from its manifest. A retired manifest
     /// adds nothing and removes the pack if it was known.
-    pub(crate) fn insert(&mut self, hash: Hash, generation: u16, manifest: &Manifest) {
+    pub(crate) fn insert(&mut self, hash: Hash, manifest: &Manifest) {
         self.remove(&hash);
         if manifest.retired_by.is_some() {
             return;
         }
         let info = PackInfo {
             hash,
-            generation,
+            storage: manifest.storage,
             partition: hash.as_slice()[0],
             slots: manifest
                 .slots
@@ -523,7 +573,7 @@ impl PackMap {
                 let (offset, len, _) = info.slots[l.slot as usize];
                 Some(Located {
                     pack: info.hash,
-                    generation: info.generation,
+                    storage: info.storage,
                     offset,
                     len,
                 })
@@ -574,11 +624,15 @@ mod tests {
     }
 
     fn pack(range: std::ops::Range<u32>) -> (Bytes, Hash, Manifest) {
+        pack_in(range, PackStorage::Rows)
+    }
+
+    fn pack_in(range: std::ops::Range<u32>, storage: PackStorage) -> (Bytes, Hash, Manifest) {
         let mut b = PackBuilder::default();
         for i in range {
             b.push(mh(i), 0x55, &i.to_le_bytes().repeat(10));
         }
-        b.finish()
+        b.finish(storage)
     }
 
     #[test]
@@ -615,6 +669,16 @@ mod tests {
         let back = Manifest::decode(&retired.encode()).unwrap();
         assert_eq!(back.retired_by, retired.retired_by);
         assert_eq!(back.live().count(), 0, "a retired pack has no live slot");
+        // The format byte says where the bytes are.
+        assert_eq!(bytes[0], FORMAT_ROW_MANIFEST);
+        let (_, _, in_block) = pack_in(0..3, PackStorage::Blocks);
+        let encoded = in_block.encode();
+        assert_eq!(encoded[0], FORMAT_MANIFEST);
+        assert_eq!(Manifest::decode(&encoded).unwrap(), in_block);
+        assert_eq!(
+            Manifest::decode(&encoded).unwrap().storage,
+            PackStorage::Blocks
+        );
     }
 
     #[test]
@@ -627,7 +691,20 @@ mod tests {
         assert!(merged.is_deleted(1) && merged.is_deleted(8));
         assert_eq!(merged.live().count(), 8);
         let (_, _, other) = pack(0..11);
-        assert_eq!(m.merge(other), Err(ManifestError::Conflict));
+        assert_eq!(m.clone().merge(other), Err(ManifestError::Conflict));
+        let mut elsewhere = m.clone();
+        elsewhere.storage = PackStorage::Blocks;
+        assert_eq!(m.merge(elsewhere), Err(ManifestError::Conflict));
+    }
+
+    #[test]
+    fn unique_packs_differ_and_carry_their_time() {
+        let before = garage_util::time::now_msec();
+        let (a, ha, _) = PackBuilder::unique().finish(PackStorage::Rows);
+        let (_, hb, _) = PackBuilder::unique().finish(PackStorage::Rows);
+        assert_ne!(ha, hb);
+        let t = u64::from_le_bytes(a[..8].try_into().unwrap());
+        assert!((before..before + 60_000).contains(&t), "{t} vs {before}");
     }
 
     #[test]
@@ -652,9 +729,9 @@ mod tests {
     fn the_map_finds_live_blocks_and_forgets_deleted_and_removed_ones() {
         let mut map = PackMap::default();
         let (data, h1, m1) = pack(0..100);
-        map.insert(h1, 0, &m1);
-        let (_, h2, m2) = pack(50..150);
-        map.insert(h2, 2, &m2);
+        map.insert(h1, &m1);
+        let (_, h2, m2) = pack_in(50..150, PackStorage::Blocks);
+        map.insert(h2, &m2);
         assert_eq!(map.len(), 200);
         // Block 10 is in pack 1 only, where its bytes are.
         let l = map.lookup(&mh(10));
@@ -672,17 +749,17 @@ mod tests {
         map.remove(&h1);
         assert!(map.lookup(&mh(10)).is_empty());
         assert_eq!(map.lookup(&mh(70)).len(), 1);
-        assert_eq!(map.lookup(&mh(70))[0].generation, 2);
+        assert_eq!(map.lookup(&mh(70))[0].storage, PackStorage::Blocks);
         assert_eq!(map.len(), 99);
         // Inserting a known pack again replaces it (a refreshed manifest).
         let mut m2b = m2.clone();
         m2b.delete(20); // block 70
-        map.insert(h2, 2, &m2b);
+        map.insert(h2, &m2b);
         assert!(map.lookup(&mh(70)).is_empty());
         assert_eq!(map.packs_in(h2.as_slice()[0] as usize), vec![h2]);
         // A retired manifest removes its pack.
         m2b.retired_by = Some(h1);
-        map.insert(h2, 2, &m2b);
+        map.insert(h2, &m2b);
         assert_eq!(map.len(), 0);
     }
 
@@ -691,7 +768,7 @@ mod tests {
         let mut map = PackMap::default();
         for p in 0..2000u32 {
             let (_, h, m) = pack(p * 64..(p + 1) * 64);
-            map.insert(h, 0, &m);
+            map.insert(h, &m);
         }
         let per_block = map.memory_bytes() as f64 / map.len() as f64;
         // Stated in DESIGN.md: 16 bytes of slot, 17 of table entry at a
@@ -711,5 +788,10 @@ mod tests {
         assert_eq!(parse_partition("pk:zz"), None);
         assert_eq!(parse_sort_key(&sort_key(&h)), Some(h));
         assert_eq!(parse_sort_key("00"), None);
+        // A pack's row sorts before every manifest, and is not one.
+        let row = row_key(&h);
+        assert!(row.as_str() < MANIFESTS_FROM && MANIFESTS_FROM <= "00");
+        assert!(row.as_str() < sort_key(&blake2sum(b"")).as_str());
+        assert_eq!(parse_sort_key(&row), None);
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! - **Writes.** Small puts of a namespace queue in a group-commit batcher
 //!   (no timer: a lone put leaves at once). Each batch of at least
-//!   [`PACK_MIN_BLOCKS`] becomes one pack: its bytes as one Garage block
-//!   under one anchored ref, then its manifest. The batch's puts are
+//!   [`PACK_MIN_BLOCKS`] becomes one pack: its bytes as one K2V row beside
+//!   its manifest (or, with [`PackStorage::Blocks`], one Garage block under
+//!   one anchored ref), then its manifest. The batch's puts are
 //!   acknowledged when the manifest is on a write quorum, never before. A
 //!   smaller batch is written as inline index entries instead.
 //! - **The map** answers "where is this block" from memory. It is built by
@@ -27,8 +28,10 @@ use garage_util::data::{blake2sum, Hash};
 use multihash::Multihash;
 
 use super::filter::OwnWrites;
-use super::index::{Entry, INLINE_MAX};
-use super::pack::{self, Located, Manifest, PackBuilder, PackMap, PACK_MAX_BYTES, PACK_MAX_SLOTS};
+use super::index::{Entry, InPack, INLINE_MAX};
+use super::pack::{
+    self, Located, Manifest, PackBuilder, PackMap, PackStorage, PACK_MAX_BYTES, PACK_MAX_SLOTS,
+};
 use super::{Error, GarageStore, Namespace};
 use crate::cid as cidutil;
 use crate::garage::batch::{BatchLimits, Batcher};
@@ -38,8 +41,8 @@ pub(crate) const PACK_PARTITIONS: usize = 256;
 
 /// Pack writes in flight per namespace. Few, so that puts arriving while
 /// packs are written wait for the next one and packs are large: a pack's
-/// cost (three block copies, a ref, a manifest) is nearly the same for one
-/// block as for a hundred.
+/// cost (two rows; or three block copies, a ref and a manifest) is nearly
+/// the same for one block as for a hundred.
 const PACKS_IN_FLIGHT: usize = 2;
 
 /// Batches of fewer blocks are written inline (one index entry each, in
@@ -79,12 +82,22 @@ enum Change {
 impl Change {
     fn apply(&self, map: &mut PackMap) {
         match self {
-            Change::Insert(hash, m) => map.insert(*hash, 0, m),
+            Change::Insert(hash, m) => map.insert(*hash, m),
             Change::Delete(mh) => {
                 map.delete(mh);
             }
         }
     }
+}
+
+/// What a read of a pack's row found.
+pub(super) enum PackRow {
+    /// Bytes that hash to the pack's name.
+    Good(Bytes),
+    /// No row, or only its tombstone.
+    Missing,
+    /// Only bytes that do not.
+    Wrong,
 }
 
 /// A manifest as a quorum read found it, with what rewriting it needs.
@@ -102,9 +115,9 @@ struct ManifestRead {
 pub(crate) struct PackCounted {
     /// Every counter value, serialized, to spot any change.
     pub(crate) signature: Vec<u8>,
-    /// Manifests.
+    /// Manifests and packs' rows.
     pub(crate) entries: i64,
-    /// Bytes of their values (a delete adds two).
+    /// Bytes of their values (a delete adds two to a manifest's).
     pub(crate) bytes: i64,
 }
 
@@ -297,7 +310,7 @@ impl NsPacks {
             }
         }
         for (h, m) in &listed {
-            map.insert(*h, 0, m);
+            map.insert(*h, m);
         }
         for change in parts[p].pending.take().unwrap_or_default() {
             change.apply(&mut map);
@@ -399,6 +412,12 @@ fn value_bytes(item: &garage_model::k2v::item_table::K2VItem) -> i64 {
         .sum()
 }
 
+/// A pack's hash as a CID (raw, BLAKE2b-256), to name it in errors and in
+/// the block layer.
+fn pack_name(hash: &Hash) -> Cid {
+    cidutil::raw_cid(Multihash::wrap(0xb220, hash.as_slice()).expect("32 bytes"))
+}
+
 /// The manifest partition a counter entry's sort key names, if any.
 pub(crate) fn partition_of_counter(sort_key: &str) -> Option<usize> {
     pack::parse_partition(sort_key)
@@ -421,9 +440,11 @@ impl Namespace {
         Ok(())
     }
 
-    /// Writes one batch of small blocks: a pack (its block and ref, then
-    /// its manifest; the map learns it once the manifest is on a write
-    /// quorum), or inline entries if the batch is too small for a pack.
+    /// Writes one batch of small blocks: a pack (its row, or its block and
+    /// ref, then its manifest, each on a write quorum before the next: a
+    /// manifest never names bytes that are not stored; the map learns it
+    /// once the manifest is on a write quorum), or inline entries if the
+    /// batch is too small for a pack.
     async fn write_pack(&self, mut items: Vec<PackItem>) -> Result<Written, Error> {
         let mut seen = HashSet::new();
         items.retain(|it| seen.insert(it.mh)); // the same block twice in one batch
@@ -453,13 +474,34 @@ impl Namespace {
             }
             b.push(it.mh, it.codec, &it.data);
         }
-        let (data, hash, manifest) = b.finish();
-        let name = cidutil::raw_cid(Multihash::wrap(0xb220, hash.as_slice()).expect("32 bytes"));
-        // The nonce makes the pack's hash new to the cluster: no ref can
-        // exist, live or deleted, so none is read.
-        let place = self.new_block_placement(&name, &hash).await?;
-        self.write_ref_and_block(&name, hash, &place, data.clone())
-            .await?;
+        let storage = self.store.packing.unwrap_or_default();
+        let (data, hash, manifest) = b.finish(storage);
+        let p = hash.as_slice()[0] as usize;
+        match storage {
+            PackStorage::Rows => {
+                // Blind: the nonce makes the key new.
+                let len = data.len() as i64;
+                let result = self
+                    .conn()
+                    .rpc_k2v_insert(
+                        pack::partition(self.id(), &hash),
+                        pack::row_key(&hash),
+                        None,
+                        DvvsValue::Value(data.to_vec()),
+                    )
+                    .await;
+                self.packs.note_counted(p, 1, len);
+                result?;
+            }
+            PackStorage::Blocks => {
+                let name = pack_name(&hash);
+                // The nonce makes the pack's hash new to the cluster: no ref
+                // can exist, live or deleted, so none is read.
+                let place = self.new_block_placement(&name, &hash).await?;
+                self.write_ref_and_block(&name, hash, &place, data.clone())
+                    .await?;
+            }
+        }
         let value = manifest.encode();
         let len = value.len() as i64;
         let result = self
@@ -472,7 +514,6 @@ impl Namespace {
             )
             .await;
         // Counted even if the write failed: it may have reached a node.
-        let p = hash.as_slice()[0] as usize;
         self.packs.note_counted(p, 1, len);
         result?;
         self.packs.written.fetch_add(1, Ordering::Relaxed);
@@ -546,7 +587,8 @@ impl Namespace {
             partition_key: pack::partition_name(p),
         };
         let mut out = Vec::new();
-        let mut start: Option<String> = None;
+        // From the first manifest key: the packs' rows sort before.
+        let mut start = Some(pack::MANIFESTS_FROM.to_string());
         loop {
             let (page, next) = self.k2v_page(&partition, start.take(), LIST_PAGE).await?;
             for item in page {
@@ -592,7 +634,7 @@ impl Namespace {
     ) -> Result<Option<Bytes>, Error> {
         let mut failed = None;
         for loc in locations {
-            let pack = match self.pack_bytes(&loc.pack).await {
+            let pack = match self.pack_bytes(&loc.pack, loc.storage).await {
                 Ok(p) => p,
                 Err(e) => {
                     failed = Some(e);
@@ -612,27 +654,66 @@ impl Namespace {
         }
     }
 
-    /// A pack's bytes: from the cache, a co-located copy, or one node after
-    /// another, each copy checked against the pack's hash.
-    async fn pack_bytes(&self, hash: &Hash) -> Result<Bytes, Error> {
+    /// A pack's bytes: from the cache, or where its manifest says they are
+    /// (a row read from a quorum; or a co-located copy of its Garage block,
+    /// then one node after another), each copy checked against the pack's
+    /// hash.
+    async fn pack_bytes(&self, hash: &Hash, storage: PackStorage) -> Result<Bytes, Error> {
         if let Some(b) = self.store.cache.pack(hash) {
             return Ok(b);
         }
-        let bytes = match self.conn().read_colocated(hash).await {
-            Some(b) if blake2sum(&b) == *hash => b,
-            _ => self
-                .conn()
-                .rpc_get_block(*hash, |b| blake2sum(b) == *hash)
-                .await
-                .map_err(|e| Error::Unreadable {
-                    cid: cidutil::raw_cid(
-                        Multihash::wrap(0xb220, hash.as_slice()).expect("32 bytes"),
-                    ),
-                    cause: format!("pack: {e}"),
-                })?,
+        let unreadable = |cause: String| Error::Unreadable {
+            cid: pack_name(hash),
+            cause,
+        };
+        let bytes = match storage {
+            PackStorage::Rows => match self.pack_row(hash).await? {
+                PackRow::Good(b) => b,
+                PackRow::Missing => {
+                    return Err(unreadable("its pack's row is on no node read".into()))
+                }
+                PackRow::Wrong => {
+                    return Err(unreadable(
+                        "its pack's row does not match the pack's hash".into(),
+                    ))
+                }
+            },
+            PackStorage::Blocks => match self.conn().read_colocated(hash).await {
+                Some(b) if blake2sum(&b) == *hash => b,
+                _ => self
+                    .conn()
+                    .rpc_get_block(*hash, |b| blake2sum(b) == *hash)
+                    .await
+                    .map_err(|e| unreadable(format!("pack: {e}")))?,
+            },
         };
         self.store.cache.put_pack(hash, &bytes);
         Ok(bytes)
+    }
+
+    /// A pack's row, read from a quorum, checked against the pack's hash.
+    pub(super) async fn pack_row(&self, hash: &Hash) -> Result<PackRow, Error> {
+        let item = self
+            .conn()
+            .rpc_k2v_get_unchanging(&pack::partition(self.id(), hash), &pack::row_key(hash))
+            .await?;
+        let Some(item) = item else {
+            return Ok(PackRow::Missing);
+        };
+        let mut any = false;
+        for v in item.values() {
+            if let DvvsValue::Value(b) = v {
+                if blake2sum(b) == *hash {
+                    return Ok(PackRow::Good(Bytes::copy_from_slice(b)));
+                }
+                any = true;
+            }
+        }
+        Ok(if any {
+            PackRow::Wrong
+        } else {
+            PackRow::Missing
+        })
     }
 
     /// Deletes a block from every pack holding it (its slot joins the
@@ -722,7 +803,10 @@ pub(super) fn packed_entries(
                             generation: 0,
                             codec: s.codec,
                             inline: None,
-                            packed: Some(s.offset),
+                            packed: Some(InPack {
+                                offset: s.offset,
+                                storage: m.storage,
+                            }),
                         },
                     ));
                 }
@@ -735,8 +819,8 @@ pub(super) fn packed_entries(
 impl Namespace {
     /// Removes the packs of which no block is live: each manifest (a
     /// tombstone, written with the causal context of a read that found
-    /// every slot deleted), then the pack's refs, after which Garage
-    /// collects its copies. Returns how many packs it removed.
+    /// every slot deleted), then the pack's row, or its refs, after which
+    /// Garage collects its copies. Returns how many packs it removed.
     ///
     /// A manifest is only ever rewritten to add deleted slots, so one with
     /// every slot deleted stays so, with one exception: a delete that read
@@ -778,13 +862,46 @@ impl Namespace {
                     .await;
                 self.packs.note_counted(p, -1, -value_bytes(&item));
                 result?;
-                self.delete_refs(&hash).await?;
+                match now.storage {
+                    PackStorage::Rows => self.delete_pack_row(&hash).await?,
+                    PackStorage::Blocks => self.delete_refs(&hash).await?,
+                }
                 self.packs.note_removed(&hash);
                 removed += 1;
                 progress(removed);
             }
         }
         Ok(removed)
+    }
+
+    /// Tombstones a pack's row (with the causal context of a read, which a
+    /// K2V delete needs to replace the value).
+    async fn delete_pack_row(&self, hash: &Hash) -> Result<(), Error> {
+        let partition = pack::partition(self.id(), hash);
+        let key = pack::row_key(hash);
+        let Some(item) = self.conn().rpc_k2v_get_unchanging(&partition, &key).await? else {
+            return Ok(());
+        };
+        if item
+            .values()
+            .iter()
+            .all(|v| matches!(v, DvvsValue::Deleted))
+        {
+            return Ok(());
+        }
+        let result = self
+            .conn()
+            .rpc_k2v_insert(
+                partition,
+                key,
+                Some(item.causal_context()),
+                DvvsValue::Deleted,
+            )
+            .await;
+        self.packs
+            .note_counted(hash.as_slice()[0] as usize, -1, -value_bytes(&item));
+        result?;
+        Ok(())
     }
 
     /// Live packed blocks in one manifest partition.

@@ -29,7 +29,8 @@ pub struct NamespaceRecord {
     /// When it was registered (ms since the epoch).
     pub created_ms: u64,
     /// The highest index format written to it: 2 for per-block and inline
-    /// entries, 3 once a pack was. A version that does not know a format
+    /// entries, 3 once a pack was stored as a Garage block, 4 once one was
+    /// stored as a row. A version that does not know a format
     /// refuses the namespace rather than answer "absent" for blocks it
     /// cannot see.
     #[serde(default = "format_before_packs")]
@@ -41,7 +42,7 @@ fn format_before_packs() -> u8 {
 }
 
 /// The highest index format this version reads.
-pub(super) const KNOWN_FORMAT: u8 = super::pack::FORMAT_MANIFEST;
+pub(super) const KNOWN_FORMAT: u8 = super::pack::FORMAT_ROW_MANIFEST;
 
 impl NamespaceRecord {
     fn check_format(&self) -> Result<(), Error> {
@@ -113,12 +114,10 @@ impl GarageStore {
         if let Some(r) = &existing {
             r.check_format()?;
         }
-        // The format this store writes: packs are format 3.
-        let writes = if self.packing {
-            KNOWN_FORMAT
-        } else {
-            format_before_packs()
-        };
+        // The format this store writes: that of its packs' manifests.
+        let writes = self
+            .packing
+            .map_or_else(format_before_packs, |storage| storage.format());
         // A record seen but perhaps on one node only (a registration that
         // missed its quorum) is written again before the name is trusted;
         // so is one that does not yet say our format.

@@ -21,6 +21,8 @@ use serde::Serialize;
 
 use super::anchor::{self, AnchorId};
 use super::index::Entry;
+use super::packed::PackRow;
+use super::PackStorage;
 use super::{Error, Namespace};
 use crate::cid as cidutil;
 use crate::garage::error::deadline;
@@ -67,12 +69,15 @@ pub enum RefState {
     /// A small block kept inline in its index entry: no ref and no block
     /// file; its copies are the index's own (K2V) replicas.
     Inline,
+    /// A small block in a pack stored as a K2V row: no ref and no block
+    /// file; its copies are the row's replicas.
+    Row,
 }
 
 impl RefState {
-    /// Whether the block is held (a live ref, or inline).
+    /// Whether the block is held (a live ref, inline, or in a pack's row).
     pub fn holds(self) -> bool {
-        matches!(self, RefState::Live(_) | RefState::Inline)
+        matches!(self, RefState::Live(_) | RefState::Inline | RefState::Row)
     }
 }
 
@@ -254,17 +259,25 @@ impl Namespace {
         anchors_alive: &mut HashMap<Uuid, bool>,
         packs: &mut HashMap<Hash, PackCheck>,
     ) -> Result<BlockReport, Error> {
+        let Some(at) = entry.packed else {
+            return Err(Error::BadIndexEntry {
+                key: cidutil::raw_cid(mh).to_string(),
+                reason: "verified as packed, but not in a pack".into(),
+            });
+        };
         if !packs.contains_key(&entry.hash) {
             // One pack at a time: its bytes are needed only for its blocks,
             // which a listing gives together.
             packs.clear();
-            let check = self.check_pack(&entry.hash, anchors_alive).await?;
+            let check = self
+                .check_pack(&entry.hash, at.storage, anchors_alive)
+                .await?;
             packs.insert(entry.hash, check);
         }
         let check = &packs[&entry.hash];
         let cid = cidutil::raw_cid(mh);
         let mut replicas = check.replicas.clone();
-        let offset = entry.packed.unwrap_or(0) as usize;
+        let offset = at.offset as usize;
         let slot = check
             .good
             .as_ref()
@@ -291,11 +304,40 @@ impl Namespace {
         })
     }
 
+    /// A pack's ref and copies. A pack stored as a row has neither: it is
+    /// read from a quorum, as an inline entry is, and reported as one
+    /// replica, the row's.
     async fn check_pack(
         &self,
         hash: &Hash,
+        storage: PackStorage,
         anchors_alive: &mut HashMap<Uuid, bool>,
     ) -> Result<PackCheck, Error> {
+        if storage == PackStorage::Rows {
+            let (state, detail, good) = match self.pack_row(hash).await? {
+                PackRow::Good(b) => (ReplicaState::Ok, None, Some(b)),
+                PackRow::Missing => (
+                    ReplicaState::Missing,
+                    Some("the pack's row is on no node read".to_string()),
+                    None,
+                ),
+                PackRow::Wrong => (
+                    ReplicaState::Corrupt,
+                    Some("the pack's row does not match the pack's hash".to_string()),
+                    None,
+                ),
+            };
+            return Ok(PackCheck {
+                reference: RefState::Row,
+                replicas: vec![Replica {
+                    node: "index".into(),
+                    state,
+                    detail,
+                    id: Uuid::from([0u8; 32]),
+                }],
+                good,
+            });
+        }
         let reference = self.ref_state(hash, anchors_alive).await?;
         let (replicas, good) = self.read_replicas(hash, |b| blake2sum(b) == *hash).await?;
         Ok(PackCheck {
@@ -455,9 +497,10 @@ impl Namespace {
         dry_run: bool,
         out: &mut RepairSummary,
     ) -> Result<(), Error> {
-        if r.entry.inline.is_some() {
-            // Nothing to rewrite: an inline block has no ref nor file, and
-            // its index copies are Garage's to resync.
+        if r.entry.inline.is_some() || r.reference == RefState::Row {
+            // Nothing to rewrite: an inline block, or a pack stored as a
+            // row, has no ref nor file, and its K2V copies are Garage's to
+            // resync.
             return Ok(());
         }
         let hash = r.entry.hash;

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use futures::TryStreamExt;
 
 use crate::cid as cidutil;
-use crate::store::BlockStore;
+use crate::store::{BlockStore, PackStorage};
 use crate::tools::util::{print_json, print_table, JsonArg, NsArg, Target};
 
 /// Block commands.
@@ -149,30 +149,42 @@ pub(super) async fn run(target: &Target, cmd: BlockCmd) -> anyhow::Result<()> {
                 return Ok(());
             }
             let block = hex::encode(entry.hash.as_slice());
-            let path = format!("data/{}/{}/{block}", &block[..2], &block[2..4]);
+            // A pack stored as a row has no file on the nodes.
+            let in_row = entry.packed.is_some_and(|p| p.storage == PackStorage::Rows);
+            let path = (!in_row).then(|| format!("{}/{}/{block}", &block[..2], &block[2..4]));
             if json.json {
                 let mut v = serde_json::json!({
                     "cid": cid.to_string(), "size": entry.size, "block": block,
-                    "path_on_node": path, "inline": false,
+                    "inline": false,
                 });
+                if let Some(path) = &path {
+                    v["path_on_node"] = format!("data/{path}").into();
+                }
                 match entry.packed {
-                    Some(offset) => v["pack_offset"] = offset.into(),
+                    Some(p) => {
+                        v["pack_offset"] = p.offset.into();
+                        v["pack_storage"] = serde_json::to_value(p.storage)?;
+                    }
                     None => v["generation"] = entry.generation.into(),
                 }
                 print_json(&v)?;
             } else {
                 let block_row = match entry.packed {
-                    Some(offset) => vec!["In pack:".into(), format!("{block} at byte {offset}")],
+                    Some(p) => vec!["In pack:".into(), format!("{block} at byte {}", p.offset)],
                     None => vec!["Garage block:".into(), block.clone()],
+                };
+                let where_row = match &path {
+                    Some(path) => vec!["File on each node:".into(), format!("<data_dir>/{path}")],
+                    None => vec![
+                        "Stored:".into(),
+                        "in a K2V row beside its pack's manifest (no Garage block)".into(),
+                    ],
                 };
                 print_table(&[
                     vec!["CID:".into(), cid.to_string()],
                     vec!["Size:".into(), entry.size.to_string()],
                     block_row,
-                    vec![
-                        "File on each node:".into(),
-                        format!("<data_dir>/{}", &path[5..]),
-                    ],
+                    where_row,
                 ]);
             }
         }

@@ -90,6 +90,7 @@ fn print_problems(problems: &[BlockReport]) {
             crate::store::verify::RefState::Missing => "MISSING".into(),
             crate::store::verify::RefState::DeadAnchor(g) => format!("DEAD ANCHOR (g{g})"),
             crate::store::verify::RefState::Inline => "inline".into(),
+            crate::store::verify::RefState::Row => "pack row".into(),
         };
         rows.push(vec![p.cid.clone(), p.size.to_string(), reference, replicas]);
     }

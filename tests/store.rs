@@ -743,12 +743,16 @@ fn store_filter_restarts_ready_from_its_snapshot() {
             ns.filter_stats().unwrap().ready
         })
         .await;
+        // Big blocks (index entries, in the filter) and small ones (packed,
+        // in the pack map): the snapshot holds both.
         let blocks: Vec<_> = (0..300)
             .map(|i| random_block(codec::RAW, SHA2_256, 4000 + i))
+            .chain((0..200).map(|i| random_block(codec::RAW, SHA2_256, 900 + i)))
             .collect();
         futures::future::try_join_all(blocks.iter().map(|(c, d)| ns.put(c, d.clone())))
             .await
             .unwrap();
+        assert!(ns.pack_stats().packs_written > 0, "{:?}", ns.pack_stats());
         // Once our puts are counted, the snapshot covers every shard.
         tokio::time::sleep(garage_ipfs::store::COUNTER_LAG + Duration::from_secs(2)).await;
         assert!(ns.persist_filter().await.unwrap(), "no snapshot written");
@@ -770,6 +774,14 @@ fn store_filter_restarts_ready_from_its_snapshot() {
         let (foreign, foreign_data) = random_block(codec::RAW, SHA2_256, 5000);
         let other = store().await.namespace(&name).unwrap();
         other.put(&foreign, foreign_data).await.unwrap();
+        // And small ones together (a pack, in a partition whose counters
+        // then move: it must be listed, not restored).
+        let foreign_small: Vec<_> = (0..16)
+            .map(|i| random_block(codec::RAW, SHA2_256, 700 + i))
+            .collect();
+        futures::future::try_join_all(foreign_small.iter().map(|(c, d)| other.put(c, d.clone())))
+            .await
+            .unwrap();
         tokio::time::sleep(garage_ipfs::store::COUNTER_LAG).await;
         let foreign_shard = foreign.hash().digest()[0];
 
@@ -786,6 +798,9 @@ fn store_filter_restarts_ready_from_its_snapshot() {
         }
         let ready_in = start.elapsed();
         let stats = ns.filter_stats().unwrap();
+        // Taken at once: the poller's rolling refresh lists partitions again
+        // from its first poll on.
+        let packs = ns.pack_stats();
         // The shard written meanwhile cannot be restored (its counters
         // moved; `has` below shows it was not: the block is found). A few
         // others may be listed too, if their counters moved again after
@@ -818,12 +833,24 @@ fn store_filter_restarts_ready_from_its_snapshot() {
             ns.has(&foreign).await.unwrap(),
             "the block written meanwhile"
         );
-        for (cid, _) in &blocks {
+        for (cid, _) in blocks.iter().chain(&foreign_small) {
             assert!(ns.has(cid).await.unwrap(), "{cid}");
         }
+        // The pack map came back from the snapshot too: the partitions
+        // whose counters did not move were not listed.
+        assert!(
+            (200..=255).contains(&packs.partitions_restored),
+            "restored {} of 256 manifest partitions: {packs:?}",
+            packs.partitions_restored
+        );
+        assert_eq!(
+            packs.partitions_listed + packs.partitions_restored,
+            256,
+            "{packs:?}"
+        );
         eprintln!(
-            "filter restored ({} of 256 shards) and answering {ready_in:?} after the restart",
-            stats.restored_shards
+            "filter restored ({} of 256 shards, {} of 256 manifest partitions) and answering {ready_in:?} after the restart",
+            stats.restored_shards, packs.partitions_restored
         );
     });
 }

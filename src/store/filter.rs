@@ -51,7 +51,7 @@ use serde::Serialize;
 
 use super::index::{self, INDEX_SHARDS};
 use super::packed::{PackCounted, PACK_PARTITIONS};
-use super::snapshot::{self, SavedShard};
+use super::snapshot::{self, SavedPartition, SavedShard, Snapshot};
 use super::{Error, GarageStore, Namespace};
 
 /// How often counters are polled for changes.
@@ -375,14 +375,24 @@ impl NsFilter {
 
     /// Saves the filter if it changed since the last snapshot. Returns
     /// whether a file was written.
-    async fn save(&self, now: &BTreeMap<usize, Counted>) -> Result<bool, Error> {
+    /// `partitions` are the pack map's, saved beside the filter (the map
+    /// must be restored with the filter: the filter does not hold packed
+    /// blocks).
+    async fn save(
+        &self,
+        now: &BTreeMap<usize, Counted>,
+        partitions: Vec<SavedPartition>,
+    ) -> Result<bool, Error> {
         let Some(path) = self.snapshot_path.clone() else {
             return Ok(false);
         };
         if !self.is_ready() {
             return Ok(false);
         }
-        let saved = self.saved_shards(now);
+        let saved = Snapshot {
+            shards: self.saved_shards(now),
+            partitions,
+        };
         let ns_id = self.ns_id;
         let bytes = tokio::task::spawn_blocking(move || snapshot::encode(ns_id, saved))
             .await
@@ -455,11 +465,6 @@ struct Counters {
 /// The counters of the manifest partitions (one counter read).
 pub(crate) async fn pack_counters(ns: &Namespace) -> Result<BTreeMap<usize, PackCounted>, Error> {
     Ok(read_counters(ns).await?.packs)
-}
-
-/// The counters of each shard.
-async fn counter_signatures(ns: &Namespace) -> Result<BTreeMap<usize, Counted>, Error> {
-    Ok(read_counters(ns).await?.shards)
 }
 
 async fn read_counters(ns: &Namespace) -> Result<Counters, Error> {
@@ -559,12 +564,12 @@ impl OwnWrites {
     }
 
     /// No write of ours since the shard was listed.
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.up == 0 && self.down == 0
     }
 
     /// Every write of ours is old enough to be in the counters.
-    fn all_counted(&self) -> bool {
+    pub(super) fn all_counted(&self) -> bool {
         self.recent.iter().all(|(t, _)| t.elapsed() > COUNTER_LAG)
     }
 
@@ -609,9 +614,15 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
     };
     let counted = read_counters(&ns).await?;
     let before = counted.shards;
+    let (saved, saved_partitions) = match saved {
+        Some(s) => (Some(s.shards), s.partitions),
+        None => (None, Vec::new()),
+    };
     // The pack map first: the filter does not hold packed blocks, so it
     // may answer only once the map does.
-    ns.packs.build(&ns, &counted.packs).await?;
+    ns.packs
+        .build(&ns, &counted.packs, saved_partitions)
+        .await?;
     let mut restored = vec![false; INDEX_SHARDS];
     if let (Some(saved), Some(f)) = (saved, filter.upgrade()) {
         restored = f.restore(saved, &before);
@@ -635,6 +646,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
             tracing::info!(ns = %name, shards = shard + 1, of = INDEX_SHARDS, "building presence filter");
         }
     }
+    let partitions = ns.packs.saved_partitions(&counted.packs);
     drop(ns);
     if let Some(f) = filter.upgrade() {
         if !f.is_ready() {
@@ -649,7 +661,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
             seconds = started.elapsed().as_secs_f64(),
             "presence filter ready"
         );
-        if let Err(e) = f.save(&before).await {
+        if let Err(e) = f.save(&before, partitions).await {
             tracing::warn!(ns = %name, cause = %e, "cannot save the presence filter");
         }
     }
@@ -717,7 +729,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
         f.polls.fetch_add(1, Ordering::Relaxed);
         if saved_at.elapsed() >= SNAPSHOT_INTERVAL {
             saved_at = Instant::now();
-            if let Err(e) = f.save(&now).await {
+            if let Err(e) = f.save(&now, ns.packs.saved_partitions(&packs)).await {
                 tracing::warn!(ns = %name, cause = %e, "cannot save the presence filter");
             }
         }
@@ -726,24 +738,28 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
 
 /// What a restart spends on the snapshot of a namespace of `entries`
 /// blocks, measured on a synthetic one (distinct multihashes spread over
-/// the shards, each shard's filter sized as a listing sizes it): the time to
-/// write it, the time to read it back (read, checksum, decode), and its size
-/// in bytes. For namespace sizes the benchmark does not fill.
+/// the shards, each shard's filter sized as a listing sizes it, and as
+/// many blocks again in packs of eight, as the benchmark's small puts make
+/// them): the time to write it, the time to read it back (read, checksum,
+/// decode, and the pack map rebuilt from it), and its size in bytes. For
+/// namespace sizes the benchmark does not fill.
 #[cfg(feature = "tools")]
 pub(crate) fn snapshot_cost(
     entries: u64,
     dir: &std::path::Path,
 ) -> std::io::Result<(Duration, Duration, u64)> {
+    let mh = |a: u8, i: u64| {
+        let mut digest = [0u8; 32];
+        digest[0] = a;
+        digest[1..9].copy_from_slice(&i.to_le_bytes());
+        Multihash::<64>::wrap(0x12, &digest).expect("32-byte digest")
+    };
     let per = entries.div_ceil(INDEX_SHARDS as u64);
     let shards: Vec<SavedShard> = (0..INDEX_SHARDS)
         .map(|shard| {
             let mut filter = new_filter(per);
             for i in 0..per {
-                let mut digest = [0u8; 32];
-                digest[0] = shard as u8;
-                digest[1..9].copy_from_slice(&i.to_le_bytes());
-                let mh = Multihash::<64>::wrap(0x12, &digest).expect("32-byte digest");
-                let _ = filter.insert_duplicated(mh.to_bytes());
+                let _ = filter.insert_duplicated(mh(shard as u8, i).to_bytes());
             }
             SavedShard {
                 shard: shard as u16,
@@ -753,19 +769,46 @@ pub(crate) fn snapshot_cost(
             }
         })
         .collect();
+    let mut map = super::pack::PackMap::default();
+    for p in 0..entries.div_ceil(8) {
+        let mut b = super::pack::PackBuilder::unique();
+        for i in 0..8 {
+            b.push(mh(0xff, p * 8 + i), 0x55, &[0u8; 1024]);
+        }
+        let (_, hash, manifest) = b.finish(super::PackStorage::Rows);
+        map.insert(hash, &manifest);
+    }
+    let partitions = map
+        .saved()
+        .into_iter()
+        .enumerate()
+        .map(|(p, packs)| SavedPartition {
+            partition: p as u16,
+            seen: Some(vec![0; 64]),
+            seen_entries: packs.len() as i64 * 2,
+            seen_bytes: 0,
+            packs,
+        })
+        .collect();
+    drop(map);
     let id = [0u8; 32];
     let path = snapshot::path(dir, &id);
     let t = Instant::now();
-    let bytes = snapshot::encode(id, shards);
+    let bytes = snapshot::encode(id, Snapshot { shards, partitions });
     snapshot::write(&path, &bytes)?;
     let write = t.elapsed();
     let t = Instant::now();
     let back = snapshot::read(&path, &id)
         .ok_or_else(|| std::io::Error::other("the snapshot did not read back"))?;
+    let mut map = super::pack::PackMap::default();
+    let mut whole = true;
+    for s in &back.partitions {
+        whole &= map.insert_saved(usize::from(s.partition), &s.packs);
+    }
     let read = t.elapsed();
     let _ = std::fs::remove_file(&path);
-    if back.len() != INDEX_SHARDS {
-        return Err(std::io::Error::other("the snapshot lost shards"));
+    if back.shards.len() != INDEX_SHARDS || !whole || (map.len() as u64) < entries {
+        return Err(std::io::Error::other("the snapshot lost shards or packs"));
     }
     Ok((write, read, bytes.len() as u64))
 }
@@ -780,8 +823,9 @@ impl Namespace {
         let Some(f) = &self.filter else {
             return Ok(false);
         };
-        let now = counter_signatures(self).await?;
-        f.save(&now).await
+        let now = read_counters(self).await?;
+        f.save(&now.shards, self.packs.saved_partitions(&now.packs))
+            .await
     }
 
     /// Deletes the namespace's filter snapshot, so that the next store
@@ -1001,17 +1045,23 @@ mod tests {
         let path = snapshot::path(&dir, &[3; 32]);
         let f = NsFilter::new([3; 32], Some(path.clone()));
         let now: BTreeMap<usize, Counted> = [(1, counted(0xA, 1))].into();
-        assert!(!f.save(&now).await.unwrap(), "saved before ready");
+        assert!(
+            !f.save(&now, Vec::new()).await.unwrap(),
+            "saved before ready"
+        );
         f.ready.store(true, Ordering::Release);
-        assert!(f.save(&now).await.unwrap());
-        assert!(!f.save(&now).await.unwrap(), "unchanged, written again");
+        assert!(f.save(&now, Vec::new()).await.unwrap());
+        assert!(
+            !f.save(&now, Vec::new()).await.unwrap(),
+            "unchanged, written again"
+        );
         f.note_put(&mh_in(5, 1));
         // A shard with an uncounted write of ours is left out: the file
         // changes.
-        assert!(f.save(&now).await.unwrap());
+        assert!(f.save(&now, Vec::new()).await.unwrap());
         assert_eq!(f.stats().snapshots, 2);
         assert_eq!(
-            snapshot::read(&path, &[3; 32]).map(|s| s.len()),
+            snapshot::read(&path, &[3; 32]).map(|s| s.shards.len()),
             Some(INDEX_SHARDS - 1)
         );
         let _ = std::fs::remove_dir_all(&dir);

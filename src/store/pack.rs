@@ -460,6 +460,61 @@ pub(crate) struct PackMap {
     more: HashMap<u64, Vec<Loc>>,
 }
 
+/// A pack as the map's snapshot keeps it: what the map holds of it (no
+/// multihashes, only their map keys).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SavedPack {
+    #[serde(with = "serde_bytes")]
+    hash: Vec<u8>,
+    storage: PackStorage,
+    /// Per slot: offset (u32), length (u32), map key (u64), little endian.
+    #[serde(with = "serde_bytes")]
+    slots: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    deleted: Vec<u8>,
+}
+
+impl SavedPack {
+    fn of(info: &PackInfo) -> Self {
+        let mut slots = Vec::with_capacity(info.slots.len() * 16);
+        for (offset, len, key) in info.slots.iter() {
+            slots.extend_from_slice(&offset.to_le_bytes());
+            slots.extend_from_slice(&len.to_le_bytes());
+            slots.extend_from_slice(&key.to_le_bytes());
+        }
+        Self {
+            hash: info.hash.as_slice().to_vec(),
+            storage: info.storage,
+            slots,
+            deleted: info.deleted.clone(),
+        }
+    }
+
+    /// The pack back, if the record is well formed.
+    fn info(&self) -> Option<PackInfo> {
+        let hash: [u8; 32] = self.hash.as_slice().try_into().ok()?;
+        if self.slots.len() % 16 != 0 || self.slots.len() / 16 > PACK_MAX_SLOTS {
+            return None;
+        }
+        let word = |c: &[u8], at: usize, n: usize| {
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&c[at..at + n]);
+            u64::from_le_bytes(b)
+        };
+        Some(PackInfo {
+            hash: hash.into(),
+            storage: self.storage,
+            partition: hash[0],
+            slots: self
+                .slots
+                .chunks_exact(16)
+                .map(|c| (word(c, 0, 4) as u32, word(c, 4, 4) as u32, word(c, 8, 8)))
+                .collect(),
+            deleted: self.deleted.clone(),
+        })
+    }
+}
+
 impl PackMap {
     /// Adds (or replaces) a pack from its manifest. A retired manifest
     /// adds nothing and removes the pack if it was known.
@@ -468,7 +523,7 @@ impl PackMap {
         if manifest.retired_by.is_some() {
             return;
         }
-        let info = PackInfo {
+        self.insert_info(PackInfo {
             hash,
             storage: manifest.storage,
             partition: hash.as_slice()[0],
@@ -478,7 +533,37 @@ impl PackMap {
                 .map(|s| (s.offset, s.len, map_key(&s.mh)))
                 .collect(),
             deleted: manifest.deleted.clone(),
+        });
+    }
+
+    /// Every pack, as the snapshot keeps it, by manifest partition.
+    pub(crate) fn saved(&self) -> Vec<Vec<SavedPack>> {
+        let mut out = vec![Vec::new(); 256];
+        for info in self.packs.iter().flatten() {
+            out[info.partition as usize].push(SavedPack::of(info));
+        }
+        out
+    }
+
+    /// Adds packs of partition `partition` from a snapshot; nothing if one
+    /// of them is not well formed or not of that partition.
+    pub(crate) fn insert_saved(&mut self, partition: usize, saved: &[SavedPack]) -> bool {
+        let Some(infos) = saved
+            .iter()
+            .map(|s| s.info().filter(|i| i.partition as usize == partition))
+            .collect::<Option<Vec<_>>>()
+        else {
+            return false;
         };
+        for info in infos {
+            self.remove(&info.hash);
+            self.insert_info(info);
+        }
+        true
+    }
+
+    fn insert_info(&mut self, info: PackInfo) {
+        let hash = info.hash;
         let n = match self.free.pop() {
             Some(n) => n,
             None => {
@@ -761,6 +846,41 @@ mod tests {
         m2b.retired_by = Some(h1);
         map.insert(h2, &m2b);
         assert_eq!(map.len(), 0);
+    }
+
+    #[test]
+    fn the_map_comes_back_from_its_snapshot_records() {
+        let mut map = PackMap::default();
+        let mut hashes = Vec::new();
+        for p in 0..50u32 {
+            let (_, h, mut m) = pack(p * 10..(p + 1) * 10);
+            m.delete(3);
+            map.insert(h, &m);
+            hashes.push(h);
+        }
+        let saved = map.saved();
+        assert_eq!(saved.iter().map(Vec::len).sum::<usize>(), 50);
+        let mut back = PackMap::default();
+        for (p, packs) in saved.iter().enumerate() {
+            assert!(back.insert_saved(p, packs));
+        }
+        assert_eq!(back.len(), map.len());
+        for i in 0..500 {
+            assert_eq!(back.lookup(&mh(i)), map.lookup(&mh(i)), "block {i}");
+        }
+        assert!(back.lookup(&mh(13)).is_empty(), "deleted stays deleted");
+        // Records of another partition, or malformed, are refused whole.
+        let (p, packs) = saved
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_empty())
+            .unwrap();
+        assert!(!PackMap::default().insert_saved((p + 1) % 256, packs));
+        let mut bad = packs.clone();
+        bad[0].slots.pop();
+        let mut empty = PackMap::default();
+        assert!(!empty.insert_saved(p, &bad));
+        assert_eq!(empty.len(), 0);
     }
 
     #[test]

@@ -32,6 +32,7 @@ use super::index::{Entry, InPack, INLINE_MAX};
 use super::pack::{
     self, Located, Manifest, PackBuilder, PackMap, PackStorage, PACK_MAX_BYTES, PACK_MAX_SLOTS,
 };
+use super::snapshot::SavedPartition;
 use super::{Error, GarageStore, Namespace};
 use crate::cid as cidutil;
 use crate::garage::batch::{BatchLimits, Batcher};
@@ -163,6 +164,8 @@ pub struct PackStats {
     pub inline_blocks: u64,
     /// Manifest partitions listed.
     pub partitions_listed: u64,
+    /// Manifest partitions restored from the snapshot at start.
+    pub partitions_restored: u64,
     /// Whether the map was built.
     pub built: bool,
 }
@@ -179,6 +182,7 @@ pub(crate) struct NsPacks {
     inline_batches: AtomicU64,
     inline_blocks: AtomicU64,
     listed: AtomicU64,
+    restored: AtomicU64,
 }
 
 impl NsPacks {
@@ -217,6 +221,7 @@ impl NsPacks {
             inline_batches: AtomicU64::new(0),
             inline_blocks: AtomicU64::new(0),
             listed: AtomicU64::new(0),
+            restored: AtomicU64::new(0),
         })
     }
 
@@ -239,6 +244,7 @@ impl NsPacks {
             inline_batches: self.inline_batches.load(Ordering::Relaxed),
             inline_blocks: self.inline_blocks.load(Ordering::Relaxed),
             partitions_listed: self.listed.load(Ordering::Relaxed),
+            partitions_restored: self.restored.load(Ordering::Relaxed),
             built: self.is_built(),
         }
     }
@@ -319,18 +325,23 @@ impl NsPacks {
         Ok(())
     }
 
-    /// Builds the map: every manifest partition listed (not only those the
-    /// counters show, which may lag a pack acknowledged a moment ago).
+    /// Builds the map: the partitions of a snapshot whose counters have not
+    /// moved since it was saved are restored from it, and every other
+    /// manifest partition is listed (not only those the counters show,
+    /// which may lag a pack acknowledged a moment ago).
     pub(super) async fn build(
         &self,
         ns: &Namespace,
         counters: &BTreeMap<usize, PackCounted>,
+        saved: Vec<SavedPartition>,
     ) -> Result<(), Error> {
         let _one = self.syncing.lock().await;
         if self.is_built() {
             return Ok(());
         }
+        let restored = self.restore(saved, counters);
         let mut listings = futures::stream::iter(0..PACK_PARTITIONS)
+            .filter(|p| std::future::ready(!restored[*p]))
             .map(|p| self.relist(ns, p, counters.get(&p)))
             .buffer_unordered(LIST_CONCURRENCY);
         while let Some(r) = listings.next().await {
@@ -338,6 +349,82 @@ impl NsPacks {
         }
         self.built.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Puts the partitions of a snapshot into the map, those whose
+    /// counters are still the ones they were saved with. Returns which.
+    fn restore(
+        &self,
+        saved: Vec<SavedPartition>,
+        counters: &BTreeMap<usize, PackCounted>,
+    ) -> Vec<bool> {
+        let mut restored = vec![false; PACK_PARTITIONS];
+        let mut map = self.map.write().unwrap();
+        let mut parts = self.parts.lock().unwrap();
+        for s in saved {
+            let p = usize::from(s.partition);
+            if p >= PACK_PARTITIONS || restored[p] {
+                continue;
+            }
+            if s.seen.as_ref() != counters.get(&p).map(|c| &c.signature) {
+                continue;
+            }
+            if !map.insert_saved(p, &s.packs) {
+                continue;
+            }
+            parts[p].seen = s.seen.map(|signature| PackCounted {
+                signature,
+                entries: s.seen_entries,
+                bytes: s.seen_bytes,
+            });
+            restored[p] = true;
+        }
+        self.restored.store(
+            restored.iter().filter(|r| **r).count() as u64,
+            Ordering::Relaxed,
+        );
+        restored
+    }
+
+    /// The partitions worth saving, given the counters of the last poll
+    /// (the filter's rule, `filter.rs`): one whose packs are known to be
+    /// exactly what some counters say, with those counters. A partition
+    /// with our own writes since it was listed qualifies once they are all
+    /// old enough to be counted and explain the counters' change.
+    pub(super) fn saved_partitions(
+        &self,
+        now: &BTreeMap<usize, PackCounted>,
+    ) -> Vec<SavedPartition> {
+        if !self.is_built() {
+            return Vec::new();
+        }
+        let mut packs = self.map.read().unwrap().saved();
+        let parts = self.parts.lock().unwrap();
+        (0..PACK_PARTITIONS)
+            .filter_map(|p| {
+                let part = &parts[p];
+                if part.pending.is_some() {
+                    return None;
+                }
+                let seen = if part.our_entries.is_empty() && part.our_bytes.is_empty() {
+                    part.seen.clone()
+                } else if part.our_entries.all_counted()
+                    && part.our_bytes.all_counted()
+                    && !part.moved(now.get(&p))
+                {
+                    now.get(&p).cloned()
+                } else {
+                    return None;
+                };
+                Some(SavedPartition {
+                    partition: p as u16,
+                    seen_entries: seen.as_ref().map_or(0, |s| s.entries),
+                    seen_bytes: seen.as_ref().map_or(0, |s| s.bytes),
+                    seen: seen.map(|s| s.signature),
+                    packs: std::mem::take(&mut packs[p]),
+                })
+            })
+            .collect()
     }
 
     /// Lists again the partitions whose counters moved since they were
@@ -348,7 +435,7 @@ impl NsPacks {
         counters: &BTreeMap<usize, PackCounted>,
     ) -> Result<(), Error> {
         if !self.is_built() {
-            return self.build(ns, counters).await;
+            return self.build(ns, counters, Vec::new()).await;
         }
         self.relist_chosen(ns, counters, |parts| {
             (0..PACK_PARTITIONS)
@@ -962,5 +1049,81 @@ mod tests {
         empty.our_entries.note(1);
         empty.our_bytes.note(300);
         assert!(!empty.moved(Some(&counted(0, 1, 300))));
+    }
+
+    fn pack_in(partition: u8, first: u32) -> (Hash, Manifest) {
+        loop {
+            let mut b = PackBuilder::unique();
+            for i in first..first + 8 {
+                let mh = Multihash::wrap(0x12, &[&i.to_le_bytes()[..], &[partition; 28]].concat())
+                    .unwrap();
+                b.push(mh, 0x55, &i.to_le_bytes());
+            }
+            let (_, hash, m) = b.finish(PackStorage::Rows);
+            if hash.as_slice()[0] == partition {
+                return (hash, m);
+            }
+        }
+    }
+
+    fn mh_of(partition: u8, i: u32) -> Multihash<64> {
+        Multihash::wrap(0x12, &[&i.to_le_bytes()[..], &[partition; 28]].concat()).unwrap()
+    }
+
+    /// A partition is saved with the counters its packs are known to
+    /// cover, and restored only if the counters have not moved since.
+    #[tokio::test]
+    async fn the_map_is_saved_with_its_counters_and_restored_where_they_did_not_move() {
+        let packs = NsPacks::new(Weak::new(), "ns".into());
+        for p in [1u8, 2, 3] {
+            let (hash, m) = pack_in(p, 100 * p as u32);
+            packs.map.write().unwrap().insert(hash, &m);
+            packs.parts.lock().unwrap()[p as usize].seen = Some(counted(p, 2, 500));
+        }
+        // Partition 3 has a pack of ours not yet counted: not saved.
+        packs.note_counted(3, 2, 600);
+        let now: BTreeMap<usize, PackCounted> = [1, 2, 3]
+            .into_iter()
+            .map(|p| (p, counted(p as u8, 2, 500)))
+            .collect();
+        assert!(packs.saved_partitions(&now).is_empty(), "saved unbuilt");
+        packs.built.store(true, Ordering::Release);
+        let saved = packs.saved_partitions(&now);
+        assert_eq!(saved.len(), PACK_PARTITIONS - 1);
+        assert!(saved.iter().all(|s| s.partition != 3));
+        let by = |p: u16| saved.iter().find(|s| s.partition == p).unwrap();
+        assert_eq!((by(1).packs.len(), by(1).seen.clone()), (1, Some(vec![1])));
+        assert_eq!((by(9).packs.len(), by(9).seen.clone()), (0, None));
+
+        // Restart: partition 2 moved meanwhile; 1 did not.
+        let later: BTreeMap<usize, PackCounted> =
+            [(1, counted(1, 2, 500)), (2, counted(7, 4, 900))].into();
+        let bytes = super::super::snapshot::encode(
+            [0; 32],
+            super::super::snapshot::Snapshot {
+                shards: Vec::new(),
+                partitions: saved,
+            },
+        );
+        let back = super::super::snapshot::decode(&bytes, &[0; 32]).unwrap();
+        let fresh = NsPacks::new(Weak::new(), "ns".into());
+        let restored = fresh.restore(back.partitions, &later);
+        assert!(restored[1] && restored[0] && !restored[2] && !restored[3]);
+        assert_eq!(
+            fresh.stats().partitions_restored,
+            PACK_PARTITIONS as u64 - 2
+        );
+        assert_eq!(fresh.locate(&mh_of(1, 100)).len(), 1, "restored pack");
+        assert!(
+            fresh.locate(&mh_of(2, 200)).is_empty(),
+            "moved: to be listed"
+        );
+        assert_eq!(
+            fresh.parts.lock().unwrap()[1]
+                .seen
+                .as_ref()
+                .map(|c| c.bytes),
+            Some(500)
+        );
     }
 }

@@ -1,11 +1,13 @@
-//! The presence filter's snapshot in the connector's state directory, so
-//! that a restarted daemon answers "absent" from memory at once instead of
-//! after listing the whole namespace (see `filter.rs`).
+//! The presence filter's and the pack map's snapshot in the connector's
+//! state directory, so that a restarted daemon answers from memory at once
+//! instead of after listing the whole namespace (see `filter.rs`).
 //!
 //! One file per namespace, `filters/<namespace id, hex>.bin`:
-//! `GIPFSQF1`, the BLAKE2 checksum of the rest, then the rest
-//! (MessagePack): the namespace id and, per saved shard, its quotient
-//! filter and the index counters the filter is known to cover. A file that
+//! `GIPFSQF2`, the BLAKE2 checksum of the rest, then the rest
+//! (MessagePack): the namespace id; per saved index shard, its quotient
+//! filter and the index counters the filter is known to cover; per saved
+//! manifest partition, its packs as the map holds them and the counters
+//! they are known to cover. A file that
 //! does not check out (torn by a crash, another namespace's, another
 //! version) is ignored, and the filter is built from a listing as before.
 //! Written to a temporary file and renamed, never in place.
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use garage_util::data::blake2sum;
 use serde::{Deserialize, Serialize};
 
-const MAGIC: &[u8; 8] = b"GIPFSQF1";
+const MAGIC: &[u8; 8] = b"GIPFSQF2";
 
 /// One shard as saved.
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,10 +34,33 @@ pub(super) struct SavedShard {
     pub filter: qfilter::Filter,
 }
 
+/// One manifest partition of the pack map as saved.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct SavedPartition {
+    /// Its number.
+    pub partition: u16,
+    /// The counters' signature its packs are known to cover (`None`: the
+    /// partition had no counter).
+    #[serde(with = "serde_bytes_opt")]
+    pub seen: Option<Vec<u8>>,
+    /// The entries and bytes those counters said.
+    pub seen_entries: i64,
+    pub seen_bytes: i64,
+    /// Its packs.
+    pub packs: Vec<super::pack::SavedPack>,
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Snapshot {
+    pub shards: Vec<SavedShard>,
+    pub partitions: Vec<SavedPartition>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct Contents {
     namespace: [u8; 32],
-    shards: Vec<SavedShard>,
+    saved: Snapshot,
 }
 
 /// Where a namespace's snapshot lives under a state directory.
@@ -45,10 +70,10 @@ pub(super) fn path(state_dir: &Path, namespace: &[u8; 32]) -> PathBuf {
         .join(format!("{}.bin", hex::encode(namespace)))
 }
 
-/// The file's bytes for these shards.
-pub(super) fn encode(namespace: [u8; 32], shards: Vec<SavedShard>) -> Vec<u8> {
+/// The file's bytes for these shards and partitions.
+pub(super) fn encode(namespace: [u8; 32], saved: Snapshot) -> Vec<u8> {
     // Plain structs, byte strings and integers: MessagePack takes them all.
-    let body = rmp_serde::to_vec(&Contents { namespace, shards }).expect("encodable");
+    let body = rmp_serde::to_vec(&Contents { namespace, saved }).expect("encodable");
     let mut out = Vec::with_capacity(body.len() + 40);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(blake2sum(&body).as_slice());
@@ -56,9 +81,9 @@ pub(super) fn encode(namespace: [u8; 32], shards: Vec<SavedShard>) -> Vec<u8> {
     out
 }
 
-/// The saved shards of `namespace`, or why the bytes are not a snapshot of
-/// it.
-pub(super) fn decode(bytes: &[u8], namespace: &[u8; 32]) -> Result<Vec<SavedShard>, String> {
+/// What `namespace`'s snapshot saved, or why the bytes are not a snapshot
+/// of it.
+pub(super) fn decode(bytes: &[u8], namespace: &[u8; 32]) -> Result<Snapshot, String> {
     let rest = bytes
         .strip_prefix(MAGIC.as_slice())
         .ok_or("not a filter snapshot of this version")?;
@@ -73,7 +98,7 @@ pub(super) fn decode(bytes: &[u8], namespace: &[u8; 32]) -> Result<Vec<SavedShar
     if &contents.namespace != namespace {
         return Err("another namespace's".into());
     }
-    Ok(contents.shards)
+    Ok(contents.saved)
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
@@ -93,7 +118,7 @@ pub(super) fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Reads a namespace's snapshot: `None` if there is none or it does not
 /// check out (logged).
-pub(super) fn read(path: &Path, namespace: &[u8; 32]) -> Option<Vec<SavedShard>> {
+pub(super) fn read(path: &Path, namespace: &[u8; 32]) -> Option<Snapshot> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -128,15 +153,24 @@ mod serde_bytes_opt {
 mod tests {
     use super::*;
 
-    fn sample() -> Vec<SavedShard> {
+    fn sample() -> Snapshot {
         let mut filter = qfilter::Filter::new(100, 0.01).unwrap();
         filter.insert_duplicated(b"block").unwrap();
-        vec![SavedShard {
-            shard: 7,
-            seen: Some(vec![1, 2, 3]),
-            seen_entries: Some(1),
-            filter,
-        }]
+        Snapshot {
+            shards: vec![SavedShard {
+                shard: 7,
+                seen: Some(vec![1, 2, 3]),
+                seen_entries: Some(1),
+                filter,
+            }],
+            partitions: vec![SavedPartition {
+                partition: 9,
+                seen: None,
+                seen_entries: 0,
+                seen_bytes: 0,
+                packs: Vec::new(),
+            }],
+        }
     }
 
     #[test]
@@ -144,6 +178,9 @@ mod tests {
         let ns = [9u8; 32];
         let bytes = encode(ns, sample());
         let back = decode(&bytes, &ns).unwrap();
+        assert_eq!(back.partitions.len(), 1);
+        assert_eq!(back.partitions[0].partition, 9);
+        let back = back.shards;
         assert_eq!(back.len(), 1);
         assert_eq!((back[0].shard, back[0].seen_entries), (7, Some(1)));
         assert_eq!(back[0].seen.as_deref(), Some(&[1u8, 2, 3][..]));
@@ -160,12 +197,16 @@ mod tests {
         *flipped.last_mut().unwrap() ^= 1;
         assert!(decode(&flipped, &ns).unwrap_err().contains("checksum"));
         assert!(decode(b"GIPFSQF0rest", &ns).is_err());
+        // A snapshot of the version before the pack map is not read.
+        let mut older = bytes.clone();
+        older[..8].copy_from_slice(b"GIPFSQF1");
+        assert!(decode(&older, &ns).is_err());
         assert!(decode(&bytes[..20], &ns).unwrap_err().contains("truncated"));
 
         let dir = std::env::temp_dir().join(format!("gipfs-snap-{}", rand::random::<u64>()));
         let p = path(&dir, &ns);
         write(&p, &bytes).unwrap();
-        assert_eq!(read(&p, &ns).map(|s| s.len()), Some(1));
+        assert_eq!(read(&p, &ns).map(|s| s.shards.len()), Some(1));
         std::fs::write(&p, b"garbage").unwrap();
         assert!(read(&p, &ns).is_none());
         assert!(read(&dir.join("none.bin"), &ns).is_none());

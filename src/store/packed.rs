@@ -938,17 +938,7 @@ impl Namespace {
                 }
                 // Manifest first: a manifest must never name a pack that
                 // is not stored.
-                let result = self
-                    .conn()
-                    .rpc_k2v_insert(
-                        partition,
-                        key,
-                        Some(item.causal_context()),
-                        DvvsValue::Deleted,
-                    )
-                    .await;
-                self.packs.note_counted(p, -1, -value_bytes(&item));
-                result?;
+                self.tombstone(&hash, partition, key, &item).await?;
                 match now.storage {
                     PackStorage::Rows => self.delete_pack_row(&hash).await?,
                     PackStorage::Blocks => self.delete_refs(&hash).await?,
@@ -976,6 +966,19 @@ impl Namespace {
         {
             return Ok(());
         }
+        self.tombstone(hash, partition, key, &item).await
+    }
+
+    /// Replaces an item of pack `hash`'s partition (its manifest or its
+    /// row) by a tombstone, with the causal context of the read that gave
+    /// `item`, and counts the change as ours.
+    async fn tombstone(
+        &self,
+        hash: &Hash,
+        partition: K2VItemPartition,
+        key: String,
+        item: &garage_model::k2v::item_table::K2VItem,
+    ) -> Result<(), Error> {
         let result = self
             .conn()
             .rpc_k2v_insert(
@@ -985,8 +988,9 @@ impl Namespace {
                 DvvsValue::Deleted,
             )
             .await;
+        // Counted even if the write failed: it may have reached a node.
         self.packs
-            .note_counted(hash.as_slice()[0] as usize, -1, -value_bytes(&item));
+            .note_counted(hash.as_slice()[0] as usize, -1, -value_bytes(item));
         result?;
         Ok(())
     }

@@ -612,17 +612,15 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
             .flatten(),
         None => None,
     };
+    let saved = saved.map(|s| {
+        ns.packs.offer_snapshot(s.partitions);
+        s.shards
+    });
     let counted = read_counters(&ns).await?;
     let before = counted.shards;
-    let (saved, saved_partitions) = match saved {
-        Some(s) => (Some(s.shards), s.partitions),
-        None => (None, Vec::new()),
-    };
     // The pack map first: the filter does not hold packed blocks, so it
     // may answer only once the map does.
-    ns.packs
-        .build(&ns, &counted.packs, saved_partitions)
-        .await?;
+    ns.packs.build(&ns, &counted.packs).await?;
     let mut restored = vec![false; INDEX_SHARDS];
     if let (Some(saved), Some(f)) = (saved, filter.upgrade()) {
         restored = f.restore(saved, &before);

@@ -10,11 +10,12 @@
 //!   one anchored ref), then its manifest. The batch's puts are
 //!   acknowledged when the manifest is on a write quorum, never before. A
 //!   smaller batch is written as inline index entries instead.
-//! - **The map** answers "where is this block" from memory. It is built by
-//!   listing every manifest partition, then kept current from the K2V
-//!   counters of those partitions: a filtered store polls them with its
-//!   index counters every second; a store without filters reads them again
-//!   when a lookup misses.
+//! - **The map** answers "where is this block" from memory. It is built
+//!   from the filter's snapshot (the partitions whose counters did not move
+//!   since it was saved) and by listing the other manifest partitions, then
+//!   kept current from the K2V counters of those partitions: a filtered
+//!   store polls them with its index counters every second; a store
+//!   without filters reads them again when a lookup misses.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +64,10 @@ pub(super) enum Written {
 /// Manifests fetched per listing request (each is up to ~25 KiB).
 const LIST_PAGE: usize = 100;
 
+/// Items read per request when a namespace's manifest partitions are
+/// purged (rows are up to 64 KiB each).
+const PURGE_PAGE: usize = 16;
+
 /// Partitions listed at once when the whole map is built.
 const LIST_CONCURRENCY: usize = 16;
 
@@ -99,6 +104,17 @@ pub(super) enum PackRow {
     Missing,
     /// Only bytes that do not.
     Wrong,
+}
+
+impl PackRow {
+    /// The bytes, or why there are none.
+    pub(super) fn bytes(self) -> Result<Bytes, &'static str> {
+        match self {
+            PackRow::Good(b) => Ok(b),
+            PackRow::Missing => Err("its pack's row is on no node read"),
+            PackRow::Wrong => Err("its pack's row does not match the pack's hash"),
+        }
+    }
 }
 
 /// A manifest as a quorum read found it, with what rewriting it needs.
@@ -183,6 +199,9 @@ pub(crate) struct NsPacks {
     inline_blocks: AtomicU64,
     listed: AtomicU64,
     restored: AtomicU64,
+    /// The snapshot's partitions, until the map is built: whoever builds
+    /// it first (the filter's start, or an early request) restores them.
+    snapshot: Mutex<Vec<SavedPartition>>,
 }
 
 impl NsPacks {
@@ -222,6 +241,7 @@ impl NsPacks {
             inline_blocks: AtomicU64::new(0),
             listed: AtomicU64::new(0),
             restored: AtomicU64::new(0),
+            snapshot: Default::default(),
         })
     }
 
@@ -333,12 +353,12 @@ impl NsPacks {
         &self,
         ns: &Namespace,
         counters: &BTreeMap<usize, PackCounted>,
-        saved: Vec<SavedPartition>,
     ) -> Result<(), Error> {
         let _one = self.syncing.lock().await;
         if self.is_built() {
             return Ok(());
         }
+        let saved = std::mem::take(&mut *self.snapshot.lock().unwrap());
         let restored = self.restore(saved, counters);
         let mut listings = futures::stream::iter(0..PACK_PARTITIONS)
             .filter(|p| std::future::ready(!restored[*p]))
@@ -349,6 +369,14 @@ impl NsPacks {
         }
         self.built.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Keeps a snapshot's partitions for the build of the map (ignored if
+    /// it is built already).
+    pub(super) fn offer_snapshot(&self, saved: Vec<SavedPartition>) {
+        if !self.is_built() {
+            *self.snapshot.lock().unwrap() = saved;
+        }
     }
 
     /// Puts the partitions of a snapshot into the map, those whose
@@ -398,8 +426,12 @@ impl NsPacks {
         if !self.is_built() {
             return Vec::new();
         }
-        let mut packs = self.map.read().unwrap().saved();
+        // Both locks at once, map first (the order `relist` takes them): a
+        // listing finishing in between would otherwise pair the packs from
+        // before it with the counters after it.
+        let map = self.map.read().unwrap();
         let parts = self.parts.lock().unwrap();
+        let mut packs = map.saved();
         (0..PACK_PARTITIONS)
             .filter_map(|p| {
                 let part = &parts[p];
@@ -435,7 +467,7 @@ impl NsPacks {
         counters: &BTreeMap<usize, PackCounted>,
     ) -> Result<(), Error> {
         if !self.is_built() {
-            return self.build(ns, counters, Vec::new()).await;
+            return self.build(ns, counters).await;
         }
         self.relist_chosen(ns, counters, |parts| {
             (0..PACK_PARTITIONS)
@@ -754,17 +786,11 @@ impl Namespace {
             cause,
         };
         let bytes = match storage {
-            PackStorage::Rows => match self.pack_row(hash).await? {
-                PackRow::Good(b) => b,
-                PackRow::Missing => {
-                    return Err(unreadable("its pack's row is on no node read".into()))
-                }
-                PackRow::Wrong => {
-                    return Err(unreadable(
-                        "its pack's row does not match the pack's hash".into(),
-                    ))
-                }
-            },
+            PackStorage::Rows => self
+                .pack_row(hash)
+                .await?
+                .bytes()
+                .map_err(|why| unreadable(why.into()))?,
             PackStorage::Blocks => match self.conn().read_colocated(hash).await {
                 Some(b) if blake2sum(&b) == *hash => b,
                 _ => self
@@ -780,10 +806,11 @@ impl Namespace {
 
     /// A pack's row, read from a quorum, checked against the pack's hash.
     pub(super) async fn pack_row(&self, hash: &Hash) -> Result<PackRow, Error> {
-        let item = self
-            .conn()
-            .rpc_k2v_get_unchanging(&pack::partition(self.id(), hash), &pack::row_key(hash))
-            .await?;
+        let (partition, key) = (pack::partition(self.id(), hash), pack::row_key(hash));
+        let item = super::garage::retry_transient(|| async {
+            Ok(self.conn().rpc_k2v_get_unchanging(&partition, &key).await?)
+        })
+        .await?;
         let Some(item) = item else {
             return Ok(PackRow::Missing);
         };
@@ -938,7 +965,7 @@ impl Namespace {
                 }
                 // Manifest first: a manifest must never name a pack that
                 // is not stored.
-                self.tombstone(&hash, partition, key, &item).await?;
+                self.tombstone(p, partition, key, &item).await?;
                 match now.storage {
                     PackStorage::Rows => self.delete_pack_row(&hash).await?,
                     PackStorage::Blocks => self.delete_refs(&hash).await?,
@@ -966,7 +993,8 @@ impl Namespace {
         {
             return Ok(());
         }
-        self.tombstone(hash, partition, key, &item).await
+        self.tombstone(hash.as_slice()[0] as usize, partition, key, &item)
+            .await
     }
 
     /// Replaces an item of pack `hash`'s partition (its manifest or its
@@ -974,7 +1002,7 @@ impl Namespace {
     /// `item`, and counts the change as ours.
     async fn tombstone(
         &self,
-        hash: &Hash,
+        p: usize,
         partition: K2VItemPartition,
         key: String,
         item: &garage_model::k2v::item_table::K2VItem,
@@ -989,10 +1017,46 @@ impl Namespace {
             )
             .await;
         // Counted even if the write failed: it may have reached a node.
-        self.packs
-            .note_counted(hash.as_slice()[0] as usize, -1, -value_bytes(item));
+        self.packs.note_counted(p, -1, -value_bytes(item));
         result?;
         Ok(())
+    }
+
+    /// Tombstones whatever is left in the namespace's manifest partitions:
+    /// for namespace deletion, once every block is deleted and every pack
+    /// reclaimed. What is left then is rows no manifest names (a crash
+    /// between a pack's row and its manifest, or between a reclaim's two
+    /// tombstones), whose bytes no other path reaches. Reads those rows.
+    /// Returns how many items it removed.
+    pub(super) async fn purge_pack_partitions(&self) -> Result<u64, Error> {
+        let mut removed = 0;
+        for p in 0..PACK_PARTITIONS {
+            let partition = K2VItemPartition {
+                bucket_id: self.id(),
+                partition_key: pack::partition_name(p),
+            };
+            let mut start: Option<String> = None;
+            loop {
+                let (page, next) = self.k2v_page(&partition, start.take(), PURGE_PAGE).await?;
+                for item in page {
+                    if item
+                        .values()
+                        .iter()
+                        .all(|v| matches!(v, DvvsValue::Deleted))
+                    {
+                        continue;
+                    }
+                    let key = item.sort_key.clone();
+                    self.tombstone(p, partition.clone(), key, &item).await?;
+                    removed += 1;
+                }
+                match next {
+                    Some(n) => start = Some(n),
+                    None => break,
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Live packed blocks in one manifest partition.
@@ -1059,9 +1123,7 @@ mod tests {
         loop {
             let mut b = PackBuilder::unique();
             for i in first..first + 8 {
-                let mh = Multihash::wrap(0x12, &[&i.to_le_bytes()[..], &[partition; 28]].concat())
-                    .unwrap();
-                b.push(mh, 0x55, &i.to_le_bytes());
+                b.push(mh_of(partition, i), 0x55, &i.to_le_bytes());
             }
             let (_, hash, m) = b.finish(PackStorage::Rows);
             if hash.as_slice()[0] == partition {

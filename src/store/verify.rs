@@ -55,6 +55,20 @@ pub struct Replica {
     id: Uuid,
 }
 
+impl Replica {
+    /// The one replica reported for what is read from a quorum of K2V
+    /// rows (an inline entry, a pack's row): Garage's table sync keeps
+    /// their copies, not us.
+    fn index(state: ReplicaState, detail: Option<String>) -> Self {
+        Self {
+            node: "index".into(),
+            state,
+            detail,
+            id: Uuid::from([0u8; 32]),
+        }
+    }
+}
+
 /// The state of a block's ref.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "state", content = "generation")]
@@ -314,27 +328,20 @@ impl Namespace {
         anchors_alive: &mut HashMap<Uuid, bool>,
     ) -> Result<PackCheck, Error> {
         if storage == PackStorage::Rows {
-            let (state, detail, good) = match self.pack_row(hash).await? {
-                PackRow::Good(b) => (ReplicaState::Ok, None, Some(b)),
-                PackRow::Missing => (
-                    ReplicaState::Missing,
-                    Some("the pack's row is on no node read".to_string()),
-                    None,
-                ),
-                PackRow::Wrong => (
-                    ReplicaState::Corrupt,
-                    Some("the pack's row does not match the pack's hash".to_string()),
-                    None,
-                ),
+            let (state, detail, good) = match self.pack_row(hash).await {
+                Ok(PackRow::Good(b)) => (ReplicaState::Ok, None, Some(b)),
+                Ok(row) => {
+                    let state = match row {
+                        PackRow::Wrong => ReplicaState::Corrupt,
+                        _ => ReplicaState::Missing,
+                    };
+                    (state, row.bytes().err().map(str::to_string), None)
+                }
+                Err(e) => (ReplicaState::Unreachable, Some(e.to_string()), None),
             };
             return Ok(PackCheck {
                 reference: RefState::Row,
-                replicas: vec![Replica {
-                    node: "index".into(),
-                    state,
-                    detail,
-                    id: Uuid::from([0u8; 32]),
-                }],
+                replicas: vec![Replica::index(state, detail)],
                 good,
             });
         }
@@ -402,16 +409,14 @@ impl Namespace {
                 block: "inline".into(),
                 size: entry.size,
                 reference: RefState::Inline,
-                replicas: vec![Replica {
-                    node: "index".into(),
-                    state: if ok {
+                replicas: vec![Replica::index(
+                    if ok {
                         ReplicaState::Ok
                     } else {
                         ReplicaState::Corrupt
                     },
-                    detail: (!ok).then(|| "inline bytes do not match the CID".to_string()),
-                    id: Uuid::from([0u8; 32]),
-                }],
+                    (!ok).then(|| "inline bytes do not match the CID".to_string()),
+                )],
                 packed: false,
                 mh,
                 entry,
@@ -500,7 +505,20 @@ impl Namespace {
         if r.entry.inline.is_some() || r.reference == RefState::Row {
             // Nothing to rewrite: an inline block, or a pack stored as a
             // row, has no ref nor file, and its K2V copies are Garage's to
-            // resync.
+            // resync. Without an intact copy there is nothing to copy from.
+            if r.good_replicas() == 0 {
+                return Err(Error::Unreadable {
+                    cid: cidutil::raw_cid(r.mh),
+                    cause: format!(
+                        "no intact copy in the index to repair from ({})",
+                        r.replicas
+                            .iter()
+                            .filter_map(|x| x.detail.as_deref())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                });
+            }
             return Ok(());
         }
         let hash = r.entry.hash;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use garage_model::index_counter::CounterEntry;
 use garage_model::k2v::causality::CausalContext;
 use garage_model::k2v::item_table::{DvvsValue, ItemFilter, K2VItem, K2VItemPartition, ENTRIES};
+use garage_model::k2v::sub::PollRange;
 use garage_net::message::{Message, PRIO_NORMAL};
 use garage_rpc::system::System;
 use garage_rpc::{Endpoint, RequestStrategy};
@@ -52,7 +53,7 @@ fn value_is_absent(item: &Option<K2VItem>) -> bool {
 pub(crate) const K2V_RPC_PATH: &str = "garage_model/k2v/Rpc";
 
 /// Mirror of the variants of Garage's `K2VRpc` we send or receive. Unknown
-/// variants (poll responses) are never asked for.
+/// variants (`PollItem` and its response) are never asked for.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum K2VRpc {
     /// Acknowledgement.
@@ -61,6 +62,16 @@ pub(crate) enum K2VRpc {
     InsertItem(InsertedItem),
     /// Insert several items held by the same nodes.
     InsertManyItems(Vec<InsertedItem>),
+    /// The items of a range as the receiving node holds them. With no
+    /// `seen_str` the node answers at once from its own store, without
+    /// subscribing to anything (`handle_poll_range`): a one-node read.
+    PollRange {
+        range: PollRange,
+        seen_str: Option<String>,
+        timeout_msec: u64,
+    },
+    /// The answering node and its items.
+    PollRangeResponse(Uuid, Vec<K2VItem>),
 }
 
 /// Mirror of Garage's `InsertedItem`.
@@ -194,22 +205,70 @@ impl Connector {
     }
 
     /// Reads one K2V item that never changes once written (a pack's row)
-    /// from a read quorum, with no write-back: any copy is as good as
-    /// another, the caller checks the bytes, and Garage's anti-entropy
-    /// fills a node that missed it. A write quorum and a read quorum
-    /// always share a node, so an item acknowledged once is always found.
+    /// from one node, falling through to the next while a node does not
+    /// hold a value `valid` accepts (or fails): any good copy is as good as
+    /// another, so no quorum is needed, and Garage's anti-entropy fills a
+    /// node that missed the write. If no node holds a valid one: the last
+    /// copy found (for the caller to say what is wrong with it), or `None`.
+    ///
+    /// Garage's table read always asks a read quorum (two nodes); K2V's
+    /// `PollRange` without a seen marker is its one-node read: the node
+    /// returns the range from its own store at once.
     pub(crate) async fn rpc_k2v_get_unchanging(
         &self,
         partition: &K2VItemPartition,
         sort_key: &str,
+        valid: impl Fn(&K2VItem) -> bool,
     ) -> Result<Option<K2VItem>, Error> {
-        self.calls.add(Call::TableRead);
-        deadline(
-            self.config.timeouts.rpc(),
-            "reading a K2V item",
-            self.k2v_item.get(partition, &sort_key.to_string()),
-        )
-        .await
+        let helper = self.system.rpc_helper();
+        let nodes = helper.block_read_nodes_of(&partition.hash(), helper)?;
+        let limit = self.config.timeouts.rpc();
+        let (mut failed, mut invalid) = (None, None);
+        for node in nodes {
+            self.calls.add(Call::TableRead);
+            let msg = K2VRpc::PollRange {
+                range: PollRange {
+                    partition: partition.clone(),
+                    prefix: Some(sort_key.to_string()),
+                    start: Some(sort_key.to_string()),
+                    end: None,
+                },
+                seen_str: None,
+                timeout_msec: limit.as_millis() as u64,
+            };
+            let strategy = RequestStrategy::with_priority(PRIO_NORMAL).with_custom_timeout(limit);
+            let answer = deadline(
+                limit,
+                "reading a K2V item from one node",
+                helper.call(&self.k2v_ep, node, msg, strategy),
+            )
+            .await;
+            match answer {
+                Ok(K2VRpc::PollRangeResponse(_, items)) => {
+                    if let Some(item) = items.into_iter().find(|i| i.sort_key == sort_key) {
+                        if valid(&item) {
+                            return Ok(Some(item));
+                        }
+                        invalid = Some(item);
+                    }
+                }
+                Ok(other) => {
+                    failed = Some(Error::Internal(format!(
+                        "unexpected answer to a one-node K2V read: {other:?}"
+                    )))
+                }
+                Err(e) => {
+                    tracing::debug!(cause = %e, "one-node K2V read failed; trying the next node");
+                    failed = Some(e);
+                }
+            }
+        }
+        match (invalid, failed) {
+            (Some(item), _) => Ok(Some(item)),
+            // Every node answered, none with a copy.
+            (None, None) => Ok(None),
+            (None, Some(e)) => Err(e),
+        }
     }
 
     /// A monotonic table read (Garage's read repair) under the RPC

@@ -56,6 +56,8 @@ pub struct Connector {
     pub(crate) version: Sharded<VersionSchema>,
     pub(crate) k2v_item: Sharded<K2VItemSchema>,
     pub(crate) k2v_counter: Sharded<K2VCounterSchema>,
+    /// Garage's K2V RPC (`k2v.rs`).
+    pub(crate) k2v_ep: Arc<Endpoint<k2v::K2VRpc, ()>>,
     /// Group commit of index writes (`k2v.rs`).
     pub(crate) k2v_batch: batch::Batcher<k2v::InsertedItem>,
     /// Group commit of block refs.
@@ -324,6 +326,7 @@ impl Connector {
                 calls.clone(),
                 limit,
             ),
+            k2v_ep,
             ref_batch: ref_batcher(block_ref.clone(), calls.clone(), limit),
             calls,
             colocated: Default::default(),

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use bytes::Bytes;
 use cid::Cid;
 use futures::StreamExt;
-use garage_model::k2v::item_table::{DvvsValue, K2VItemPartition};
+use garage_model::k2v::item_table::{DvvsValue, K2VItem, K2VItemPartition};
 use garage_util::data::{blake2sum, Hash};
 use multihash::Multihash;
 
@@ -804,11 +804,20 @@ impl Namespace {
         Ok(bytes)
     }
 
-    /// A pack's row, read from a quorum, checked against the pack's hash.
+    /// A pack's row, read from one node after another until one holds it,
+    /// checked against the pack's hash.
     pub(super) async fn pack_row(&self, hash: &Hash) -> Result<PackRow, Error> {
         let (partition, key) = (pack::partition(self.id(), hash), pack::row_key(hash));
+        let good = |item: &K2VItem| {
+            item.values()
+                .iter()
+                .any(|v| matches!(v, DvvsValue::Value(b) if blake2sum(b) == *hash))
+        };
         let item = super::garage::retry_transient(|| async {
-            Ok(self.conn().rpc_k2v_get_unchanging(&partition, &key).await?)
+            Ok(self
+                .conn()
+                .rpc_k2v_get_unchanging(&partition, &key, good)
+                .await?)
         })
         .await?;
         let Some(item) = item else {
@@ -983,7 +992,16 @@ impl Namespace {
     async fn delete_pack_row(&self, hash: &Hash) -> Result<(), Error> {
         let partition = pack::partition(self.id(), hash);
         let key = pack::row_key(hash);
-        let Some(item) = self.conn().rpc_k2v_get_unchanging(&partition, &key).await? else {
+        let live = |item: &K2VItem| {
+            item.values()
+                .iter()
+                .any(|v| matches!(v, DvvsValue::Value(_)))
+        };
+        let Some(item) = self
+            .conn()
+            .rpc_k2v_get_unchanging(&partition, &key, live)
+            .await?
+        else {
             return Ok(());
         };
         if item

@@ -598,19 +598,8 @@ impl Namespace {
         let p = hash.as_slice()[0] as usize;
         match storage {
             PackStorage::Rows => {
-                // Blind: the nonce makes the key new.
-                let len = data.len() as i64;
-                let result = self
-                    .conn()
-                    .rpc_k2v_insert(
-                        pack::partition(self.id(), &hash),
-                        pack::row_key(&hash),
-                        None,
-                        DvvsValue::Value(data.to_vec()),
-                    )
-                    .await;
-                self.packs.note_counted(p, 1, len);
-                result?;
+                self.insert_new(p, &hash, pack::row_key(&hash), data.to_vec())
+                    .await?
             }
             PackStorage::Blocks => {
                 let name = pack_name(&hash);
@@ -621,20 +610,8 @@ impl Namespace {
                     .await?;
             }
         }
-        let value = manifest.encode();
-        let len = value.len() as i64;
-        let result = self
-            .conn()
-            .rpc_k2v_insert(
-                pack::partition(self.id(), &hash),
-                pack::sort_key(&hash),
-                None,
-                DvvsValue::Value(value),
-            )
-            .await;
-        // Counted even if the write failed: it may have reached a node.
-        self.packs.note_counted(p, 1, len);
-        result?;
+        self.insert_new(p, &hash, pack::sort_key(&hash), manifest.encode())
+            .await?;
         self.packs.written.fetch_add(1, Ordering::Relaxed);
         self.store.cache.put_pack(&hash, &data);
         self.packs.note(Some(p), Change::Insert(hash, manifest));
@@ -985,6 +962,31 @@ impl Namespace {
             }
         }
         Ok(removed)
+    }
+
+    /// Writes a new item of pack `hash`'s partition `p` (its row or its
+    /// manifest) blindly: the pack's nonce makes the key new. Counts the
+    /// change as ours, even if the write failed: it may have reached a node.
+    async fn insert_new(
+        &self,
+        p: usize,
+        hash: &Hash,
+        key: String,
+        value: Vec<u8>,
+    ) -> Result<(), Error> {
+        let len = value.len() as i64;
+        let result = self
+            .conn()
+            .rpc_k2v_insert(
+                pack::partition(self.id(), hash),
+                key,
+                None,
+                DvvsValue::Value(value),
+            )
+            .await;
+        self.packs.note_counted(p, 1, len);
+        result?;
+        Ok(())
     }
 
     /// Tombstones a pack's row (with the causal context of a read, which a

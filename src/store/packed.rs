@@ -751,9 +751,9 @@ impl Namespace {
     }
 
     /// A pack's bytes: from the cache, or where its manifest says they are
-    /// (a row read from a quorum; or a co-located copy of its Garage block,
-    /// then one node after another), each copy checked against the pack's
-    /// hash.
+    /// (its row, from one node after another; or a co-located copy of its
+    /// Garage block, then one node after another), each copy checked
+    /// against the pack's hash.
     async fn pack_bytes(&self, hash: &Hash, storage: PackStorage) -> Result<Bytes, Error> {
         if let Some(b) = self.store.cache.pack(hash) {
             return Ok(b);

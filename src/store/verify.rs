@@ -56,9 +56,9 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// The one replica reported for what is read from a quorum of K2V
-    /// rows (an inline entry, a pack's row): Garage's table sync keeps
-    /// their copies, not us.
+    /// The one replica reported for what is read as K2V rows (an inline
+    /// entry, from a quorum; a pack's row, from the first node with a good
+    /// copy): Garage's table sync keeps their copies, not us.
     fn index(state: ReplicaState, detail: Option<String>) -> Self {
         Self {
             node: "index".into(),
@@ -318,9 +318,9 @@ impl Namespace {
         })
     }
 
-    /// A pack's ref and copies. A pack stored as a row has neither: it is
-    /// read from a quorum, as an inline entry is, and reported as one
-    /// replica, the row's.
+    /// A pack's ref and copies. A pack stored as a row has neither: its
+    /// row is read from the first node with a good copy, and reported as
+    /// one replica, the row's.
     async fn check_pack(
         &self,
         hash: &Hash,

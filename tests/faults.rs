@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::*;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use garage_ipfs::cid::codec;
 use garage_ipfs::harness::free_port;
 use garage_ipfs::store::BlockStore;
@@ -861,5 +861,100 @@ fn fault_daemon_killed_mid_batch_then_restarted_loses_no_acknowledged_block() {
             "no warning:\n{first}"
         );
         assert!(!second.contains("readable by other users"));
+    });
+}
+
+/// A `compact` killed with SIGKILL 0 to 150 ms after its first new pack,
+/// while it works on the next, loses no live block and brings
+/// back no deleted one; a second run finishes the work, and the one after
+/// the grace period removes what it retired.
+#[test]
+fn fault_compaction_killed_midway_loses_no_live_block() {
+    use std::io::BufRead;
+    run(async {
+        let _serial = serial().await;
+        let name = unique_ns("compact-kill");
+        let store = garage_ipfs::GarageStore::new(new_connector("compact-kill").await);
+        let ns = store.create_namespace(&name).await.unwrap();
+        // A quarter of 3000 blocks of 1000 bytes stay live: about a dozen
+        // new packs' worth.
+        let blocks: Vec<_> = (0..3000)
+            .map(|_| random_block(codec::RAW, 0x12, 1000))
+            .collect();
+        for chunk in blocks.chunks(200) {
+            futures::future::try_join_all(chunk.iter().map(|(c, d)| ns.put(c, d.clone())))
+                .await
+                .unwrap();
+        }
+        let (live, gone): (Vec<_>, Vec<_>) = blocks
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| i % 4 == 0);
+        let live: Vec<_> = live.into_iter().map(|(_, b)| b).collect();
+        let gone: Vec<_> = gone.into_iter().map(|(_, b)| b).collect();
+        futures::stream::iter(gone.iter())
+            .map(|(c, _)| {
+                let ns = ns.clone();
+                async move { assert!(ns.delete(c).await.unwrap(), "{c}") }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+
+        let config = config_file("compact-kill");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_garage-ipfs"));
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["compact", "--namespace", &name])
+            .env_remove("GARAGE_IPFS_NAMESPACE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let mut child = ChildGuard::spawn(cmd);
+        let stdout = child.take_stdout().unwrap();
+        let first =
+            tokio::task::spawn_blocking(move || std::io::BufReader::new(stdout).lines().next())
+                .await
+                .unwrap();
+        // Somewhere in the next group: reading its packs, writing the new
+        // one, or retiring the old ones.
+        tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 150)).await;
+        child.kill();
+        let first = first.expect("compact printed nothing").unwrap();
+        assert!(first.starts_with("wrote new pack 1:"), "{first}");
+
+        let check = |label: &'static str| {
+            let name = name.clone();
+            async move {
+                garage_ipfs::GarageStore::new(new_connector(label).await)
+                    .namespace(&name)
+                    .unwrap()
+            }
+        };
+        assert_holds_exactly(&check("compact-kill-1").await, &live, &gone).await;
+        let rest: serde_json::Value = serde_json::from_str(&cli_ok(
+            &config,
+            &["compact", "--namespace", &name, "--json"],
+        ))
+        .unwrap();
+        eprintln!("after the kill: {first}; the second run: {rest}");
+        assert!(
+            rest["compacted"].as_u64().unwrap() >= 1,
+            "the killed run had finished: {rest}"
+        );
+        assert!(rest["retired_kept"].as_u64().unwrap() >= 1, "{rest}");
+        assert!(rest["skipped"].as_array().unwrap().is_empty(), "{rest}");
+        let after = check("compact-kill-2").await;
+        assert_holds_exactly(&after, &live, &gone).await;
+        let entries: Vec<_> = after.list_entries().try_collect().await.unwrap();
+        let summary = after.verify_entries(entries, |_| ()).await.unwrap();
+        assert!(summary.clean(), "verify: {summary:?}");
+        let last: serde_json::Value = serde_json::from_str(&cli_ok(
+            &config,
+            &["compact", "--namespace", &name, "--grace", "0s", "--json"],
+        ))
+        .unwrap();
+        assert!(last["retired_removed"].as_u64().unwrap() >= 2, "{last}");
+        assert_eq!(last["compacted"], 0, "{last}");
+        assert_holds_exactly(&check("compact-kill-3").await, &live, &gone).await;
     });
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use garage_ipfs::garage::{Call, Op};
 use garage_ipfs::store::INLINE_MAX;
 use garage_ipfs::store::{
-    BlockStore, Error, GarageStore, MemBlockStore, Namespace, PackStorage, RefState,
+    BlockStore, CompactOptions, Error, GarageStore, MemBlockStore, Namespace, PackStorage, RefState,
 };
 
 /// Sizes worth a round trip, each for a reason.
@@ -513,7 +513,7 @@ fn store_small_blocks_are_packed_and_other_connectors_read_list_and_delete_them(
             .await
             .unwrap();
         assert!(report.packed && report.healthy(), "{report:?}");
-        // A pack's row is read from a quorum, as an index entry is.
+        // A pack's row is checked as one good copy, as an inline entry is.
         assert_eq!(report.reference, RefState::Row);
         assert_eq!(report.replicas.len(), 1);
 
@@ -570,6 +570,152 @@ fn store_small_blocks_are_packed_and_other_connectors_read_list_and_delete_them(
         for (cid, _) in small.iter().step_by(10) {
             assert!(!fresh.has(cid).await.unwrap());
         }
+    });
+}
+
+/// Compaction rewrites packs that are mostly deleted into new ones and
+/// retires them; a connector whose map predates it still reads (and
+/// deletes) through it; once the grace period is over the retired packs
+/// and a pack row no manifest names are removed, and nothing live is lost.
+#[test]
+fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
+    run(async {
+        let name = unique_ns("compact");
+        let writer = GarageStore::new(new_connector("compact-writer").await)
+            .namespace(&name)
+            .unwrap();
+        let blocks: Vec<_> = (0..400)
+            .map(|_| random_block(codec::RAW, SHA2_256, 1000))
+            .collect();
+        futures::future::try_join_all(blocks.iter().map(|(c, d)| writer.put(c, d.clone())))
+            .await
+            .unwrap();
+        let packs = writer.pack_stats().packs_written;
+        assert!(packs >= 4, "{packs} packs for 400 concurrent puts");
+        // Three in four deleted: most packs are now mostly deleted.
+        let (mut live, mut gone) = (Vec::new(), Vec::new());
+        for (i, b) in blocks.into_iter().enumerate() {
+            if i % 4 == 0 {
+                live.push(b);
+            } else {
+                assert!(writer.delete(&b.0).await.unwrap(), "{}", b.0);
+                gone.push(b);
+            }
+        }
+        // A connector whose map is built now, before the compaction.
+        let stale = GarageStore::new(new_connector("compact-stale").await)
+            .namespace(&name)
+            .unwrap();
+        assert_holds_exactly(&stale, &live, &gone).await;
+        // (A batch of fewer than four is written inline, not packed.)
+        let mut packed_live = 0;
+        for (cid, _) in &live {
+            let entry = stale.stored_entry(cid.hash()).await.unwrap().unwrap();
+            packed_live += entry.packed.is_some() as u64;
+        }
+        assert!(packed_live >= 90, "{packed_live} of 100 live blocks packed");
+
+        let admin = GarageStore::new(new_connector("compact-admin").await)
+            .namespace(&name)
+            .unwrap();
+        let dry = admin
+            .compact_packs(
+                &CompactOptions {
+                    dry_run: true,
+                    ..Default::default()
+                },
+                |_| (),
+            )
+            .await
+            .unwrap();
+        let done = admin
+            .compact_packs(&CompactOptions::default(), |_| ())
+            .await
+            .unwrap();
+        eprintln!("compaction: {done:?}");
+        assert!(done.skipped.is_empty(), "{done:?}");
+        assert_eq!(done.blocks, packed_live, "{done:?}");
+        assert!(done.compacted >= 2 && done.written >= 1, "{done:?}");
+        assert!(done.written < done.compacted, "{done:?}");
+        assert!(done.blocks_moved <= packed_live, "{done:?}");
+        assert!(done.bytes_freed >= 1000 * done.compacted, "{done:?}");
+        assert_eq!(done.retired_kept + done.retired_removed, 0, "{done:?}");
+        assert_eq!(
+            (
+                dry.compacted,
+                dry.written,
+                dry.blocks_moved,
+                dry.spent_removed
+            ),
+            (
+                done.compacted,
+                done.written,
+                done.blocks_moved,
+                done.spent_removed
+            ),
+            "the dry run announced something else"
+        );
+
+        // Through a fresh connector, the connector whose map predates the
+        // compaction, and the one that compacted.
+        let fresh = GarageStore::new(new_connector("compact-fresh").await)
+            .namespace(&name)
+            .unwrap();
+        for ns in [&fresh, &stale, &admin] {
+            assert_holds_exactly(ns, &live, &gone).await;
+        }
+        let entries: Vec<_> = fresh.list_entries().try_collect().await.unwrap();
+        let summary = fresh.verify_entries(entries, |_| ()).await.unwrap();
+        assert!(summary.clean(), "verify: {summary:?}");
+        assert_eq!(summary.checked, live.len() as u64);
+
+        // A delete through a map that knows only the retired pack reaches
+        // the new one.
+        let (cid, data) = live.pop().unwrap();
+        assert!(stale.delete(&cid).await.unwrap(), "{cid}");
+        gone.push((cid, data));
+        let again = GarageStore::new(new_connector("compact-again").await)
+            .namespace(&name)
+            .unwrap();
+        assert_holds_exactly(&again, &live, &gone).await;
+
+        // Within the grace period, the retired packs stay; after it (here
+        // none), they go, as does a row that no manifest names.
+        let kept = admin
+            .compact_packs(&CompactOptions::default(), |_| ())
+            .await
+            .unwrap();
+        assert_eq!(kept.retired_kept, done.compacted, "{kept:?}");
+        assert_eq!((kept.compacted, kept.orphans_removed), (0, 0), "{kept:?}");
+        let unnamed = [random_block(codec::RAW, SHA2_256, 700)];
+        admin.write_unnamed_pack_row(&unnamed).await.unwrap();
+        let now = CompactOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        };
+        let removed = admin.compact_packs(&now, |_| ()).await.unwrap();
+        eprintln!("after the grace: {removed:?}");
+        assert_eq!(removed.retired_removed, done.compacted, "{removed:?}");
+        assert_eq!(removed.orphans_removed, 1, "{removed:?}");
+        assert_eq!(removed.compacted, 0, "{removed:?}");
+        let last = admin.compact_packs(&now, |_| ()).await.unwrap();
+        assert_eq!(
+            (
+                last.retired_removed,
+                last.orphans_removed,
+                last.retired_kept
+            ),
+            (0, 0, 0),
+            "{last:?}"
+        );
+        assert!(!fresh.has(&unnamed[0].0).await.unwrap());
+        let after = GarageStore::new(new_connector("compact-after").await)
+            .namespace(&name)
+            .unwrap();
+        assert_holds_exactly(&after, &live, &gone).await;
+        let entries: Vec<_> = after.list_entries().try_collect().await.unwrap();
+        let summary = after.verify_entries(entries, |_| ()).await.unwrap();
+        assert!(summary.clean(), "verify: {summary:?}");
     });
 }
 

@@ -7,6 +7,7 @@
 mod anchor;
 mod blockstore_trait;
 pub(crate) mod cache;
+mod compact;
 mod error;
 pub(crate) mod filter;
 mod garage;
@@ -28,6 +29,7 @@ use multihash::Multihash;
 
 pub use self::garage::{GarageStore, Namespace};
 pub use anchor::{AnchorId, ANCHOR_SHARDS, MAX_GENERATIONS};
+pub use compact::{CompactOptions, CompactSummary, DEFAULT_GRACE};
 pub use error::Error;
 pub use filter::{FilterStats, COUNTER_LAG};
 pub use gc::GcSummary;

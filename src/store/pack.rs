@@ -17,7 +17,8 @@
 //! `[format][flags][slots u16]`, then per slot `[codec u64][offset u32][len u32]
 //! [multihash length u8][multihash]`, then the deleted set as `[count
 //! u16]` and that many slot numbers (`u16`, ascending), then, with flag
-//! [`RETIRED`], the 32-byte hash of the pack that replaced this one. The
+//! [`RETIRED`], the 32-byte hash of the pack that replaced this one and
+//! the time of the retirement in milliseconds (`u64`). The
 //! deleted set is a list, not a bitmap, so that each delete changes the
 //! value's length: Garage's K2V counters count bytes, not contents, and a
 //! delete that left the length alone would not move them (other
@@ -97,7 +98,17 @@ pub(crate) struct Manifest {
     /// Bitmap of deleted slots (bit `i % 8` of byte `i / 8`).
     pub(crate) deleted: Vec<u8>,
     /// The pack holding this one's live blocks, once compacted.
-    pub(crate) retired_by: Option<Hash>,
+    pub(crate) retired: Option<Retired>,
+}
+
+/// A compacted pack's successor, and when it was retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Retired {
+    /// The pack holding the live blocks.
+    pub(crate) by: Hash,
+    /// When (Unix time in milliseconds): the pack and its manifest are
+    /// removed a grace period later, once no connector's map points at it.
+    pub(crate) at: u64,
 }
 
 /// Why a manifest could not be decoded or merged.
@@ -169,7 +180,7 @@ impl Manifest {
     /// The slots not deleted, with their index. A retired pack has none:
     /// its live blocks are in the pack that replaced it.
     pub(crate) fn live(&self) -> impl Iterator<Item = (usize, &Slot)> {
-        let retired = self.retired_by.is_some();
+        let retired = self.retired.is_some();
         self.slots
             .iter()
             .enumerate()
@@ -180,11 +191,7 @@ impl Manifest {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(4 + self.slots.len() * 52 + 40);
         v.push(self.storage.format());
-        v.push(if self.retired_by.is_some() {
-            RETIRED
-        } else {
-            0
-        });
+        v.push(if self.retired.is_some() { RETIRED } else { 0 });
         v.extend_from_slice(&(self.slots.len() as u16).to_le_bytes());
         for s in &self.slots {
             v.extend_from_slice(&s.codec.to_le_bytes());
@@ -202,8 +209,9 @@ impl Manifest {
         for i in deleted {
             v.extend_from_slice(&i.to_le_bytes());
         }
-        if let Some(h) = &self.retired_by {
-            v.extend_from_slice(h.as_slice());
+        if let Some(r) = &self.retired {
+            v.extend_from_slice(r.by.as_slice());
+            v.extend_from_slice(&r.at.to_le_bytes());
         }
         v
     }
@@ -251,9 +259,12 @@ impl Manifest {
             deleted[i / 8] |= 1 << (i % 8);
             last = Some(i);
         }
-        let retired_by = if flags & RETIRED != 0 {
+        let retired = if flags & RETIRED != 0 {
             let h: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
-            Some(h.into())
+            Some(Retired {
+                by: h.into(),
+                at: r.u64()?,
+            })
         } else {
             None
         };
@@ -264,7 +275,7 @@ impl Manifest {
             storage,
             slots,
             deleted,
-            retired_by,
+            retired,
         })
     }
 
@@ -293,7 +304,10 @@ impl Manifest {
         for (a, b) in self.deleted.iter_mut().zip(&other.deleted) {
             *a |= b;
         }
-        self.retired_by = self.retired_by.or(other.retired_by);
+        // Two compactions at once (not expected: `compact` is one command
+        // run by hand or by `gc`) each wrote a successor holding the live
+        // blocks; either is right, the other holds duplicates.
+        self.retired = self.retired.or(other.retired);
         Ok(self)
     }
 }
@@ -315,6 +329,7 @@ impl PackBuilder {
     /// because its writer crashed from one whose manifest is on its way.
     pub(crate) fn unique() -> Self {
         let mut data = BytesMut::with_capacity(PACK_MAX_BYTES);
+        const _: () = assert!(NONCE_LEN == 8 + 24);
         data.extend_from_slice(&garage_util::time::now_msec().to_le_bytes());
         data.extend_from_slice(&garage_util::data::gen_uuid().as_slice()[..24]);
         Self {
@@ -350,7 +365,7 @@ impl PackBuilder {
             storage,
             deleted: vec![0; self.slots.len().div_ceil(8)],
             slots: self.slots,
-            retired_by: None,
+            retired: None,
         };
         (data, hash, manifest)
     }
@@ -389,6 +404,19 @@ pub(crate) const MANIFESTS_FROM: &str = "0";
 /// in hex, so that it sorts before every manifest (whose keys are hex).
 pub(crate) fn row_key(pack: &Hash) -> String {
     format!("-{}", hex::encode(pack.as_slice()))
+}
+
+/// The pack hash a row's sort key names.
+pub(crate) fn parse_row_key(key: &str) -> Option<Hash> {
+    parse_sort_key(key.strip_prefix('-')?)
+}
+
+/// Bytes of the nonce that starts every pack.
+pub(crate) const NONCE_LEN: usize = 32;
+
+/// When a pack was written, from its nonce (Unix time in milliseconds).
+pub(crate) fn written_at(pack: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(pack.get(..8)?.try_into().ok()?))
 }
 
 /// The pack hash a manifest sort key names.
@@ -520,7 +548,7 @@ impl PackMap {
     /// adds nothing and removes the pack if it was known.
     pub(crate) fn insert(&mut self, hash: Hash, manifest: &Manifest) {
         self.remove(&hash);
-        if manifest.retired_by.is_some() {
+        if manifest.retired.is_some() {
             return;
         }
         self.insert_info(PackInfo {
@@ -750,9 +778,12 @@ mod tests {
             Err(ManifestError::Bounds(0))
         );
         let mut retired = m.clone();
-        retired.retired_by = Some(blake2sum(b"next"));
+        retired.retired = Some(Retired {
+            by: blake2sum(b"next"),
+            at: 1_700_000_000_123,
+        });
         let back = Manifest::decode(&retired.encode()).unwrap();
-        assert_eq!(back.retired_by, retired.retired_by);
+        assert_eq!(back.retired, retired.retired);
         assert_eq!(back.live().count(), 0, "a retired pack has no live slot");
         // The format byte says where the bytes are.
         assert_eq!(bytes[0], FORMAT_ROW_MANIFEST);
@@ -788,7 +819,7 @@ mod tests {
         let (a, ha, _) = PackBuilder::unique().finish(PackStorage::Rows);
         let (_, hb, _) = PackBuilder::unique().finish(PackStorage::Rows);
         assert_ne!(ha, hb);
-        let t = u64::from_le_bytes(a[..8].try_into().unwrap());
+        let t = written_at(&a).unwrap();
         assert!((before..before + 60_000).contains(&t), "{t} vs {before}");
     }
 
@@ -843,7 +874,7 @@ mod tests {
         assert!(map.lookup(&mh(70)).is_empty());
         assert_eq!(map.packs_in(h2.as_slice()[0] as usize), vec![h2]);
         // A retired manifest removes its pack.
-        m2b.retired_by = Some(h1);
+        m2b.retired = Some(Retired { by: h1, at: 1 });
         map.insert(h2, &m2b);
         assert_eq!(map.len(), 0);
     }
@@ -913,5 +944,7 @@ mod tests {
         assert!(row.as_str() < MANIFESTS_FROM && MANIFESTS_FROM <= "00");
         assert!(row.as_str() < sort_key(&blake2sum(b"")).as_str());
         assert_eq!(parse_sort_key(&row), None);
+        assert_eq!(parse_row_key(&row), Some(h));
+        assert_eq!(parse_row_key(&sort_key(&h)), None);
     }
 }

@@ -61,6 +61,10 @@ pub(super) enum Written {
     Inline,
 }
 
+/// Retired packs followed in a row to the one holding their blocks (each
+/// compaction of a compacted pack adds one until the grace period ends).
+const MAX_RETIREMENTS: usize = 8;
+
 /// Manifests fetched per listing request (each is up to ~25 KiB).
 const LIST_PAGE: usize = 100;
 
@@ -80,7 +84,7 @@ pub(super) struct PackItem {
 
 /// A change of ours to the map, replayed after a listing that may have
 /// started before it.
-enum Change {
+pub(super) enum Change {
     Insert(Hash, Manifest),
     Delete(Multihash<64>),
 }
@@ -118,13 +122,13 @@ impl PackRow {
 }
 
 /// A manifest as a quorum read found it, with what rewriting it needs.
-struct ManifestRead {
-    partition: K2VItemPartition,
-    key: String,
-    item: garage_model::k2v::item_table::K2VItem,
-    manifest: Manifest,
+pub(super) struct ManifestRead {
+    pub(super) partition: K2VItemPartition,
+    pub(super) key: String,
+    pub(super) item: garage_model::k2v::item_table::K2VItem,
+    pub(super) manifest: Manifest,
     /// Whether every node read agreed (else it is worth writing back).
-    settled: bool,
+    pub(super) settled: bool,
 }
 
 /// What the counters say of one manifest partition.
@@ -269,7 +273,7 @@ impl NsPacks {
         }
     }
 
-    fn note_removed(&self, hash: &Hash) {
+    pub(super) fn note_removed(&self, hash: &Hash) {
         self.map.write().unwrap().remove(hash);
     }
 
@@ -282,7 +286,7 @@ impl NsPacks {
         p.our_bytes.note(bytes);
     }
 
-    fn note(&self, partition: Option<usize>, change: Change) {
+    pub(super) fn note(&self, partition: Option<usize>, change: Change) {
         let mut map = self.map.write().unwrap();
         let mut parts = self.parts.lock().unwrap();
         change.apply(&mut map);
@@ -521,7 +525,7 @@ impl NsPacks {
 }
 
 /// Bytes of an item's values, as Garage's `bytes` counter counts them.
-fn value_bytes(item: &garage_model::k2v::item_table::K2VItem) -> i64 {
+pub(super) fn value_bytes(item: &garage_model::k2v::item_table::K2VItem) -> i64 {
     item.values()
         .iter()
         .map(|v| match v {
@@ -533,7 +537,7 @@ fn value_bytes(item: &garage_model::k2v::item_table::K2VItem) -> i64 {
 
 /// A pack's hash as a CID (raw, BLAKE2b-256), to name it in errors and in
 /// the block layer.
-fn pack_name(hash: &Hash) -> Cid {
+pub(super) fn pack_name(hash: &Hash) -> Cid {
     cidutil::raw_cid(Multihash::wrap(0xb220, hash.as_slice()).expect("32 bytes"))
 }
 
@@ -593,7 +597,20 @@ impl Namespace {
             }
             b.push(it.mh, it.codec, &it.data);
         }
-        let storage = self.store.packing.unwrap_or_default();
+        self.store_pack(b, self.store.packing.unwrap_or_default())
+            .await?;
+        Ok(Written::Packed)
+    }
+
+    /// Stores a new pack: its row (or its block and ref), then its
+    /// manifest, each on a write quorum before the next, so that a
+    /// manifest never names bytes that are not stored; then the map and
+    /// the cache learn it. Returns its hash and manifest.
+    pub(super) async fn store_pack(
+        &self,
+        b: PackBuilder,
+        storage: PackStorage,
+    ) -> Result<(Hash, Manifest), Error> {
         let (data, hash, manifest) = b.finish(storage);
         let p = hash.as_slice()[0] as usize;
         match storage {
@@ -614,8 +631,9 @@ impl Namespace {
             .await?;
         self.packs.written.fetch_add(1, Ordering::Relaxed);
         self.store.cache.put_pack(&hash, &data);
-        self.packs.note(Some(p), Change::Insert(hash, manifest));
-        Ok(Written::Packed)
+        self.packs
+            .note(Some(p), Change::Insert(hash, manifest.clone()));
+        Ok((hash, manifest))
     }
 
     /// Whether a pack the map names holds the block live, as a quorum
@@ -626,7 +644,7 @@ impl Namespace {
     pub(super) async fn confirm_packed(&self, mh: &Multihash<64>) -> Result<bool, Error> {
         let mut stale = false;
         for hash in self.packs.packs_holding(mh) {
-            let Some(read) = self.read_manifest(&hash).await? else {
+            let Some((_, read)) = self.read_current(&hash).await? else {
                 continue;
             };
             let m = &read.manifest;
@@ -655,7 +673,7 @@ impl Namespace {
 
     /// A pack's manifest, read from a quorum (`None`: there is none, or
     /// only its tombstone).
-    async fn read_manifest(&self, hash: &Hash) -> Result<Option<ManifestRead>, Error> {
+    pub(super) async fn read_manifest(&self, hash: &Hash) -> Result<Option<ManifestRead>, Error> {
         let partition = pack::partition(self.id(), hash);
         let key = pack::sort_key(hash);
         let read = self.conn().rpc_k2v_get(&partition, &key).await?;
@@ -673,6 +691,40 @@ impl Namespace {
             manifest,
             settled: read.settled,
         }))
+    }
+
+    /// A pack's manifest read from a quorum, following retirements to the
+    /// pack that holds its live blocks now; the map forgets each retired
+    /// pack met and learns the successor. `None`: a manifest on the way is
+    /// missing (the pack was removed).
+    pub(super) async fn read_current(
+        &self,
+        hash: &Hash,
+    ) -> Result<Option<(Hash, ManifestRead)>, Error> {
+        let mut at = *hash;
+        for _ in 0..MAX_RETIREMENTS {
+            let Some(read) = self.read_manifest(&at).await? else {
+                return Ok(None);
+            };
+            let next = read.manifest.retired.map(|r| r.by);
+            if next.is_some() || at != *hash {
+                let p = at.as_slice()[0] as usize;
+                self.packs
+                    .note(Some(p), Change::Insert(at, read.manifest.clone()));
+            }
+            match next {
+                Some(by) => at = by,
+                None => return Ok(Some((at, read))),
+            }
+        }
+        Err(Error::BadIndexEntry {
+            key: format!(
+                "{}/{}",
+                pack::partition(self.id(), hash).partition_key,
+                pack::sort_key(hash)
+            ),
+            reason: format!("more than {MAX_RETIREMENTS} retirements in a row"),
+        })
     }
 
     /// The live manifests of one partition, by pack hash (retired ones
@@ -754,7 +806,11 @@ impl Namespace {
     /// (its row, from one node after another; or a co-located copy of its
     /// Garage block, then one node after another), each copy checked
     /// against the pack's hash.
-    async fn pack_bytes(&self, hash: &Hash, storage: PackStorage) -> Result<Bytes, Error> {
+    pub(super) async fn pack_bytes(
+        &self,
+        hash: &Hash,
+        storage: PackStorage,
+    ) -> Result<Bytes, Error> {
         if let Some(b) = self.store.cache.pack(hash) {
             return Ok(b);
         }
@@ -830,17 +886,18 @@ impl Namespace {
         Ok(any)
     }
 
+    /// Deletes a block from a pack, or from the pack that replaced it.
+    /// A compaction may retire the pack while this writes: then it reads
+    /// the manifest again and deletes the block from the successor too.
+    /// The compactor, after retiring, reads the manifest again as well and
+    /// carries every delete it finds to the successor, so that of two
+    /// writers racing, at least one sees the other's write (both wrote to
+    /// a quorum before reading from one).
     async fn delete_slot(&self, hash: &Hash, mh: &Multihash<64>) -> Result<bool, Error> {
-        let Some(ManifestRead {
-            partition,
-            key,
-            item,
-            manifest: mut m,
-            ..
-        }) = self.read_manifest(hash).await?
-        else {
+        let Some((at, read)) = self.read_current(hash).await? else {
             return Ok(false);
         };
+        let mut m = read.manifest.clone();
         let hits: Vec<usize> = m
             .live()
             .filter(|(_, s)| s.mh == *mh)
@@ -852,22 +909,14 @@ impl Namespace {
         for i in hits {
             m.delete(i);
         }
-        let value = m.encode();
-        let (bytes_before, bytes_after) = (value_bytes(&item), value.len() as i64);
         // With the item's causal context: a concurrent delete of another
         // slot leaves a sibling, and readers unite the deleted sets.
-        let result = self
-            .conn()
-            .rpc_k2v_insert(
-                partition,
-                key,
-                Some(item.causal_context()),
-                DvvsValue::Value(value),
-            )
-            .await;
-        self.packs
-            .note_counted(hash.as_slice()[0] as usize, 0, bytes_after - bytes_before);
-        result?;
+        self.rewrite_manifest(&at, read, &m).await?;
+        if let Some(read) = self.read_manifest(&at).await? {
+            if let Some(r) = read.manifest.retired {
+                Box::pin(self.delete_slot(&r.by, mh)).await?;
+            }
+        }
         Ok(true)
     }
 
@@ -881,6 +930,30 @@ impl Namespace {
             .map(move |p| self.list_manifests(p))
             .buffered(LIST_CONCURRENCY)
     }
+}
+
+#[cfg(feature = "integration-tests")]
+impl Namespace {
+    /// For tests: stores a pack's row and no manifest, as a crash between
+    /// the two leaves it. Returns the pack's hash.
+    #[doc(hidden)]
+    pub async fn write_unnamed_pack_row(&self, blocks: &[(Cid, Bytes)]) -> Result<Hash, Error> {
+        let mut b = PackBuilder::unique();
+        for (cid, data) in blocks {
+            b.push(*cid.hash(), cid.codec(), data);
+        }
+        let (data, hash, _) = b.finish(PackStorage::Rows);
+        let p = hash.as_slice()[0] as usize;
+        self.insert_new(p, &hash, pack::row_key(&hash), data.to_vec())
+            .await?;
+        Ok(hash)
+    }
+}
+
+/// Whether a pack has no live block and was not replaced (a retired pack
+/// waits for its grace period: maps may still point at it).
+pub(super) fn is_spent(m: &Manifest) -> bool {
+    m.retired.is_none() && m.live().next().is_none()
 }
 
 /// The live blocks of some manifests as entries (`packed` set, `hash` the
@@ -933,41 +1006,76 @@ impl Namespace {
         let mut removed = 0;
         for p in 0..PACK_PARTITIONS {
             for (hash, m) in self.list_manifests(p).await? {
-                if m.live().next().is_some() || m.retired_by.is_some() {
-                    continue;
+                if is_spent(&m) && self.remove_pack(&hash, is_spent).await? {
+                    removed += 1;
+                    progress(removed);
                 }
-                let Some(ManifestRead {
-                    partition,
-                    key,
-                    item,
-                    manifest: now,
-                    ..
-                }) = self.read_manifest(&hash).await?
-                else {
-                    continue;
-                };
-                if now.live().next().is_some() {
-                    continue;
-                }
-                // Manifest first: a manifest must never name a pack that
-                // is not stored.
-                self.tombstone(p, partition, key, &item).await?;
-                match now.storage {
-                    PackStorage::Rows => self.delete_pack_row(&hash).await?,
-                    PackStorage::Blocks => self.delete_refs(&hash).await?,
-                }
-                self.packs.note_removed(&hash);
-                removed += 1;
-                progress(removed);
             }
         }
         Ok(removed)
     }
 
+    /// Removes a pack if a quorum read of its manifest still finds it
+    /// `removable`: the manifest's tombstone (with that read's causal
+    /// context) first, since a manifest must never name a pack that is not
+    /// stored, then its row, or its refs (Garage then collects its copies).
+    pub(super) async fn remove_pack(
+        &self,
+        hash: &Hash,
+        removable: impl Fn(&Manifest) -> bool,
+    ) -> Result<bool, Error> {
+        let Some(ManifestRead {
+            partition,
+            key,
+            item,
+            manifest: now,
+            ..
+        }) = self.read_manifest(hash).await?
+        else {
+            return Ok(false);
+        };
+        if !removable(&now) {
+            return Ok(false);
+        }
+        self.tombstone(hash.as_slice()[0] as usize, partition, key, &item)
+            .await?;
+        match now.storage {
+            PackStorage::Rows => self.delete_pack_row(hash).await?,
+            PackStorage::Blocks => self.delete_refs(hash).await?,
+        }
+        self.packs.note_removed(hash);
+        Ok(true)
+    }
+
+    /// Writes a manifest's new value with the causal context of the read
+    /// that gave `read`, and counts the change as ours.
+    pub(super) async fn rewrite_manifest(
+        &self,
+        hash: &Hash,
+        read: ManifestRead,
+        m: &Manifest,
+    ) -> Result<(), Error> {
+        let value = m.encode();
+        let change = value.len() as i64 - value_bytes(&read.item);
+        let result = self
+            .conn()
+            .rpc_k2v_insert(
+                read.partition,
+                read.key,
+                Some(read.item.causal_context()),
+                DvvsValue::Value(value),
+            )
+            .await;
+        self.packs
+            .note_counted(hash.as_slice()[0] as usize, 0, change);
+        result?;
+        Ok(())
+    }
+
     /// Writes a new item of pack `hash`'s partition `p` (its row or its
     /// manifest) blindly: the pack's nonce makes the key new. Counts the
     /// change as ours, even if the write failed: it may have reached a node.
-    async fn insert_new(
+    pub(super) async fn insert_new(
         &self,
         p: usize,
         hash: &Hash,
@@ -991,7 +1099,7 @@ impl Namespace {
 
     /// Tombstones a pack's row (with the causal context of a read, which a
     /// K2V delete needs to replace the value).
-    async fn delete_pack_row(&self, hash: &Hash) -> Result<(), Error> {
+    pub(super) async fn delete_pack_row(&self, hash: &Hash) -> Result<(), Error> {
         let partition = pack::partition(self.id(), hash);
         let key = pack::row_key(hash);
         let live = |item: &K2VItem| {
@@ -1020,7 +1128,7 @@ impl Namespace {
     /// Replaces an item of pack `hash`'s partition (its manifest or its
     /// row) by a tombstone, with the causal context of the read that gave
     /// `item`, and counts the change as ours.
-    async fn tombstone(
+    pub(super) async fn tombstone(
         &self,
         p: usize,
         partition: K2VItemPartition,

@@ -1,4 +1,4 @@
-//! `garage-ipfs verify | repair | gc`.
+//! `garage-ipfs verify | repair | gc | compact`.
 
 use crate::tools::util::outln;
 use std::path::PathBuf;
@@ -8,8 +8,8 @@ use rand::seq::IndexedRandom;
 
 use crate::cid as cidutil;
 use crate::store::verify::{BlockReport, RepairSummary, VerifySummary};
-use crate::store::Namespace;
-use crate::tools::util::{print_json, print_table, progress, JsonArg, NsArg, Target};
+use crate::store::{CompactOptions, Namespace};
+use crate::tools::util::{human_bytes, print_json, print_table, progress, JsonArg, NsArg, Target};
 
 /// Arguments of `verify` and `repair`.
 #[derive(Debug, clap::Args)]
@@ -45,6 +45,24 @@ pub(super) struct GcArgs {
     #[arg(long, value_name = "ROOTS_FILE")]
     keep: PathBuf,
     /// List what would be removed; remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    json: JsonArg,
+}
+
+/// Arguments of `compact`.
+#[derive(Debug, clap::Args)]
+pub(super) struct CompactArgs {
+    #[command(flatten)]
+    ns: NsArg,
+    /// Keep retired packs, and pack rows no manifest names, until they are
+    /// this old (e.g. 24h, 30m, 0s). Every connector's map must have
+    /// forgotten a retired pack by then (a daemon's does within a minute):
+    /// reads through a map older than the grace can fail.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "24h")]
+    grace: std::time::Duration,
+    /// Count what would be done; write nothing.
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
@@ -222,6 +240,65 @@ pub(super) async fn gc(target: &Target, args: GcArgs) -> anyhow::Result<()> {
                 summary.missing.len()
             );
         }
+    }
+    Ok(())
+}
+
+pub(super) async fn compact(target: &Target, args: CompactArgs) -> anyhow::Result<()> {
+    let (_, ns) = target.namespace(&args.ns).await?;
+    let opts = CompactOptions {
+        grace: args.grace,
+        dry_run: args.dry_run,
+    };
+    let bar = progress(None, args.json.json, "compacting");
+    let mut written = 0;
+    let summary = ns
+        .compact_packs(&opts, |s| {
+            bar.set_position(s.packs + s.retired_kept);
+            bar.set_message(format!("{} pack(s) rewritten", s.compacted));
+            if s.written > written && !args.json.json {
+                written = s.written;
+                // One line per new pack, so that a long run shows it moves.
+                bar.suspend(|| {
+                    outln!(
+                        "{} new pack {written}: {} pack(s) compacted so far, {} block(s) moved",
+                        if args.dry_run { "would write" } else { "wrote" },
+                        s.compacted,
+                        s.blocks_moved
+                    )
+                });
+            }
+        })
+        .await?;
+    bar.finish_and_clear();
+    if args.json.json {
+        return print_json(&summary);
+    }
+    for s in &summary.skipped {
+        outln!("skipped {s}");
+    }
+    let verb = if args.dry_run { "would be " } else { "" };
+    outln!(
+        "{}: {} pack(s) holding {} block(s); {} compacted into {} new pack(s) ({} block(s) moved, {} of deleted blocks {verb}freed after {}); \
+         removed {verb}{} pack(s) with no live block, {} retired pack(s), {} pack row(s) no manifest names; {} retired pack(s) kept for now",
+        args.ns.namespace,
+        summary.packs,
+        summary.blocks,
+        summary.compacted,
+        summary.written,
+        summary.blocks_moved,
+        human_bytes(summary.bytes_freed),
+        humantime::format_duration(args.grace),
+        summary.spent_removed,
+        summary.retired_removed,
+        summary.orphans_removed,
+        summary.retired_kept,
+    );
+    if !summary.skipped.is_empty() {
+        anyhow::bail!(
+            "{} pack(s) were not compacted: run `garage-ipfs verify`",
+            summary.skipped.len()
+        );
     }
     Ok(())
 }

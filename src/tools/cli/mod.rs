@@ -90,6 +90,13 @@ enum Command {
         after_help = "Example:\n  garage-ipfs gc --namespace photos --keep roots.txt --dry-run"
     )]
     Gc(check::GcArgs),
+    /// Rewrite packs of small blocks that are mostly deleted, and remove
+    /// packs no read needs any more (no live block; retired, or never
+    /// named by a manifest, longer ago than the grace period).
+    #[command(
+        after_help = "Examples:\n  garage-ipfs compact --namespace photos --dry-run\n  garage-ipfs compact --namespace photos --json"
+    )]
+    Compact(check::CompactArgs),
     /// kubo nodes whose blocks live in Garage: make a repo, build kubo
     /// with the datastore plugin.
     #[command(subcommand)]
@@ -125,6 +132,7 @@ impl Cli {
             Command::Verify(args) => check::verify(&self.target, args).await,
             Command::Repair(args) => check::repair(&self.target, args).await,
             Command::Gc(args) => check::gc(&self.target, args).await,
+            Command::Compact(args) => check::compact(&self.target, args).await,
             Command::Kubo(cmd) => kubo::run(&self.target, cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Soak(args) => soak::run(args).await,

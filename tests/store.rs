@@ -574,7 +574,7 @@ fn store_small_blocks_are_packed_and_other_connectors_read_list_and_delete_them(
 }
 
 /// Compaction rewrites packs that are mostly deleted into new ones and
-/// retires them; a connector whose map predates it still reads (and
+/// retires them, and packs inline entries; a connector whose map predates it still reads (and
 /// deletes) through it; once the grace period is over the retired packs
 /// and a pack row no manifest names are removed, and nothing live is lost.
 #[test]
@@ -602,18 +602,26 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
                 gone.push(b);
             }
         }
+        // Lone puts, each written inline in its index entry.
+        for _ in 0..6 {
+            let (cid, data) = random_block(codec::RAW, SHA2_256, 900);
+            writer.put(&cid, data.clone()).await.unwrap();
+            live.push((cid, data));
+        }
         // A connector whose map is built now, before the compaction.
         let stale = GarageStore::new(new_connector("compact-stale").await)
             .namespace(&name)
             .unwrap();
         assert_holds_exactly(&stale, &live, &gone).await;
         // (A batch of fewer than four is written inline, not packed.)
-        let mut packed_live = 0;
+        let (mut packed_live, mut inline_live) = (0, 0);
         for (cid, _) in &live {
             let entry = stale.stored_entry(cid.hash()).await.unwrap().unwrap();
             packed_live += entry.packed.is_some() as u64;
+            inline_live += entry.inline.is_some() as u64;
         }
-        assert!(packed_live >= 90, "{packed_live} of 100 live blocks packed");
+        assert!(packed_live >= 90, "{packed_live} of 106 live blocks packed");
+        assert_eq!(packed_live + inline_live, live.len() as u64);
 
         let admin = GarageStore::new(new_connector("compact-admin").await)
             .namespace(&name)
@@ -636,7 +644,9 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
         assert!(done.skipped.is_empty(), "{done:?}");
         assert_eq!(done.blocks, packed_live, "{done:?}");
         assert!(done.compacted >= 2 && done.written >= 1, "{done:?}");
-        assert!(done.written < done.compacted, "{done:?}");
+        // One pack of the inline blocks, the others of compacted packs.
+        assert_eq!(done.inline_packed, inline_live, "{done:?}");
+        assert!(done.written - 1 < done.compacted, "{done:?}");
         assert!(done.blocks_moved <= packed_live, "{done:?}");
         assert!(done.bytes_freed >= 1000 * done.compacted, "{done:?}");
         assert_eq!(done.retired_kept + done.retired_removed, 0, "{done:?}");
@@ -645,13 +655,13 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
                 dry.compacted,
                 dry.written,
                 dry.blocks_moved,
-                dry.spent_removed
+                dry.inline_packed
             ),
             (
                 done.compacted,
                 done.written,
                 done.blocks_moved,
-                done.spent_removed
+                done.inline_packed
             ),
             "the dry run announced something else"
         );
@@ -665,6 +675,10 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
             assert_holds_exactly(ns, &live, &gone).await;
         }
         let entries: Vec<_> = fresh.list_entries().try_collect().await.unwrap();
+        assert!(
+            entries.iter().all(|(_, e)| e.packed.is_some()),
+            "a block still inline"
+        );
         let summary = fresh.verify_entries(entries, |_| ()).await.unwrap();
         assert!(summary.clean(), "verify: {summary:?}");
         assert_eq!(summary.checked, live.len() as u64);

@@ -1,7 +1,8 @@
 //! Compaction of packs: packs whose deleted blocks pass half their bytes
 //! are rewritten without them, and what no read needs any more is removed
 //! (packs with no live block, packs retired longer than the grace period,
-//! pack rows no manifest names). docs/DESIGN.md ("Packing small blocks",
+//! pack rows no manifest names), and inline index entries are moved into
+//! packs. docs/DESIGN.md ("Packing small blocks",
 //! "Compaction") says why each step is where it is.
 //!
 //! A compaction writes a new pack `N` holding the live blocks of a few
@@ -17,12 +18,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cid::Cid;
+use futures::TryStreamExt;
 use garage_model::k2v::item_table::{DvvsValue, K2VItemPartition};
 use garage_util::data::Hash;
+use multihash::Multihash;
 use serde::Serialize;
 
 use super::pack::{self, Manifest, PackBuilder, Retired, PACK_MAX_BYTES, PACK_MAX_SLOTS};
-use super::packed::{is_spent, pack_name, Change, PACK_PARTITIONS};
+use super::packed::{is_spent, pack_name, Change, PACK_MIN_BLOCKS, PACK_PARTITIONS};
 use super::{Error, Namespace};
 use crate::cid as cidutil;
 
@@ -65,10 +68,12 @@ pub struct CompactSummary {
     pub blocks: u64,
     /// Packs rewritten without their deleted blocks, now retired.
     pub compacted: u64,
-    /// New packs written for them.
+    /// New packs written (for compacted packs and inline entries).
     pub written: u64,
     /// Live blocks copied into the new packs.
     pub blocks_moved: u64,
+    /// Blocks moved from inline index entries into new packs.
+    pub inline_packed: u64,
     /// Bytes of deleted blocks in the compacted packs: freed when those
     /// are removed, a grace period later.
     pub bytes_freed: u64,
@@ -187,7 +192,98 @@ impl Namespace {
             self.compact_group(group, opts, &mut summary).await?;
             progress(&summary);
         }
+        self.pack_inline(opts, &mut summary, &mut progress).await?;
         Ok(summary)
+    }
+
+    /// Moves the namespace's inline index entries (lone small puts) into
+    /// packs: the packs first; then, once every filtered connector's map
+    /// can have learned them, each entry is tombstoned if it still holds
+    /// the same bytes. An entry deleted meanwhile is a delete of the block,
+    /// carried to its new pack. A kill leaves a block inline, packed, or
+    /// both (readers take either; listings name it once).
+    async fn pack_inline(
+        &self,
+        opts: &CompactOptions,
+        summary: &mut CompactSummary,
+        progress: &mut impl FnMut(&CompactSummary),
+    ) -> Result<(), Error> {
+        let inline: Vec<_> = self
+            .list_entries()
+            .try_filter(|(_, e)| futures::future::ready(e.inline.is_some()))
+            .try_collect()
+            .await?;
+        if inline.len() < PACK_MIN_BLOCKS {
+            return Ok(()); // a pack would cost more than the entries
+        }
+        let mut moved: Vec<(Hash, Vec<(Multihash<64>, bytes::Bytes)>)> = Vec::new();
+        let mut b = PackBuilder::unique();
+        let mut in_b = Vec::new();
+        for (mh, e) in inline {
+            let data = e.inline.expect("filtered");
+            if cidutil::verify(&Cid::new_v1(e.codec, mh), &data).is_err() {
+                summary.skipped.push(format!(
+                    "{}: its inline copy does not match its CID",
+                    cidutil::raw_cid(mh)
+                ));
+                continue;
+            }
+            if !b.fits(data.len()) {
+                let full = std::mem::replace(&mut b, PackBuilder::unique());
+                moved.push(
+                    self.store_inline(full, std::mem::take(&mut in_b), opts, summary)
+                        .await?,
+                );
+                progress(summary);
+            }
+            b.push(mh, e.codec, &data);
+            in_b.push((mh, data));
+        }
+        if !in_b.is_empty() {
+            moved.push(self.store_inline(b, in_b, opts, summary).await?);
+            progress(summary);
+        }
+        if opts.dry_run {
+            return Ok(());
+        }
+        // A filtered connector learns a pack at its next counter poll after
+        // Garage counts it; an entry tombstoned sooner could read as absent
+        // there, its filter relisted before its map.
+        tokio::time::sleep(super::COUNTER_LAG + super::filter::POLL_INTERVAL * 2).await;
+        for (pack, blocks) in moved {
+            for (mh, data) in blocks {
+                let (entry, context) = self.entry(&mh).await?;
+                match entry {
+                    Some(e) if e.inline.as_ref() == Some(&data) => {
+                        self.tombstone_entry(&mh, context).await?;
+                    }
+                    Some(_) => {}
+                    // Deleted by someone whose map did not know the pack.
+                    None => {
+                        self.delete_slot(&pack, &mh).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one pack of inline blocks (unless `dry_run`); its hash and
+    /// blocks.
+    async fn store_inline(
+        &self,
+        b: PackBuilder,
+        blocks: Vec<(Multihash<64>, bytes::Bytes)>,
+        opts: &CompactOptions,
+        summary: &mut CompactSummary,
+    ) -> Result<(Hash, Vec<(Multihash<64>, bytes::Bytes)>), Error> {
+        summary.written += 1;
+        summary.inline_packed += blocks.len() as u64;
+        if opts.dry_run {
+            return Ok((Hash::default(), blocks));
+        }
+        let (hash, _) = self.store_pack(b, self.conn().config.pack_storage).await?;
+        Ok((hash, blocks))
     }
 
     /// Writes one new pack with the live blocks of `group`, then retires

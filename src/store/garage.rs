@@ -612,17 +612,28 @@ impl Namespace {
             return Ok(packed);
         };
         // Index first: an index entry must never outlive its block.
-        self.rpc_index_insert(cid.hash(), context, DvvsValue::Deleted)
-            .await?;
-        self.store.cache.remove(self.id, cid.hash());
-        if let Some(f) = &self.filter {
-            f.note_delete(cid.hash());
-        }
+        self.tombstone_entry(cid.hash(), context).await?;
         if entry.inline.is_some() {
             return Ok(true);
         }
         self.delete_refs(&entry.hash).await?;
         Ok(true)
+    }
+
+    /// Replaces a block's index entry by a tombstone (with the causal
+    /// context of the read that found it), and forgets it here.
+    pub(super) async fn tombstone_entry(
+        &self,
+        mh: &Multihash<64>,
+        context: Option<CausalContext>,
+    ) -> Result<(), Error> {
+        self.rpc_index_insert(mh, context, DvvsValue::Deleted)
+            .await?;
+        self.store.cache.remove(self.id, mh);
+        if let Some(f) = &self.filter {
+            f.note_delete(mh);
+        }
+        Ok(())
     }
 
     /// Deletes this namespace's live refs of a block (Garage collects its

@@ -50,7 +50,7 @@ const PACKS_IN_FLIGHT: usize = 2;
 /// Batches of fewer blocks are written inline (one index entry each, in
 /// one request) instead of as a pack: below this, a pack costs more than
 /// the entries it saves.
-const PACK_MIN_BLOCKS: usize = 4;
+pub(super) const PACK_MIN_BLOCKS: usize = 4;
 
 /// How the batch holding a small put was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -893,7 +893,7 @@ impl Namespace {
     /// carries every delete it finds to the successor, so that of two
     /// writers racing, at least one sees the other's write (both wrote to
     /// a quorum before reading from one).
-    async fn delete_slot(&self, hash: &Hash, mh: &Multihash<64>) -> Result<bool, Error> {
+    pub(super) async fn delete_slot(&self, hash: &Hash, mh: &Multihash<64>) -> Result<bool, Error> {
         let Some((at, read)) = self.read_current(hash).await? else {
             return Ok(false);
         };

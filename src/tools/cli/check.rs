@@ -261,10 +261,11 @@ pub(super) async fn compact(target: &Target, args: CompactArgs) -> anyhow::Resul
                 // One line per new pack, so that a long run shows it moves.
                 bar.suspend(|| {
                     outln!(
-                        "{} new pack {written}: {} pack(s) compacted so far, {} block(s) moved",
+                        "{} new pack {written}: {} pack(s) compacted so far, {} block(s) moved, {} inline block(s) packed",
                         if args.dry_run { "would write" } else { "wrote" },
                         s.compacted,
-                        s.blocks_moved
+                        s.blocks_moved,
+                        s.inline_packed
                     )
                 });
             }
@@ -279,16 +280,18 @@ pub(super) async fn compact(target: &Target, args: CompactArgs) -> anyhow::Resul
     }
     let verb = if args.dry_run { "would be " } else { "" };
     outln!(
-        "{}: {} pack(s) holding {} block(s); {} compacted into {} new pack(s) ({} block(s) moved, {} of deleted blocks {verb}freed after {}); \
+        "{}: {} pack(s) holding {} block(s); {} compacted ({} block(s) moved, {} of deleted blocks {verb}freed after {}); \
+         {} inline block(s) {verb}packed; {} new pack(s) in all; \
          removed {verb}{} pack(s) with no live block, {} retired pack(s), {} pack row(s) no manifest names; {} retired pack(s) kept for now",
         args.ns.namespace,
         summary.packs,
         summary.blocks,
         summary.compacted,
-        summary.written,
         summary.blocks_moved,
         human_bytes(summary.bytes_freed),
         humantime::format_duration(args.grace),
+        summary.inline_packed,
+        summary.written,
         summary.spent_removed,
         summary.retired_removed,
         summary.orphans_removed,

@@ -143,8 +143,15 @@ pub const WRITE_TOKEN_ENV: &str = "GARAGE_IPFS_WRITE_TOKEN";
 #[serde(deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct ApiConfig {
-    /// Trustless gateway (read-only), kubo's default port.
+    /// Trustless gateway (read-only), kubo's default port. It also
+    /// answers delegated routing (`/routing/v1/providers/{cid}`).
     pub gateway_addr: SocketAddr,
+    /// Multiaddrs under which clients reach the gateway, which delegated
+    /// routing announces as the provider of the blocks held (e.g.
+    /// `/dns4/gw.example.org/tcp/443/https`). Empty: the gateway's
+    /// listening address, unless it listens on every interface (then no
+    /// address is announced, and routing answers with no provider).
+    pub gateway_public_addrs: Vec<String>,
     /// Kubo-compatible RPC subset, kubo's default port.
     pub rpc_addr: SocketAddr,
     /// gRPC `garage_ipfs.v1.Blockstore`.
@@ -185,6 +192,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], 3980)),
+            gateway_public_addrs: Vec::new(),
             rpc_addr: SocketAddr::from(([127, 0, 0, 1], 3981)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 3982)),
             namespace: "default".into(),

@@ -302,6 +302,103 @@ fn kubo_stock_peer_fetches_from_a_over_bitswap() {
     });
 }
 
+/// Kubo's HTTP retrieval: a stock kubo node with our daemon as its only
+/// delegated router and no peer (test profile: no bootstrap, loopback
+/// only) finds our gateway as the provider of a 5 MiB UnixFS file's blocks
+/// and fetches every one from it over HTTP, byte-identical. (Kubo 0.43.1
+/// with `Bitswap.Libp2pEnabled = false` fetches nothing at all, HTTP
+/// included: left at its default.)
+#[test]
+fn kubo_stock_node_fetches_over_http_from_our_gateway_named_by_our_router() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let work = state_dir("kubo-http-retrieval");
+        let file = write_file(&work, "routed.bin", 9, 5 * 1024 * 1024 + 11);
+        // Chunked by a stock node offline, imported into the namespace the
+        // daemon's gateway serves.
+        let maker = KuboNode::new(ipfs_bin(Flavour::Stock), work.join("maker"));
+        ok(&maker, &["init", "--profile=test"]);
+        let root = ok(&maker, &["add", "-Q", file.to_str().unwrap()])
+            .trim()
+            .to_string();
+        let car = maker
+            .command()
+            .args(["dag", "export", &root])
+            .output()
+            .unwrap();
+        assert!(
+            car.status.success(),
+            "{}",
+            String::from_utf8_lossy(&car.stderr)
+        );
+        let car_file = work.join("routed.car");
+        std::fs::write(&car_file, &car.stdout).unwrap();
+        let car_path = car_file.to_str().unwrap();
+        cli_ok(
+            &f.daemon.config,
+            &["car", "import", car_path, "--namespace", "default"],
+        );
+        // Written by another connector: the daemon's filter sees it at its
+        // next counter poll (README), and only then names itself. (Clients
+        // may cache an empty answer for its max-age, 15 s.)
+        let providers = format!(
+            "http://127.0.0.1:{}/routing/v1/providers/{root}",
+            f.daemon.ports[0]
+        );
+        eventually_async(
+            Duration::from_secs(60),
+            "our router names the root's provider",
+            || {
+                let url = providers.clone();
+                async move {
+                    let r = reqwest::get(url).await.unwrap().text().await.unwrap();
+                    r.contains("transport-ipfs-gateway-http")
+                }
+            },
+        )
+        .await;
+
+        let b = KuboNode::new(ipfs_bin(Flavour::Stock), work.join("b"));
+        ok(&b, &["init", "--profile=test"]);
+        let router = format!("[\"http://127.0.0.1:{}\"]", f.daemon.ports[0]);
+        for (key, value) in [
+            ("Routing.DelegatedRouters", router.as_str()),
+            ("HTTPRetrieval.Enabled", "true"),
+            ("HTTPRetrieval.Allowlist", "[\"127.0.0.1\"]"),
+        ] {
+            ok(&b, &["config", "--json", key, value]);
+        }
+        b.start(Duration::from_secs(120)).expect("node B starts");
+        let before = f.daemon.metrics().await;
+        let got = cat(&b, &root);
+        let after = f.daemon.metrics().await;
+        let peers = ok(&b, &["swarm", "peers"]);
+        b.stop();
+        assert!(peers.trim().is_empty(), "B has peers: {peers}");
+        assert!(got == std::fs::read(&file).unwrap(), "B's copy differs");
+        let count = |m: &str, op: &str| {
+            metric(
+                m,
+                &format!(
+                    "garage_ipfs_requests_total{{surface=\"gateway\",op=\"{op}\",status=\"ok\"}}"
+                ),
+            )
+        };
+        let routed = count(&after, "routing") - count(&before, "routing");
+        let fetched = count(&after, "get") - count(&before, "get");
+        eprintln!(
+            "B asked our router {routed} times and fetched {fetched} blocks from our gateway"
+        );
+        // 5 MiB in kubo's 256 KiB chunks: 21 leaves and a root.
+        assert!(routed >= 1.0, "our router was never asked");
+        assert!(
+            fetched >= 22.0,
+            "only {fetched} blocks fetched from our gateway"
+        );
+    });
+}
+
 /// `refs local` of `node` and the namespace as our own connector lists it.
 /// Once (in CI, before gc) `refs local` listed one block more than the
 /// listing taken just after it, unexplained (RELIABILITY.md): when they

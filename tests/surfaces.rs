@@ -399,7 +399,7 @@ fn store_blockstore_trait_on_garage() {
 }
 
 /// A daemon with a presence filter answers absent blocks through the
-/// gateway with 404, and the lookups make no more cluster calls than the
+/// gateway with 404 (and delegated routing with no provider), and the lookups make no more cluster calls than the
 /// filter had false positives (each costs one index read; the filter's
 /// own polling is not counted); `/metrics` shows the requests, the
 /// filter's hits and the connector's cluster calls.
@@ -440,6 +440,11 @@ fn http_absent_lookups_cost_no_cluster_call_beyond_false_positives() {
             let url = format!("http://{gateway}/ipfs/{absent}?format=raw");
             assert_eq!(status(&c, "GET", url.clone()).await, 404);
             assert_eq!(status(&c, "HEAD", url).await, 404);
+            // Delegated routing names no provider for it, from the filter.
+            let url = format!("http://{gateway}/routing/v1/providers/{absent}");
+            let r = c.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.text().await.unwrap(), r#"{"Providers":[]}"#);
         }
         let spent = lookup_calls() - calls_before;
         let fps = false_positives() - fps_before;
@@ -447,8 +452,24 @@ fn http_absent_lookups_cost_no_cluster_call_beyond_false_positives() {
         // else may reach the cluster.
         assert!(
             spent <= fps,
-            "{spent} cluster calls for 200 absent lookups, {fps} false positives"
+            "{spent} cluster calls for 300 absent lookups, {fps} false positives"
         );
+        // For a block held, the gateway itself, at its listening address.
+        let url = format!("http://{gateway}/routing/v1/providers/{present}");
+        let r = c
+            .get(url)
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["access-control-allow-origin"], "*");
+        let record: serde_json::Value =
+            serde_json::from_str(r.text().await.unwrap().trim()).unwrap();
+        assert_eq!(
+            record["Addrs"],
+            serde_json::json!([format!("/ip4/127.0.0.1/tcp/{}/http", gateway.port())])
+        );
+        assert_eq!(record["Protocols"][0], "transport-ipfs-gateway-http");
         let url = format!("http://{gateway}/ipfs/{present}?format=raw");
         let body = c.get(url).send().await.unwrap().bytes().await.unwrap();
         assert_eq!(body, data);
@@ -479,14 +500,14 @@ fn http_absent_lookups_cost_no_cluster_call_beyond_false_positives() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("no {prefix} in /metrics:\n{text}"))
         };
-        // Every absent lookup (100 GET, 100 HEAD) was answered by the filter,
-        // or let through as a false positive.
+        // Every absent lookup (100 GET, 100 HEAD, 100 providers) was
+        // answered by the filter, or let through as a false positive.
         let hits = value(&format!(
             "garage_ipfs_filter_hits_total{{namespace=\"{namespace}\"}}"
         ));
         assert_eq!(
             hits + fps as f64,
-            200.0,
+            300.0,
             "{hits} filter hits, {fps} false positives"
         );
         assert!(

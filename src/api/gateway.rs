@@ -1,5 +1,6 @@
 //! The trustless gateway: `GET`/`HEAD /ipfs/{cid}` as raw blocks or CARs,
-//! read-only, as the IPFS trustless gateway spec describes.
+//! read-only, as the IPFS trustless gateway spec describes; delegated
+//! routing (`routing.rs`) on the same listener.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -26,10 +27,31 @@ pub(crate) fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions) -> Rout
     let routes = Router::new()
         .route("/ipfs/{cid}", get(block::<S>))
         .route("/ipfs/{cid}/{*path}", get(block_with_path::<S>))
+        .with_state(store.clone())
+        .merge(super::routing::router(
+            store,
+            super::routing::Provider {
+                id: super::kubo::peer_id(&opts.peer_key).0,
+                addrs: opts.gateway_public_addrs.clone(),
+            },
+        ))
         .fallback(|| async {
-            ApiError::NotFound("not found: this trustless gateway serves /ipfs/{cid}".into())
+            ApiError::NotFound(
+                "not found: this trustless gateway serves /ipfs/{cid} and /routing/v1/providers/{cid}"
+                    .into(),
+            )
         })
-        .with_state(store);
+        // Readable from any web page (Helia, verified fetch): every answer
+        // is public, and no request carries credentials.
+        .layer(axum::middleware::map_response(
+            |mut r: Response| async move {
+                r.headers_mut().insert(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    HeaderValue::from_static("*"),
+                );
+                r
+            },
+        ));
     limited(routes, opts, opts.request_timeout * 10)
 }
 

@@ -95,6 +95,7 @@ fn export_store(store: &GarageStore) {
 /// cannot create label values.
 fn op_of(surface: &str, method: &Method, path: &str) -> &'static str {
     match surface {
+        "gateway" if path.starts_with("/routing/") => "routing",
         "gateway" => match *method {
             Method::GET => "get",
             Method::HEAD => "head",
@@ -189,6 +190,10 @@ mod tests {
     fn op_labels_come_from_a_fixed_set() {
         assert_eq!(op_of("gateway", &Method::GET, "/ipfs/bafy"), "get");
         assert_eq!(op_of("gateway", &Method::POST, "/ipfs/bafy"), "other");
+        assert_eq!(
+            op_of("gateway", &Method::GET, "/routing/v1/providers/bafy"),
+            "routing"
+        );
         assert_eq!(
             op_of("rpc", &Method::POST, "/api/v0/block/put"),
             "block/put"

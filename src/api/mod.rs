@@ -12,6 +12,7 @@ pub(crate) mod gateway;
 pub mod grpc;
 pub(crate) mod kubo;
 pub(crate) mod metrics;
+pub(crate) mod routing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -126,8 +127,12 @@ pub struct ApiOptions {
     pub header_read_timeout: Duration,
     /// Open connections per listener (HTTP and gRPC).
     pub max_connections: usize,
-    /// Public key reported as the node's peer id by `/api/v0/id`.
+    /// Public key reported as the node's peer id by `/api/v0/id` and in
+    /// delegated routing's provider records.
     pub peer_key: [u8; 32],
+    /// The gateway's addresses for delegated routing (empty: its
+    /// listening address, see [`ApiConfig::gateway_public_addrs`]).
+    pub gateway_public_addrs: Vec<String>,
 }
 
 impl ApiOptions {
@@ -144,6 +149,15 @@ impl ApiOptions {
             header_read_timeout: Duration::from_secs(api.header_read_timeout_secs),
             max_connections: api.max_connections,
             peer_key,
+            gateway_public_addrs: api
+                .gateway_public_addrs
+                .iter()
+                .map(|a| {
+                    routing::check_gateway_addr(a)
+                        .map(|()| a.clone())
+                        .map_err(ConfigError::Invalid)
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -318,6 +332,17 @@ pub async fn serve<B: Backend>(
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let mut opts = opts;
+    if opts.gateway_public_addrs.is_empty() {
+        match routing::listening_addr(gw_addr) {
+            Some(a) => opts.gateway_public_addrs.push(a),
+            None => tracing::warn!(
+                gateway = %gw_addr,
+                "the gateway listens on every interface and api.gateway_public_addrs is empty: \
+                 delegated routing will name no provider"
+            ),
+        }
+    }
     let gateway = gateway::router(ns.clone(), &opts).layer(metrics::Observe("gateway"));
     let for_metrics = backend.clone();
     let rpc = kubo::router(ns, &opts, WriteAuth::new(&opts, rpc_addr))

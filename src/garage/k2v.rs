@@ -206,20 +206,22 @@ impl Connector {
 
     /// Reads one K2V item that never changes once written (a pack's row)
     /// from one node, falling through to the next while a node does not
-    /// hold a value `valid` accepts (or fails): any good copy is as good as
-    /// another, so no quorum is needed, and Garage's anti-entropy fills a
-    /// node that missed the write. If no node holds a valid one: the last
-    /// copy found (for the caller to say what is wrong with it), or `None`.
+    /// hold a copy from which `pick` takes something (or fails): any good
+    /// copy is as good as another, so no quorum is needed, and Garage's
+    /// anti-entropy fills a node that missed the write. Returns the item
+    /// and what `pick` took (so that a check it made is not made twice);
+    /// if no node holds a good copy, the last copy found with `None` (for
+    /// the caller to say what is wrong with it), or `None`.
     ///
     /// Garage's table read always asks a read quorum (two nodes); K2V's
     /// `PollRange` without a seen marker is its one-node read: the node
     /// returns the range from its own store at once.
-    pub(crate) async fn rpc_k2v_get_unchanging(
+    pub(crate) async fn rpc_k2v_get_unchanging<T>(
         &self,
         partition: &K2VItemPartition,
         sort_key: &str,
-        valid: impl Fn(&K2VItem) -> bool,
-    ) -> Result<Option<K2VItem>, Error> {
+        pick: impl Fn(&K2VItem) -> Option<T>,
+    ) -> Result<Option<(K2VItem, Option<T>)>, Error> {
         let helper = self.system.rpc_helper();
         let nodes = helper.block_read_nodes_of(&partition.hash(), helper)?;
         let limit = self.config.timeouts.rpc();
@@ -246,8 +248,8 @@ impl Connector {
             match answer {
                 Ok(K2VRpc::PollRangeResponse(_, items)) => {
                     if let Some(item) = items.into_iter().find(|i| i.sort_key == sort_key) {
-                        if valid(&item) {
-                            return Ok(Some(item));
+                        if let Some(picked) = pick(&item) {
+                            return Ok(Some((item, Some(picked))));
                         }
                         invalid = Some(item);
                     }
@@ -264,7 +266,7 @@ impl Connector {
             }
         }
         match (invalid, failed) {
-            (Some(item), _) => Ok(Some(item)),
+            (Some(item), _) => Ok(Some((item, None))),
             // Every node answered, none with a copy.
             (None, None) => Ok(None),
             (None, Some(e)) => Err(e),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use cid::Cid;
 use futures::TryStreamExt;
-use garage_model::k2v::item_table::{DvvsValue, K2VItemPartition};
+use garage_model::k2v::item_table::DvvsValue;
 use garage_util::data::Hash;
 use multihash::Multihash;
 use serde::Serialize;
@@ -428,14 +428,9 @@ impl Namespace {
         expired: &impl Fn(u64) -> bool,
         dry_run: bool,
     ) -> Result<u64, Error> {
-        let partition = K2VItemPartition {
-            bucket_id: self.id(),
-            partition_key: pack::partition_name(p),
-        };
         let mut removed = 0;
-        let mut start: Option<String> = None;
-        'pages: loop {
-            let (page, next) = self.k2v_page(&partition, start.take(), ROW_PAGE).await?;
+        let mut pages = std::pin::pin!(self.partition_pages(p, None, ROW_PAGE));
+        'pages: while let Some(page) = pages.try_next().await? {
             for item in page {
                 if item.sort_key.as_str() >= pack::MANIFESTS_FROM {
                     break 'pages;
@@ -461,14 +456,11 @@ impl Namespace {
                     continue; // written since the listing
                 }
                 if !dry_run {
-                    let key = item.sort_key.clone();
-                    self.tombstone(p, partition.clone(), key, &item).await?;
+                    let (partition, key) =
+                        (pack::partition(self.id(), &hash), item.sort_key.clone());
+                    self.tombstone(p, partition, key, &item).await?;
                 }
                 removed += 1;
-            }
-            match next {
-                Some(n) => start = Some(n),
-                None => break,
             }
         }
         Ok(removed)

@@ -373,9 +373,14 @@ impl PackBuilder {
 
 /// The manifest partition of a pack: `pk:` and its hash's first byte.
 pub(crate) fn partition(ns: Uuid, pack: &Hash) -> K2VItemPartition {
+    partition_key_of(ns, pack.as_slice()[0] as usize)
+}
+
+/// Manifest partition `i` of a namespace.
+pub(crate) fn partition_key_of(ns: Uuid, i: usize) -> K2VItemPartition {
     K2VItemPartition {
         bucket_id: ns,
-        partition_key: partition_name(pack.as_slice()[0] as usize),
+        partition_key: partition_name(i),
     }
 }
 

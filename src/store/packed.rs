@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use bytes::Bytes;
 use cid::Cid;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use garage_model::k2v::item_table::{DvvsValue, K2VItem, K2VItemPartition};
 use garage_util::data::{blake2sum, Hash};
 use multihash::Multihash;
@@ -730,18 +730,14 @@ impl Namespace {
     /// The live manifests of one partition, by pack hash (retired ones
     /// included: the map skips them).
     pub(super) async fn list_manifests(&self, p: usize) -> Result<Vec<(Hash, Manifest)>, Error> {
-        let partition = K2VItemPartition {
-            bucket_id: self.id(),
-            partition_key: pack::partition_name(p),
-        };
         let mut out = Vec::new();
         // From the first manifest key: the packs' rows sort before.
-        let mut start = Some(pack::MANIFESTS_FROM.to_string());
-        loop {
-            let (page, next) = self.k2v_page(&partition, start.take(), LIST_PAGE).await?;
+        let from = Some(pack::MANIFESTS_FROM.to_string());
+        let mut pages = std::pin::pin!(self.partition_pages(p, from, LIST_PAGE));
+        while let Some(page) = pages.try_next().await? {
             for item in page {
                 let bad = |reason: String| Error::BadIndexEntry {
-                    key: format!("{}/{}", partition.partition_key, item.sort_key),
+                    key: format!("{}/{}", pack::partition_name(p), item.sort_key),
                     reason,
                 };
                 let hash = pack::parse_sort_key(&item.sort_key)
@@ -750,11 +746,33 @@ impl Namespace {
                     out.push((hash, m));
                 }
             }
-            match next {
-                Some(n) => start = Some(n),
-                None => return Ok(out),
-            }
         }
+        Ok(out)
+    }
+
+    /// The items of manifest partition `p` from sort key `from` on (`None`:
+    /// all of them, the packs' rows first), page by page.
+    pub(super) fn partition_pages(
+        &self,
+        p: usize,
+        from: Option<String>,
+        page: usize,
+    ) -> impl futures::Stream<Item = Result<Vec<K2VItem>, Error>> + '_ {
+        let partition = K2VItemPartition {
+            bucket_id: self.id(),
+            partition_key: pack::partition_name(p),
+        };
+        // `None` once the last page was read.
+        futures::stream::try_unfold(Some(from), move |start| {
+            let partition = partition.clone();
+            async move {
+                let Some(start) = start else {
+                    return Ok(None);
+                };
+                let (items, next) = self.k2v_page(&partition, start, page).await?;
+                Ok(Some((items, next.map(Some))))
+            }
+        })
     }
 
     /// Makes the map fit to answer for this connector: a filtered store's
@@ -841,34 +859,34 @@ impl Namespace {
     /// checked against the pack's hash.
     pub(super) async fn pack_row(&self, hash: &Hash) -> Result<PackRow, Error> {
         let (partition, key) = (pack::partition(self.id(), hash), pack::row_key(hash));
+        // Each copy is hashed once: the bytes that match are kept.
         let good = |item: &K2VItem| {
-            item.values()
-                .iter()
-                .any(|v| matches!(v, DvvsValue::Value(b) if blake2sum(b) == *hash))
+            item.values().iter().find_map(|v| match v {
+                DvvsValue::Value(b) if blake2sum(b) == *hash => Some(Bytes::copy_from_slice(b)),
+                _ => None,
+            })
         };
-        let item = super::garage::retry_transient(|| async {
+        let read = super::garage::retry_transient(|| async {
             Ok(self
                 .conn()
                 .rpc_k2v_get_unchanging(&partition, &key, good)
                 .await?)
         })
         .await?;
-        let Some(item) = item else {
-            return Ok(PackRow::Missing);
-        };
-        let mut any = false;
-        for v in item.values() {
-            if let DvvsValue::Value(b) = v {
-                if blake2sum(b) == *hash {
-                    return Ok(PackRow::Good(Bytes::copy_from_slice(b)));
+        Ok(match read {
+            None => PackRow::Missing,
+            Some((_, Some(bytes))) => PackRow::Good(bytes),
+            Some((item, None)) => {
+                if item
+                    .values()
+                    .iter()
+                    .any(|v| matches!(v, DvvsValue::Value(_)))
+                {
+                    PackRow::Wrong
+                } else {
+                    PackRow::Missing
                 }
-                any = true;
             }
-        }
-        Ok(if any {
-            PackRow::Wrong
-        } else {
-            PackRow::Missing
         })
     }
 
@@ -1106,8 +1124,9 @@ impl Namespace {
             item.values()
                 .iter()
                 .any(|v| matches!(v, DvvsValue::Value(_)))
+                .then_some(())
         };
-        let Some(item) = self
+        let Some((item, _)) = self
             .conn()
             .rpc_k2v_get_unchanging(&partition, &key, live)
             .await?
@@ -1159,13 +1178,8 @@ impl Namespace {
     pub(super) async fn purge_pack_partitions(&self) -> Result<u64, Error> {
         let mut removed = 0;
         for p in 0..PACK_PARTITIONS {
-            let partition = K2VItemPartition {
-                bucket_id: self.id(),
-                partition_key: pack::partition_name(p),
-            };
-            let mut start: Option<String> = None;
-            loop {
-                let (page, next) = self.k2v_page(&partition, start.take(), PURGE_PAGE).await?;
+            let mut pages = std::pin::pin!(self.partition_pages(p, None, PURGE_PAGE));
+            while let Some(page) = pages.try_next().await? {
                 for item in page {
                     if item
                         .values()
@@ -1174,13 +1188,10 @@ impl Namespace {
                     {
                         continue;
                     }
+                    let partition = pack::partition_key_of(self.id(), p);
                     let key = item.sort_key.clone();
-                    self.tombstone(p, partition.clone(), key, &item).await?;
+                    self.tombstone(p, partition, key, &item).await?;
                     removed += 1;
-                }
-                match next {
-                    Some(n) => start = Some(n),
-                    None => break,
                 }
             }
         }

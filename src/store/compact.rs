@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use cid::Cid;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use garage_model::k2v::item_table::DvvsValue;
 use garage_util::data::Hash;
 use multihash::Multihash;
@@ -34,6 +34,11 @@ use crate::cid as cidutil;
 /// partition within a minute) or than a pack write between its row and its
 /// manifest takes. Garage keeps its own tombstones as long.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Bytes of inline blocks moved into packs whose entries are removed
+/// together (they are held in memory until then, and each such batch waits
+/// for the counters once).
+const INLINE_BATCH_BYTES: usize = 64 << 20;
 
 /// Items read per request when pack rows are scanned (rows are up to
 /// 64 KiB each).
@@ -197,29 +202,32 @@ impl Namespace {
     }
 
     /// Moves the namespace's inline index entries (lone small puts) into
-    /// packs: the packs first; then, once every filtered connector's map
-    /// can have learned them, each entry is tombstoned if it still holds
-    /// the same bytes. An entry deleted meanwhile is a delete of the block,
-    /// carried to its new pack. A kill leaves a block inline, packed, or
-    /// both (readers take either; listings name it once).
+    /// packs, read from the listing as it goes: the packs first; then, for
+    /// each 64 MiB moved, the entries ([`Self::remove_moved_entries`]). A
+    /// kill leaves a block inline, packed, or both (readers take either;
+    /// listings name it once).
     async fn pack_inline(
         &self,
         opts: &CompactOptions,
         summary: &mut CompactSummary,
         progress: &mut impl FnMut(&CompactSummary),
     ) -> Result<(), Error> {
-        let inline: Vec<_> = self
+        let mut entries = std::pin::pin!(self
             .list_entries()
-            .try_filter(|(_, e)| futures::future::ready(e.inline.is_some()))
-            .try_collect()
-            .await?;
-        if inline.len() < PACK_MIN_BLOCKS {
-            return Ok(()); // a pack would cost more than the entries
+            .try_filter(|(_, e)| futures::future::ready(e.inline.is_some())));
+        let mut first = Vec::new();
+        while first.len() < PACK_MIN_BLOCKS {
+            match entries.try_next().await? {
+                Some(entry) => first.push(entry),
+                None => return Ok(()), // a pack would cost more than the entries
+            }
         }
+        let mut all = futures::stream::iter(first.into_iter().map(Ok)).chain(entries);
         let mut moved: Vec<(Hash, Vec<(Multihash<64>, bytes::Bytes)>)> = Vec::new();
+        let mut moved_bytes = 0;
         let mut b = PackBuilder::unique();
         let mut in_b = Vec::new();
-        for (mh, e) in inline {
+        while let Some((mh, e)) = all.try_next().await? {
             let data = e.inline.expect("filtered");
             if cidutil::verify(&Cid::new_v1(e.codec, mh), &data).is_err() {
                 summary.skipped.push(format!(
@@ -235,7 +243,13 @@ impl Namespace {
                         .await?,
                 );
                 progress(summary);
+                if moved_bytes >= INLINE_BATCH_BYTES {
+                    self.remove_moved_entries(std::mem::take(&mut moved), opts)
+                        .await?;
+                    moved_bytes = 0;
+                }
             }
+            moved_bytes += data.len();
             b.push(mh, e.codec, &data);
             in_b.push((mh, data));
         }
@@ -243,12 +257,24 @@ impl Namespace {
             moved.push(self.store_inline(b, in_b, opts, summary).await?);
             progress(summary);
         }
-        if opts.dry_run {
+        self.remove_moved_entries(moved, opts).await
+    }
+
+    /// Tombstones the inline entries of blocks moved into packs, once every
+    /// filtered connector's map can have learned the packs (a filtered
+    /// connector learns a pack at its next counter poll after Garage counts
+    /// it; an entry tombstoned sooner could read as absent there, its
+    /// filter relisted before its map). An entry deleted meanwhile was a
+    /// delete by someone whose map did not know the pack: the block is
+    /// deleted from the pack too.
+    async fn remove_moved_entries(
+        &self,
+        moved: Vec<(Hash, Vec<(Multihash<64>, bytes::Bytes)>)>,
+        opts: &CompactOptions,
+    ) -> Result<(), Error> {
+        if opts.dry_run || moved.is_empty() {
             return Ok(());
         }
-        // A filtered connector learns a pack at its next counter poll after
-        // Garage counts it; an entry tombstoned sooner could read as absent
-        // there, its filter relisted before its map.
         tokio::time::sleep(super::COUNTER_LAG + super::filter::POLL_INTERVAL * 2).await;
         for (pack, blocks) in moved {
             for (mh, data) in blocks {
@@ -258,7 +284,6 @@ impl Namespace {
                         self.tombstone_entry(&mh, context).await?;
                     }
                     Some(_) => {}
-                    // Deleted by someone whose map did not know the pack.
                     None => {
                         self.delete_slot(&pack, &mh).await?;
                     }

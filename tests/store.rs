@@ -702,7 +702,16 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
         assert_eq!(kept.retired_kept, done.compacted, "{kept:?}");
         assert_eq!((kept.compacted, kept.orphans_removed), (0, 0), "{kept:?}");
         let unnamed = [random_block(codec::RAW, SHA2_256, 700)];
-        admin.write_unnamed_pack_row(&unnamed).await.unwrap();
+        // A young one stays whatever the grace (its writer may be about
+        // to write its manifest); an old one goes.
+        admin
+            .write_unnamed_pack_row(&[random_block(codec::RAW, SHA2_256, 600)], Duration::ZERO)
+            .await
+            .unwrap();
+        admin
+            .write_unnamed_pack_row(&unnamed, Duration::from_secs(2 * 3600))
+            .await
+            .unwrap();
         let now = CompactOptions {
             grace: Duration::ZERO,
             ..Default::default()

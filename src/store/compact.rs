@@ -40,6 +40,11 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// for the counters once).
 const INLINE_BATCH_BYTES: usize = 64 << 20;
 
+/// Pack rows no manifest names are kept at least this long, whatever the
+/// grace period: a connector may be between a pack's row and its manifest
+/// (seconds), and machines' clocks differ.
+pub const UNNAMED_ROW_MIN_AGE: Duration = Duration::from_secs(3600);
+
 /// Items read per request when pack rows are scanned (rows are up to
 /// 64 KiB each).
 const ROW_PAGE: usize = 16;
@@ -130,6 +135,8 @@ impl Namespace {
         let now = garage_util::time::now_msec();
         let grace = u64::try_from(opts.grace.as_millis()).unwrap_or(u64::MAX);
         let expired = |at: u64| at.saturating_add(grace) <= now;
+        let row_grace = grace.max(UNNAMED_ROW_MIN_AGE.as_millis() as u64);
+        let row_expired = |at: u64| at.saturating_add(row_grace) <= now;
         let counters = super::filter::pack_counters(self).await?;
         let mut candidates = Vec::new();
         for p in 0..PACK_PARTITIONS {
@@ -171,7 +178,7 @@ impl Namespace {
             // partition's rows (all its pack bytes) are worth reading.
             if counters.get(&p).is_some_and(|c| c.entries > expected) {
                 summary.orphans_removed += self
-                    .remove_unnamed_rows(p, &named, &expired, opts.dry_run)
+                    .remove_unnamed_rows(p, &named, &row_expired, opts.dry_run)
                     .await?;
             }
             progress(&summary);

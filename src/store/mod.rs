@@ -29,7 +29,7 @@ use multihash::Multihash;
 
 pub use self::garage::{GarageStore, Namespace};
 pub use anchor::{AnchorId, ANCHOR_SHARDS, MAX_GENERATIONS};
-pub use compact::{CompactOptions, CompactSummary, DEFAULT_GRACE};
+pub use compact::{CompactOptions, CompactSummary, DEFAULT_GRACE, UNNAMED_ROW_MIN_AGE};
 pub use error::Error;
 pub use filter::{FilterStats, COUNTER_LAG};
 pub use gc::GcSummary;

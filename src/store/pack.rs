@@ -328,9 +328,14 @@ impl PackBuilder {
     /// bytes: the time lets a later `gc` tell a row that no manifest names
     /// because its writer crashed from one whose manifest is on its way.
     pub(crate) fn unique() -> Self {
+        Self::unique_at(garage_util::time::now_msec())
+    }
+
+    /// [`Self::unique`], its nonce saying it was written at `msec`.
+    pub(crate) fn unique_at(msec: u64) -> Self {
         let mut data = BytesMut::with_capacity(PACK_MAX_BYTES);
         const _: () = assert!(NONCE_LEN == 8 + 24);
-        data.extend_from_slice(&garage_util::time::now_msec().to_le_bytes());
+        data.extend_from_slice(&msec.to_le_bytes());
         data.extend_from_slice(&garage_util::data::gen_uuid().as_slice()[..24]);
         Self {
             data,

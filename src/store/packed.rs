@@ -953,10 +953,16 @@ impl Namespace {
 #[cfg(feature = "integration-tests")]
 impl Namespace {
     /// For tests: stores a pack's row and no manifest, as a crash between
-    /// the two leaves it. Returns the pack's hash.
+    /// the two leaves it, written `age` ago by its nonce. Returns the
+    /// pack's hash.
     #[doc(hidden)]
-    pub async fn write_unnamed_pack_row(&self, blocks: &[(Cid, Bytes)]) -> Result<Hash, Error> {
-        let mut b = PackBuilder::unique();
+    pub async fn write_unnamed_pack_row(
+        &self,
+        blocks: &[(Cid, Bytes)],
+        age: std::time::Duration,
+    ) -> Result<Hash, Error> {
+        let now = garage_util::time::now_msec();
+        let mut b = PackBuilder::unique_at(now.saturating_sub(age.as_millis() as u64));
         for (cid, data) in blocks {
             b.push(*cid.hash(), cid.codec(), data);
         }

@@ -57,9 +57,10 @@ pub(super) struct CompactArgs {
     #[command(flatten)]
     ns: NsArg,
     /// Keep retired packs, and pack rows no manifest names, until they are
-    /// this old (e.g. 24h, 30m, 0s). Every connector's map must have
-    /// forgotten a retired pack by then (a daemon's does within a minute):
-    /// reads through a map older than the grace can fail.
+    /// this old (e.g. 24h, 30m). Every connector's map must have forgotten
+    /// a retired pack by then (a daemon's does within a minute): reads
+    /// through a map older than the grace can fail. Rows no manifest names
+    /// are kept at least an hour, whatever the grace.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "24h")]
     grace: std::time::Duration,
     /// Count what would be done; write nothing.

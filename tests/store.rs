@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use garage_ipfs::garage::{Call, Op};
 use garage_ipfs::store::INLINE_MAX;
 use garage_ipfs::store::{
-    BlockStore, CompactOptions, Error, GarageStore, MemBlockStore, Namespace, PackStorage, RefState,
+    BlockStore, CompactHooks, CompactOptions, Error, GarageStore, MemBlockStore, Namespace,
+    PackStorage, RefState,
 };
 
 /// Sizes worth a round trip, each for a reason.
@@ -574,9 +575,12 @@ fn store_small_blocks_are_packed_and_other_connectors_read_list_and_delete_them(
 }
 
 /// Compaction rewrites packs that are mostly deleted into new ones and
-/// retires them, and packs inline entries; a connector whose map predates it still reads (and
-/// deletes) through it; once the grace period is over the retired packs
-/// and a pack row no manifest names are removed, and nothing live is lost.
+/// retires them; a compaction stopped between its new pack and the
+/// retirements (as a kill there would) is finished by the next run, with
+/// the delete made meanwhile; a connector whose map predates it still
+/// reads (and deletes) through it; one run at a time; retired packs and a
+/// pack row no manifest names are kept at least an hour whatever the
+/// grace, then removed, and nothing live is lost.
 #[test]
 fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
     run(async {
@@ -602,7 +606,8 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
                 gone.push(b);
             }
         }
-        // Lone puts, each written inline in its index entry.
+        // Lone puts, each written inline in its index entry: compaction
+        // leaves them there.
         for _ in 0..6 {
             let (cid, data) = random_block(codec::RAW, SHA2_256, 900);
             writer.put(&cid, data.clone()).await.unwrap();
@@ -615,17 +620,61 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
         assert_holds_exactly(&stale, &live, &gone).await;
         // (A batch of fewer than four is written inline, not packed.)
         let (mut packed_live, mut inline_live) = (0, 0);
+        let mut pack_of = std::collections::HashMap::new();
         for (cid, _) in &live {
             let entry = stale.stored_entry(cid.hash()).await.unwrap().unwrap();
-            packed_live += entry.packed.is_some() as u64;
+            if entry.packed.is_some() {
+                packed_live += 1;
+                pack_of.insert(*cid, entry.hash);
+            }
             inline_live += entry.inline.is_some() as u64;
         }
         assert!(packed_live >= 90, "{packed_live} of 106 live blocks packed");
         assert_eq!(packed_live + inline_live, live.len() as u64);
 
+        // A run stopped right after its first new pack: its sources are
+        // not retired. A block of one of them is then deleted through a
+        // map that knows only the source (the new pack has a live copy).
         let admin = GarageStore::new(new_connector("compact-admin").await)
             .namespace(&name)
             .unwrap();
+        let stopped = admin
+            .compact_packs(
+                &CompactOptions {
+                    hooks: CompactHooks {
+                        stop_after_new_pack: true,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                |_| (),
+            )
+            .await
+            .unwrap();
+        assert_eq!((stopped.written, stopped.compacted), (1, 0), "{stopped:?}");
+        let fresh = GarageStore::new(new_connector("compact-midway").await)
+            .namespace(&name)
+            .unwrap();
+        assert_holds_exactly(&fresh, &live, &gone).await;
+        // Packs are compacted in the order of their hashes: the first with
+        // a few live blocks (three quarters of it deleted) is a source of
+        // the stopped run's new pack (those before it are nearly empty).
+        let mut live_in = std::collections::BTreeMap::new();
+        for pack in pack_of.values() {
+            *live_in.entry(*pack).or_insert(0) += 1;
+        }
+        let first_source = *live_in.iter().find(|(_, n)| **n >= 3).unwrap().0;
+        let mut deleted_midway = 0;
+        for i in (0..live.len()).rev() {
+            let cid = live[i].0;
+            if deleted_midway < 2 && pack_of.get(&cid) == Some(&first_source) {
+                assert!(admin.delete_from_pack(&first_source, &cid).await.unwrap());
+                deleted_midway += 1;
+                gone.push(live.remove(i));
+            }
+        }
+        assert_eq!(deleted_midway, 2);
+
         let dry = admin
             .compact_packs(
                 &CompactOptions {
@@ -640,34 +689,29 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
             .compact_packs(&CompactOptions::default(), |_| ())
             .await
             .unwrap();
-        eprintln!("compaction: {done:?}");
+        eprintln!("stopped: {stopped:?}\ncompaction: {done:?}");
         assert!(done.skipped.is_empty(), "{done:?}");
-        assert_eq!(done.blocks, packed_live, "{done:?}");
-        assert!(done.compacted >= 2 && done.written >= 1, "{done:?}");
-        // One pack of the inline blocks, the others of compacted packs.
-        assert_eq!(done.inline_packed, inline_live, "{done:?}");
-        assert!(done.written - 1 < done.compacted, "{done:?}");
+        assert_eq!(done.finished, 1, "the stopped run is finished: {done:?}");
+        assert_eq!(done.blocks, packed_live - 2, "{done:?}");
+        assert!(done.compacted >= 1 && done.written >= 1, "{done:?}");
+        assert!(done.written <= done.compacted, "{done:?}");
         assert!(done.blocks_moved <= packed_live, "{done:?}");
         assert!(done.bytes_freed >= 1000 * done.compacted, "{done:?}");
         assert_eq!(done.retired_kept + done.retired_removed, 0, "{done:?}");
         assert_eq!(
+            (dry.finished, dry.compacted, dry.written, dry.blocks_moved),
             (
-                dry.compacted,
-                dry.written,
-                dry.blocks_moved,
-                dry.inline_packed
-            ),
-            (
+                done.finished,
                 done.compacted,
                 done.written,
-                done.blocks_moved,
-                done.inline_packed
+                done.blocks_moved
             ),
             "the dry run announced something else"
         );
 
         // Through a fresh connector, the connector whose map predates the
-        // compaction, and the one that compacted.
+        // compaction, and the one that compacted: the blocks deleted while
+        // the compaction was midway are gone from its new pack too.
         let fresh = GarageStore::new(new_connector("compact-fresh").await)
             .namespace(&name)
             .unwrap();
@@ -675,17 +719,17 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
             assert_holds_exactly(ns, &live, &gone).await;
         }
         let entries: Vec<_> = fresh.list_entries().try_collect().await.unwrap();
-        assert!(
-            entries.iter().all(|(_, e)| e.packed.is_some()),
-            "a block still inline"
-        );
         let summary = fresh.verify_entries(entries, |_| ()).await.unwrap();
         assert!(summary.clean(), "verify: {summary:?}");
         assert_eq!(summary.checked, live.len() as u64);
 
         // A delete through a map that knows only the retired pack reaches
         // the new one.
-        let (cid, data) = live.pop().unwrap();
+        let i = live
+            .iter()
+            .position(|(c, _)| pack_of.get(c) == Some(&first_source))
+            .expect("a live block left in the first source");
+        let (cid, data) = live.remove(i);
         assert!(stale.delete(&cid).await.unwrap(), "{cid}");
         gone.push((cid, data));
         let again = GarageStore::new(new_connector("compact-again").await)
@@ -693,35 +737,69 @@ fn store_compaction_rewrites_mostly_deleted_packs_and_loses_no_live_block() {
             .unwrap();
         assert_holds_exactly(&again, &live, &gone).await;
 
-        // Within the grace period, the retired packs stay; after it (here
-        // none), they go, as does a row that no manifest names.
-        let kept = admin
-            .compact_packs(&CompactOptions::default(), |_| ())
-            .await
-            .unwrap();
-        assert_eq!(kept.retired_kept, done.compacted, "{kept:?}");
+        // One run at a time: a second one started while the first lists
+        // the namespace is refused.
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let mut started_tx = Some(started_tx);
+        let defaults = CompactOptions::default();
+        let first = admin.compact_packs(&defaults, move |_| {
+            if let Some(tx) = started_tx.take() {
+                let _ = tx.send(());
+            }
+        });
+        let second = async {
+            started_rx.await.unwrap();
+            again
+                .compact_packs(&CompactOptions::default(), |_| ())
+                .await
+        };
+        let (first, second) = tokio::join!(first, second);
+        let kept = first.unwrap();
+        let refused = second.expect_err("two compactions at once");
+        assert!(
+            matches!(refused, Error::CompactionRunning { .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("--break-lease"), "{refused}");
+
+        // Retired packs stay within the grace period, and for at least an
+        // hour whatever it is, as does a pack row written just now that no
+        // manifest names; a two-hour-old one goes.
+        assert!(kept.retired_kept > done.compacted, "{kept:?}");
         assert_eq!((kept.compacted, kept.orphans_removed), (0, 0), "{kept:?}");
-        let unnamed = [random_block(codec::RAW, SHA2_256, 700)];
-        // A young one stays whatever the grace (its writer may be about
-        // to write its manifest); an old one goes.
         admin
             .write_unnamed_pack_row(&[random_block(codec::RAW, SHA2_256, 600)], Duration::ZERO)
             .await
             .unwrap();
+        let unnamed = [random_block(codec::RAW, SHA2_256, 700)];
         admin
             .write_unnamed_pack_row(&unnamed, Duration::from_secs(2 * 3600))
             .await
             .unwrap();
-        let now = CompactOptions {
+        let zero = CompactOptions {
             grace: Duration::ZERO,
             ..Default::default()
         };
-        let removed = admin.compact_packs(&now, |_| ()).await.unwrap();
-        eprintln!("after the grace: {removed:?}");
-        assert_eq!(removed.retired_removed, done.compacted, "{removed:?}");
+        let floored = admin.compact_packs(&zero, |_| ()).await.unwrap();
+        eprintln!("grace 0: {floored:?}");
+        assert_eq!(floored.retired_removed, 0, "{floored:?}");
+        assert_eq!(floored.retired_kept, kept.retired_kept, "{floored:?}");
+        assert_eq!(floored.orphans_removed, 1, "{floored:?}");
+        // Past the floor (a test's shortcut), they go.
+        let past = CompactOptions {
+            grace: Duration::ZERO,
+            hooks: CompactHooks {
+                ignore_min_age: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let removed = admin.compact_packs(&past, |_| ()).await.unwrap();
+        eprintln!("past the floor: {removed:?}");
+        assert_eq!(removed.retired_removed, kept.retired_kept, "{removed:?}");
         assert_eq!(removed.orphans_removed, 1, "{removed:?}");
         assert_eq!(removed.compacted, 0, "{removed:?}");
-        let last = admin.compact_packs(&now, |_| ()).await.unwrap();
+        let last = admin.compact_packs(&past, |_| ()).await.unwrap();
         assert_eq!(
             (
                 last.retired_removed,

@@ -41,18 +41,17 @@ pub(crate) fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions) -> Rout
                     .into(),
             )
         })
-        // Readable from any web page (Helia, verified fetch): every answer
-        // is public, and no request carries credentials.
-        .layer(axum::middleware::map_response(
-            |mut r: Response| async move {
-                r.headers_mut().insert(
-                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                    HeaderValue::from_static("*"),
-                );
-                r
-            },
-        ));
-    limited(routes, opts, opts.request_timeout * 10)
+        ;
+    // Readable from any web page (Helia, verified fetch): every answer is
+    // public and no request carries credentials. Outside the limits, so
+    // that their 408 and 503 are readable too, and preflights are answered
+    // here (the routing spec asks for GET and OPTIONS).
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers(tower_http::cors::Any);
+    limited(routes, opts, opts.request_timeout * 10).layer(cors)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,14 +232,7 @@ fn negotiate(format: Option<&str>, headers: &HeaderMap) -> Result<(Format, bool)
         }
         None => (),
     }
-    let accept = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect::<Vec<_>>();
+    let accept = super::accepted(headers);
     for t in &accept {
         let mut parts = t.split(';').map(str::trim);
         match parts.next() {
@@ -329,6 +321,48 @@ mod tests {
 
     async fn body(r: Response) -> Bytes {
         r.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn any_page_may_read_it_and_preflights_are_answered() {
+        let ns = MemBackend::default().namespace("default").unwrap();
+        let app = router(ns, &ApiOptions::with_defaults(None));
+        let cid = cidutil::compute(cidutil::codec::RAW, 0x12, b"x").unwrap();
+        for uri in [
+            format!("/ipfs/{cid}"),
+            format!("/routing/v1/providers/{cid}"),
+        ] {
+            let req = Request::builder()
+                .method("OPTIONS")
+                .uri(&uri)
+                .header(header::ORIGIN, "https://example.org")
+                .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET")
+                .header(header::ACCESS_CONTROL_REQUEST_HEADERS, "cache-control")
+                .body(Body::empty())
+                .unwrap();
+            let r = app.clone().oneshot(req).await.unwrap();
+            assert!(r.status().is_success(), "{uri}: {}", r.status());
+            let h = r.headers();
+            assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*", "{uri}");
+            let methods = h[header::ACCESS_CONTROL_ALLOW_METHODS].to_str().unwrap();
+            assert!(
+                methods.contains("GET") && methods.contains("OPTIONS"),
+                "{methods}"
+            );
+            assert_eq!(h[header::ACCESS_CONTROL_ALLOW_HEADERS], "*", "{uri}");
+            // And the answers themselves, errors included.
+            let req = Request::builder()
+                .uri(&uri)
+                .header(header::ORIGIN, "https://example.org")
+                .body(Body::empty())
+                .unwrap();
+            let r = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(
+                r.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+                "*",
+                "{uri}"
+            );
+        }
     }
 
     #[tokio::test]

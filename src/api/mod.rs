@@ -249,6 +249,34 @@ async fn overloaded(err: axum::BoxError) -> axum::response::Response {
 
 /// Wraps a router with the concurrency limit (503 beyond it) and a
 /// deadline (408 past it).
+/// The media ranges a request's `Accept` headers list, in order, lower
+/// case, with their parameters (`type/subtype; a=b`), less those refused
+/// with `q=0`.
+pub(crate) fn accepted(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .filter(|t| {
+            !t.split(';')
+                .skip(1)
+                .map(|p| p.trim().replace(' ', ""))
+                .any(|p| {
+                    p.strip_prefix("q=")
+                        .is_some_and(|q| q.parse::<f32>() == Ok(0.0))
+                })
+        })
+        .collect()
+}
+
+/// The media type of a media range from [`accepted`], without parameters.
+pub(crate) fn media_type(range: &str) -> &str {
+    range.split(';').next().unwrap_or("").trim()
+}
+
 fn limited<St: Clone + Send + Sync + 'static>(
     router: axum::Router<St>,
     opts: &ApiOptions,
@@ -335,7 +363,16 @@ pub async fn serve<B: Backend>(
     let mut opts = opts;
     if opts.gateway_public_addrs.is_empty() {
         match routing::listening_addr(gw_addr) {
-            Some(a) => opts.gateway_public_addrs.push(a),
+            Some(a) => {
+                if gw_addr.ip().is_loopback() {
+                    tracing::info!(
+                        gateway = %a,
+                        "delegated routing names the gateway at a loopback address: only clients \
+                         on this host can use it (set api.gateway_public_addrs for others)"
+                    );
+                }
+                opts.gateway_public_addrs.push(a)
+            }
             None => tracing::warn!(
                 gateway = %gw_addr,
                 "the gateway listens on every interface and api.gateway_public_addrs is empty: \

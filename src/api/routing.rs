@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
@@ -84,7 +84,8 @@ fn list(s: &str) -> Vec<&str> {
 }
 
 /// IPIP-484's address filter: an address passes if it has a protocol the
-/// filter names (`unknown` passes all) and none it names with `!`.
+/// filter names and none it names with `!`. (`unknown` asks for providers
+/// whose addresses are unknown; ours are known, so it matches none.)
 fn addr_passes(addr: &str, filter: &[&str]) -> bool {
     let protos: Vec<&str> = addr.split('/').filter(|p| !p.is_empty()).collect();
     let has = |name: &str| protos.iter().any(|p| p.eq_ignore_ascii_case(name));
@@ -92,10 +93,7 @@ fn addr_passes(addr: &str, filter: &[&str]) -> bool {
     if neg.iter().any(|n| has(&n[1..])) {
         return false;
     }
-    pos.is_empty()
-        || pos
-            .iter()
-            .any(|p| p.eq_ignore_ascii_case("unknown") || has(p))
+    pos.is_empty() || pos.iter().any(|p| has(p))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -106,18 +104,35 @@ struct RoutingQuery {
 }
 
 /// The routing routes, to merge into the gateway's.
+/// Methods and paths of the API this router does not serve get 501, paths
+/// outside the API 400, as the spec's error codes say.
 pub(crate) fn router<S: BlockStore + Clone>(store: S, provider: Provider) -> Router {
     Router::new()
-        .route("/routing/v1/providers/{cid}", get(providers::<S>))
-        .route("/routing/v1/peers/{id}", get(not_served))
-        .route("/routing/v1/ipns/{name}", get(not_served).put(not_served))
+        .route(
+            "/routing/v1/providers/{cid}",
+            get(providers::<S>).fallback(not_served),
+        )
+        .route("/routing/v1/providers", any(not_served))
+        .route("/routing/v1/peers/{id}", any(not_served))
+        .route("/routing/v1/peers", any(not_served))
+        .route("/routing/v1/ipns/{name}", any(not_served))
+        .route("/routing/v1/{*rest}", any(unknown_path))
+        .route("/routing/v1", any(unknown_path))
         .with_state((store, Arc::new(provider)))
 }
 
 async fn not_served() -> Response {
     (
         StatusCode::NOT_IMPLEMENTED,
-        "this router answers /routing/v1/providers only\n",
+        "this router answers GET /routing/v1/providers/{cid} only\n",
+    )
+        .into_response()
+}
+
+async fn unknown_path() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        "not a Routing V1 path: this router answers GET /routing/v1/providers/{cid}\n",
     )
         .into_response()
 }
@@ -135,12 +150,9 @@ async fn providers<S: BlockStore + Clone>(
         None
     };
     // Streamed only when asked for (kubo asks only for it).
-    let ndjson = headers
-        .get_all(header::ACCEPT)
+    let ndjson = super::accepted(&headers)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().unwrap_or("").trim() == NDJSON);
+        .any(|t| super::media_type(t) == NDJSON);
     let (content_type, body) = if ndjson {
         let line = record
             .as_ref()
@@ -161,6 +173,12 @@ async fn providers<S: BlockStore + Clone>(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    // The answer is as of now (the spec asks for it, for caches).
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    h.insert(
+        header::LAST_MODIFIED,
+        HeaderValue::from_str(&now).expect("an HTTP date is a header value"),
+    );
     Ok(resp)
 }
 
@@ -280,7 +298,8 @@ mod tests {
             ("filter-addrs=https", 0),
             ("filter-addrs=!http", 0),
             ("filter-addrs=https,tcp,webrtc,wss,tls", 1),
-            ("filter-addrs=unknown", 1),
+            ("filter-addrs=unknown", 0),
+            ("filter-addrs=unknown,http", 1),
         ] {
             let (_, _, body) = call(&app, &format!("/routing/v1/providers/{cid}?{q}"), None).await;
             let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -301,8 +320,41 @@ mod tests {
         .await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
 
+        // Media types are case-insensitive; q=0 refuses one.
+        let (_, h, _) = call(
+            &app,
+            &format!("/routing/v1/providers/{cid}"),
+            Some("Application/X-NDJSON"),
+        )
+        .await;
+        assert_eq!(h[header::CONTENT_TYPE], NDJSON);
+        let (_, h, _) = call(
+            &app,
+            &format!("/routing/v1/providers/{cid}"),
+            Some("application/x-ndjson;q=0, application/json"),
+        )
+        .await;
+        assert_eq!(h[header::CONTENT_TYPE], "application/json");
+        assert!(h.contains_key(header::LAST_MODIFIED));
+
         let (status, _, _) = call(&app, "/routing/v1/providers/not-a-cid", None).await;
         assert_eq!(status, 400);
+        // Outside the API: 400; a method or path of it not served: 501.
+        let (status, _, _) = call(&app, "/routing/v1/nothing/here", None).await;
+        assert_eq!(status, 400);
+        for (method, uri) in [
+            ("POST", format!("/routing/v1/providers/{cid}")),
+            ("PUT", "/routing/v1/providers".to_string()),
+            ("PUT", "/routing/v1/ipns/k51qzi5uqu5dg".to_string()),
+        ] {
+            let req = Request::builder()
+                .method(method)
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap();
+            let status = app.clone().oneshot(req).await.unwrap().status();
+            assert_eq!(status, 501, "{method} {uri}");
+        }
         let (status, _, _) = call(
             &app,
             "/routing/v1/peers/12D3KooWCjfPiojcCUmv78Wd1NJzi4Mraj1moxigp7AfQVQvGLwH",

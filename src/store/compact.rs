@@ -1,31 +1,32 @@
 //! Compaction of packs: packs whose deleted blocks pass half their bytes
 //! are rewritten without them, and what no read needs any more is removed
 //! (packs with no live block, packs retired longer than the grace period,
-//! pack rows no manifest names), and inline index entries are moved into
-//! packs. docs/DESIGN.md ("Packing small blocks",
-//! "Compaction") says why each step is where it is.
+//! pack rows no manifest names). docs/DESIGN.md ("Compaction") says why
+//! each step is where it is.
 //!
 //! A compaction writes a new pack `N` holding the live blocks of a few
-//! packs `P` (its row, then its manifest), then retires each `P`: its
-//! manifest becomes *retired by `N`*, a value written with the causal
-//! context of a quorum read. `P`'s row stays until the grace period has
-//! passed, so a connector whose map still points at `P` reads it; maps
-//! forget a retired pack when they next list its partition (within a
-//! minute for a daemon) or when a quorum read meets the retirement. A
-//! kill at any point leaves every live block in `P`, in `N`, or in both.
+//! packs `P` (its row, then its manifest, which lists the `P` as its
+//! *sources*, slot by slot), then retires each `P`: its manifest becomes
+//! *retired by `N`*, a value written with the causal context of a quorum
+//! read, and the deletes made to `P` meanwhile are carried to `N`. Once
+//! every `P` is retired, `N`'s sources are cleared. A run that finds a pack
+//! whose sources are still listed (its compaction was killed or failed
+//! midway) finishes that work first. `P`'s row stays until the grace
+//! period has passed (at least an hour), so a connector whose map still
+//! points at `P` reads it. One run at a time per namespace: a run holds a
+//! lease in the cluster.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cid::Cid;
-use futures::{StreamExt, TryStreamExt};
-use garage_model::k2v::item_table::DvvsValue;
-use garage_util::data::Hash;
-use multihash::Multihash;
-use serde::Serialize;
+use futures::TryStreamExt;
+use garage_model::k2v::item_table::{DvvsValue, K2VItem, K2VItemPartition};
+use garage_util::data::{blake2sum, Hash};
+use serde::{Deserialize, Serialize};
 
-use super::pack::{self, Manifest, PackBuilder, Retired, PACK_MAX_BYTES, PACK_MAX_SLOTS};
-use super::packed::{is_spent, pack_name, Change, PACK_MIN_BLOCKS, PACK_PARTITIONS};
+use super::pack::{self, Manifest, PackBuilder, Retired, Source, PACK_MAX_BYTES, PACK_MAX_SLOTS};
+use super::packed::{is_spent, pack_name, Change, PACK_PARTITIONS};
 use super::{Error, Namespace};
 use crate::cid as cidutil;
 
@@ -35,15 +36,17 @@ use crate::cid as cidutil;
 /// manifest takes. Garage keeps its own tombstones as long.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 
-/// Bytes of inline blocks moved into packs whose entries are removed
-/// together (they are held in memory until then, and each such batch waits
-/// for the counters once).
-const INLINE_BATCH_BYTES: usize = 64 << 20;
+/// Retired packs and pack rows no manifest names are kept at least this
+/// long, whatever the grace period: a connector may be between a pack's
+/// row and its manifest (seconds), a map may still point at a retired
+/// pack (a daemon's for up to a minute, a connector without a filter's
+/// until its next miss), and machines' clocks differ.
+pub const MIN_AGE: Duration = Duration::from_secs(3600);
 
-/// Pack rows no manifest names are kept at least this long, whatever the
-/// grace period: a connector may be between a pack's row and its manifest
-/// (seconds), and machines' clocks differ.
-pub const UNNAMED_ROW_MIN_AGE: Duration = Duration::from_secs(3600);
+/// How long a compaction's lease lasts unless renewed (it is renewed as
+/// the run goes, every third of this, so only a killed run's lease
+/// lingers, this long; `--break-lease` takes it at once).
+pub const LEASE: Duration = Duration::from_secs(2 * 60);
 
 /// Items read per request when pack rows are scanned (rows are up to
 /// 64 KiB each).
@@ -52,10 +55,30 @@ const ROW_PAGE: usize = 16;
 /// What to do.
 #[derive(Debug, Clone)]
 pub struct CompactOptions {
-    /// Retired packs and unnamed pack rows younger than this are kept.
+    /// Retired packs and unnamed pack rows younger than this (and than
+    /// [`MIN_AGE`]) are kept.
     pub grace: Duration,
     /// Count what would be done; write nothing.
     pub dry_run: bool,
+    /// Take the namespace's compaction lease even if another run holds it
+    /// (one that was killed: a live one would run beside this one).
+    pub break_lease: bool,
+    /// For tests.
+    #[cfg(feature = "integration-tests")]
+    #[doc(hidden)]
+    pub hooks: CompactHooks,
+}
+
+/// For tests: what a compaction does differently.
+#[cfg(feature = "integration-tests")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct CompactHooks {
+    /// Remove retired packs and unnamed rows whatever their age.
+    pub ignore_min_age: bool,
+    /// Stop after the first new pack is written, before its sources are
+    /// retired (as a kill there would).
+    pub stop_after_new_pack: bool,
 }
 
 impl Default for CompactOptions {
@@ -63,7 +86,22 @@ impl Default for CompactOptions {
         Self {
             grace: DEFAULT_GRACE,
             dry_run: false,
+            break_lease: false,
+            #[cfg(feature = "integration-tests")]
+            hooks: CompactHooks::default(),
         }
+    }
+}
+
+impl CompactOptions {
+    /// The age from which a retired pack or an unnamed row may go (ms).
+    fn min_age_ms(&self) -> u64 {
+        let grace = u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX);
+        #[cfg(feature = "integration-tests")]
+        if self.hooks.ignore_min_age {
+            return grace;
+        }
+        grace.max(MIN_AGE.as_millis() as u64)
     }
 }
 
@@ -72,18 +110,20 @@ impl Default for CompactOptions {
 pub struct CompactSummary {
     pub namespace: String,
     pub dry_run: bool,
-    /// Packs in use (neither retired nor spent) before the run.
+    /// Packs in use (neither retired nor spent, nor the new pack of an
+    /// unfinished compaction) before the run.
     pub packs: u64,
     /// Live blocks in them.
     pub blocks: u64,
+    /// Compactions an earlier run left unfinished (killed, or an error
+    /// while retiring), finished by this one.
+    pub finished: u64,
     /// Packs rewritten without their deleted blocks, now retired.
     pub compacted: u64,
-    /// New packs written (for compacted packs and inline entries).
+    /// New packs written.
     pub written: u64,
-    /// Live blocks copied into the new packs.
+    /// Live blocks copied into the new packs from the packs retired.
     pub blocks_moved: u64,
-    /// Blocks moved from inline index entries into new packs.
-    pub inline_packed: u64,
     /// Bytes of deleted blocks in the compacted packs: freed when those
     /// are removed, a grace period later.
     pub bytes_freed: u64,
@@ -116,16 +156,87 @@ struct Member {
     moved: Vec<(usize, usize)>,
 }
 
+/// What retiring a member found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retirement {
+    /// Retired now, by us.
+    Done,
+    /// Retired by this new pack before (a run that did not finish).
+    Already,
+    /// Removed, or retired into another pack: the copies are deleted.
+    Lost,
+}
+
+/// The value of a compaction lease.
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    holder: String,
+    until_ms: u64,
+}
+
+/// The K2V item of a namespace's compaction lease (in a bucket of its own:
+/// none of the namespace's partitions, which the counters count).
+fn lease_item(namespace: &str) -> (K2VItemPartition, String) {
+    (
+        K2VItemPartition {
+            bucket_id: blake2sum(b"garage-ipfs/compaction-lease/v1"),
+            partition_key: namespace.to_string(),
+        },
+        "lease".to_string(),
+    )
+}
+
+/// The latest time until which a lease other than `holder`'s holds.
+fn held_by_other(item: &K2VItem, holder: &str, now: u64) -> Option<u64> {
+    item.values()
+        .iter()
+        .filter_map(|v| match v {
+            DvvsValue::Value(b) => serde_json::from_slice::<Lease>(b).ok(),
+            DvvsValue::Deleted => None,
+        })
+        .filter(|l| l.holder != holder && l.until_ms > now)
+        .map(|l| l.until_ms)
+        .max()
+}
+
 impl Namespace {
-    /// Compacts the namespace's packs (module docs): removes spent packs,
-    /// retired packs and unnamed rows older than `opts.grace`, and rewrites
-    /// packs that are mostly deleted. `progress` is called after each
-    /// manifest partition and each new pack. Run one at a time per
-    /// namespace: two at once lose nothing but leave duplicate copies.
+    /// Compacts the namespace's packs (module docs): finishes compactions
+    /// an earlier run left midway, removes spent packs, retired packs and
+    /// unnamed rows older than the grace period, and rewrites packs that
+    /// are mostly deleted. `progress` is called after each manifest
+    /// partition and each new pack. Fails with
+    /// [`Error::CompactionRunning`] while another run holds the
+    /// namespace's lease.
     pub async fn compact_packs(
         &self,
         opts: &CompactOptions,
         mut progress: impl FnMut(&CompactSummary),
+    ) -> Result<CompactSummary, Error> {
+        if opts.dry_run {
+            return self.compact_held(opts, None, &mut progress).await;
+        }
+        // Versions that do not know retirements refuse the namespace.
+        self.store
+            .register_format(self.name(), pack::FORMAT_COMPACTED)
+            .await?;
+        let holder = hex::encode(garage_util::data::gen_uuid().as_slice());
+        self.take_lease(&holder, opts.break_lease).await?;
+        let mut lease = (holder.as_str(), Instant::now());
+        let result = self
+            .compact_held(opts, Some(&mut lease), &mut progress)
+            .await;
+        if let Err(e) = self.release_lease(&holder).await {
+            tracing::warn!(namespace = %self.name(), "compaction lease not released ({e}); it expires by itself");
+        }
+        result
+    }
+
+    /// [`Self::compact_packs`] once the lease is held (`None` for a dry run).
+    async fn compact_held(
+        &self,
+        opts: &CompactOptions,
+        mut lease: Option<&mut (&str, Instant)>,
+        progress: &mut impl FnMut(&CompactSummary),
     ) -> Result<CompactSummary, Error> {
         let mut summary = CompactSummary {
             namespace: self.name().to_string(),
@@ -133,13 +244,14 @@ impl Namespace {
             ..Default::default()
         };
         let now = garage_util::time::now_msec();
-        let grace = u64::try_from(opts.grace.as_millis()).unwrap_or(u64::MAX);
-        let expired = |at: u64| at.saturating_add(grace) <= now;
-        let row_grace = grace.max(UNNAMED_ROW_MIN_AGE.as_millis() as u64);
-        let row_expired = |at: u64| at.saturating_add(row_grace) <= now;
+        let min_age = opts.min_age_ms();
+        let expired = |at: u64| at.saturating_add(min_age) <= now;
         let counters = super::filter::pack_counters(self).await?;
+        let (mut pending, mut retired_out, mut spent) = (Vec::new(), Vec::new(), Vec::new());
         let mut candidates = Vec::new();
+        let mut in_pending = HashSet::new();
         for p in 0..PACK_PARTITIONS {
+            self.keep_lease(lease.as_deref_mut()).await?;
             let manifests = self.list_manifests(p).await?;
             // Items the partition's counters should count: a row pack's row
             // and manifest, a block pack's manifest.
@@ -153,17 +265,14 @@ impl Namespace {
             let named: HashSet<Hash> = manifests.iter().map(|(h, _)| *h).collect();
             for (hash, m) in manifests {
                 match m.retired {
-                    Some(r) if expired(r.at) => {
-                        let gone = |m: &Manifest| m.retired.is_some_and(|r| expired(r.at));
-                        if opts.dry_run || self.remove_pack(&hash, gone).await? {
-                            summary.retired_removed += 1;
-                        }
-                    }
+                    Some(r) if expired(r.at) => retired_out.push(hash),
                     Some(_) => summary.retired_kept += 1,
-                    None if is_spent(&m) => {
-                        if opts.dry_run || self.remove_pack(&hash, is_spent).await? {
-                            summary.spent_removed += 1;
-                        }
+                    None if is_spent(&m) => spent.push(hash),
+                    // An unfinished compaction's new pack: its blocks are
+                    // counted in its sources.
+                    None if !m.sources.is_empty() => {
+                        in_pending.extend(m.sources.iter().map(|s| s.hash));
+                        pending.push(hash);
                     }
                     None => {
                         summary.packs += 1;
@@ -178,10 +287,33 @@ impl Namespace {
             // partition's rows (all its pack bytes) are worth reading.
             if counters.get(&p).is_some_and(|c| c.entries > expected) {
                 summary.orphans_removed += self
-                    .remove_unnamed_rows(p, &named, &row_expired, opts.dry_run)
+                    .remove_unnamed_rows(p, &named, &expired, opts.dry_run)
                     .await?;
             }
             progress(&summary);
+        }
+        // Their sources are retired by finishing them, not compacted again.
+        candidates.retain(|(h, _)| !in_pending.contains(h));
+        // Unfinished compactions first: until then, a delete made to one of
+        // their sources is missing from the new pack.
+        for hash in pending {
+            self.keep_lease(lease.as_deref_mut()).await?;
+            if !opts.dry_run {
+                self.finish(&hash).await?;
+            }
+            summary.finished += 1;
+        }
+        // Only then retired packs (their successor no longer needs them).
+        for hash in retired_out {
+            let gone = |m: &Manifest| m.retired.is_some_and(|r| expired(r.at));
+            if opts.dry_run || self.remove_pack(&hash, gone).await? {
+                summary.retired_removed += 1;
+            }
+        }
+        for hash in spent {
+            if opts.dry_run || self.remove_pack(&hash, is_spent).await? {
+                summary.spent_removed += 1;
+            }
         }
         // Greedily, in listing order, as many packs per new pack as fit.
         let mut group: Vec<(Hash, Manifest)> = Vec::new();
@@ -191,8 +323,13 @@ impl Namespace {
                 .live()
                 .fold((0, 0), |(b, n), (_, s)| (b + s.len as usize, n + 1));
             if bytes + b > PACK_MAX_BYTES || slots + n > PACK_MAX_SLOTS {
-                self.compact_group(std::mem::take(&mut group), opts, &mut summary)
-                    .await?;
+                self.keep_lease(lease.as_deref_mut()).await?;
+                if !self
+                    .compact_group(std::mem::take(&mut group), opts, &mut summary)
+                    .await?
+                {
+                    return Ok(summary);
+                }
                 progress(&summary);
                 (bytes, slots) = (pack::NONCE_LEN, 0);
             }
@@ -201,142 +338,47 @@ impl Namespace {
             slots += n;
         }
         if !group.is_empty() {
+            self.keep_lease(lease).await?;
             self.compact_group(group, opts, &mut summary).await?;
             progress(&summary);
         }
-        self.pack_inline(opts, &mut summary, &mut progress).await?;
         Ok(summary)
     }
 
-    /// Moves the namespace's inline index entries (lone small puts) into
-    /// packs, read from the listing as it goes: the packs first; then, for
-    /// each 64 MiB moved, the entries ([`Self::remove_moved_entries`]). A
-    /// kill leaves a block inline, packed, or both (readers take either;
-    /// listings name it once).
-    async fn pack_inline(
-        &self,
-        opts: &CompactOptions,
-        summary: &mut CompactSummary,
-        progress: &mut impl FnMut(&CompactSummary),
-    ) -> Result<(), Error> {
-        let mut entries = std::pin::pin!(self
-            .list_entries()
-            .try_filter(|(_, e)| futures::future::ready(e.inline.is_some())));
-        let mut first = Vec::new();
-        while first.len() < PACK_MIN_BLOCKS {
-            match entries.try_next().await? {
-                Some(entry) => first.push(entry),
-                None => return Ok(()), // a pack would cost more than the entries
-            }
-        }
-        let mut all = futures::stream::iter(first.into_iter().map(Ok)).chain(entries);
-        let mut moved: Vec<(Hash, Vec<(Multihash<64>, bytes::Bytes)>)> = Vec::new();
-        let mut moved_bytes = 0;
-        let mut b = PackBuilder::unique();
-        let mut in_b = Vec::new();
-        while let Some((mh, e)) = all.try_next().await? {
-            let data = e.inline.expect("filtered");
-            if cidutil::verify(&Cid::new_v1(e.codec, mh), &data).is_err() {
-                summary.skipped.push(format!(
-                    "{}: its inline copy does not match its CID",
-                    cidutil::raw_cid(mh)
-                ));
-                continue;
-            }
-            if !b.fits(data.len()) {
-                let full = std::mem::replace(&mut b, PackBuilder::unique());
-                moved.push(
-                    self.store_inline(full, std::mem::take(&mut in_b), opts, summary)
-                        .await?,
-                );
-                progress(summary);
-                if moved_bytes >= INLINE_BATCH_BYTES {
-                    self.remove_moved_entries(std::mem::take(&mut moved), opts)
-                        .await?;
-                    moved_bytes = 0;
-                }
-            }
-            moved_bytes += data.len();
-            b.push(mh, e.codec, &data);
-            in_b.push((mh, data));
-        }
-        if !in_b.is_empty() {
-            moved.push(self.store_inline(b, in_b, opts, summary).await?);
-            progress(summary);
-        }
-        self.remove_moved_entries(moved, opts).await
-    }
-
-    /// Tombstones the inline entries of blocks moved into packs, once every
-    /// filtered connector's map can have learned the packs (a filtered
-    /// connector learns a pack at its next counter poll after Garage counts
-    /// it; an entry tombstoned sooner could read as absent there, its
-    /// filter relisted before its map). An entry deleted meanwhile was a
-    /// delete by someone whose map did not know the pack: the block is
-    /// deleted from the pack too.
-    async fn remove_moved_entries(
-        &self,
-        moved: Vec<(Hash, Vec<(Multihash<64>, bytes::Bytes)>)>,
-        opts: &CompactOptions,
-    ) -> Result<(), Error> {
-        if opts.dry_run || moved.is_empty() {
-            return Ok(());
-        }
-        tokio::time::sleep(super::COUNTER_LAG + super::filter::POLL_INTERVAL * 2).await;
-        for (pack, blocks) in moved {
-            for (mh, data) in blocks {
-                let (entry, context) = self.entry(&mh).await?;
-                match entry {
-                    Some(e) if e.inline.as_ref() == Some(&data) => {
-                        self.tombstone_entry(&mh, context).await?;
-                    }
-                    Some(_) => {}
-                    None => {
-                        self.delete_slot(&pack, &mh).await?;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes one pack of inline blocks (unless `dry_run`); its hash and
-    /// blocks.
-    async fn store_inline(
-        &self,
-        b: PackBuilder,
-        blocks: Vec<(Multihash<64>, bytes::Bytes)>,
-        opts: &CompactOptions,
-        summary: &mut CompactSummary,
-    ) -> Result<(Hash, Vec<(Multihash<64>, bytes::Bytes)>), Error> {
-        summary.written += 1;
-        summary.inline_packed += blocks.len() as u64;
-        if opts.dry_run {
-            return Ok((Hash::default(), blocks));
-        }
-        let (hash, _) = self.store_pack(b, self.conn().config.pack_storage).await?;
-        Ok((hash, blocks))
-    }
-
     /// Writes one new pack with the live blocks of `group`, then retires
-    /// each pack of the group.
+    /// each pack of the group. Each pack's manifest is read again from a
+    /// quorum first: deletes made since the listing are not copied.
+    /// Returns `false` where a test asks to stop as a kill would.
     async fn compact_group(
         &self,
         group: Vec<(Hash, Manifest)>,
         opts: &CompactOptions,
         summary: &mut CompactSummary,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let mut b = PackBuilder::unique();
         let mut members = Vec::new();
+        let mut freed = Vec::new();
         for (hash, listed) in group {
-            let bytes = match self.pack_bytes(&hash, listed.storage).await {
+            let now = if opts.dry_run {
+                listed
+            } else {
+                match self.read_manifest(&hash).await? {
+                    // Retired, removed or unfinished meanwhile (not by
+                    // another run: we hold the lease): left for next time.
+                    Some(r) if r.manifest.retired.is_none() && r.manifest.sources.is_empty() => {
+                        r.manifest
+                    }
+                    _ => continue,
+                }
+            };
+            let bytes = match self.pack_bytes(&hash, now.storage).await {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     summary.skipped.push(format!("{}: {e}", pack_name(&hash)));
                     continue;
                 }
             };
-            let live: Vec<_> = listed.live().collect();
+            let live: Vec<_> = now.live().collect();
             let bad = live.iter().find(|(_, s)| {
                 let cid = Cid::new_v1(s.codec, s.mh);
                 let range = s.offset as usize..(s.offset + s.len) as usize;
@@ -352,46 +394,108 @@ impl Namespace {
                 continue;
             }
             // Every live slot, even a block another member holds too: a
-            // delete is carried slot by slot (below), and a copy that some
+            // delete is carried slot by slot, and a copy that some
             // connector saw live must stay live.
-            let moved = live
+            let moved: Vec<(usize, usize)> = live
                 .iter()
                 .map(|(i, s)| {
                     let d = &bytes[s.offset as usize..(s.offset + s.len) as usize];
                     (*i, b.push(s.mh, s.codec, d))
                 })
                 .collect();
-            summary.bytes_freed += listed
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| listed.is_deleted(*i))
-                .map(|(_, s)| s.len as u64)
-                .sum::<u64>();
+            b.sources.push(Source {
+                hash,
+                slots: moved.iter().map(|(i, _)| *i as u16).collect(),
+            });
+            freed.push(
+                now.slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| now.is_deleted(*i))
+                    .map(|(_, s)| s.len as u64)
+                    .sum::<u64>(),
+            );
             members.push(Member { hash, moved });
         }
         if members.is_empty() {
-            return Ok(());
-        }
-        let moved: u64 = members.iter().map(|m| m.moved.len() as u64).sum();
-        if !opts.dry_run {
-            let storage = self.conn().config.pack_storage;
-            let (new, _) = self.store_pack(b, storage).await?;
-            for m in &members {
-                self.retire(m, &new).await?;
-            }
+            return Ok(true);
         }
         summary.written += 1;
-        summary.compacted += members.len() as u64;
-        summary.blocks_moved += moved;
+        let outcomes = if opts.dry_run {
+            vec![Retirement::Done; members.len()]
+        } else {
+            let (new, _) = self.store_pack(b, self.conn().config.pack_storage).await?;
+            #[cfg(feature = "integration-tests")]
+            if opts.hooks.stop_after_new_pack {
+                return Ok(false);
+            }
+            self.retire_all(&new, &members).await?
+        };
+        for ((m, freed), outcome) in members.iter().zip(freed).zip(outcomes) {
+            if outcome == Retirement::Done {
+                summary.compacted += 1;
+                summary.blocks_moved += m.moved.len() as u64;
+                summary.bytes_freed += freed;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Finishes a compaction whose new pack still lists its sources: each
+    /// source not retired yet is retired, and the deletes made to each are
+    /// carried to the new pack.
+    async fn finish(&self, new: &Hash) -> Result<(), Error> {
+        let Some(read) = self.read_manifest(new).await? else {
+            return Ok(());
+        };
+        if read.manifest.retired.is_some() || read.manifest.sources.is_empty() {
+            return Ok(());
+        }
+        let members: Vec<Member> = read
+            .manifest
+            .source_slots()
+            .into_iter()
+            .map(|(hash, moved)| Member { hash, moved })
+            .collect();
+        self.retire_all(new, &members).await?;
         Ok(())
     }
 
+    /// Retires every member in favour of `new`, then clears `new`'s
+    /// sources. A member that fails does not stop the others; the sources
+    /// stay listed then, for the next run, and the first error is returned.
+    async fn retire_all(&self, new: &Hash, members: &[Member]) -> Result<Vec<Retirement>, Error> {
+        let mut outcomes = Vec::with_capacity(members.len());
+        let mut failed = None;
+        for m in members {
+            match self.retire(m, new).await {
+                Ok(o) => outcomes.push(o),
+                Err(e) => {
+                    tracing::warn!(pack = %pack_name(&m.hash), "not retired: {e}");
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if let Some(read) = self.read_manifest(new).await? {
+            if !read.manifest.sources.is_empty() {
+                let mut m = read.manifest.clone();
+                m.sources.clear();
+                self.rewrite_manifest(new, read, &m).await?;
+                let p = new.as_slice()[0] as usize;
+                self.packs.note(Some(p), Change::Insert(*new, m));
+            }
+        }
+        Ok(outcomes)
+    }
+
     /// Retires a compacted pack in favour of `new`, which holds copies of
-    /// its live slots. Deletes of the pack's blocks made since its listing
-    /// are carried to `new` first, and those racing the retirement after
-    /// (its manifest read again once the retirement is on a quorum).
-    async fn retire(&self, m: &Member, new: &Hash) -> Result<(), Error> {
+    /// its live slots. Deletes of the pack's blocks made since they were
+    /// copied are carried to `new` first, and those racing the retirement
+    /// after (its manifest read again once the retirement is on a quorum).
+    async fn retire(&self, m: &Member, new: &Hash) -> Result<Retirement, Error> {
         let all = || m.moved.iter().map(|(_, j)| *j).collect::<Vec<_>>();
         let deleted_in = |now: &Manifest| {
             m.moved
@@ -401,14 +505,27 @@ impl Namespace {
                 .collect::<Vec<_>>()
         };
         let read = match self.read_manifest(&m.hash).await? {
-            // Removed meanwhile (every block deleted), or compacted by
-            // someone else: our copies are deleted blocks, or duplicates.
-            None => return self.delete_new_slots(new, all()).await,
-            Some(read) if read.manifest.retired.is_some() => {
-                return self.delete_new_slots(new, all()).await
+            // Removed since (every block deleted: a spent pack goes; a
+            // retired one only after its new pack lists no sources).
+            None => {
+                self.delete_new_slots(new, all()).await?;
+                return Ok(Retirement::Lost);
             }
             Some(read) => read,
         };
+        match read.manifest.retired {
+            Some(r) if r.by == *new => {
+                self.delete_new_slots(new, deleted_in(&read.manifest))
+                    .await?;
+                return Ok(Retirement::Already);
+            }
+            // Into another pack: ours are duplicates.
+            Some(_) => {
+                self.delete_new_slots(new, all()).await?;
+                return Ok(Retirement::Lost);
+            }
+            None => {}
+        }
         self.delete_new_slots(new, deleted_in(&read.manifest))
             .await?;
         let mut retired = read.manifest.clone();
@@ -423,6 +540,84 @@ impl Namespace {
             self.delete_new_slots(new, deleted_in(&again.manifest))
                 .await?;
         }
+        Ok(Retirement::Done)
+    }
+
+    /// Takes the namespace's compaction lease for `holder`, or fails if
+    /// another holds it (unless `force`: the value read is replaced). Two
+    /// runs taking it at once both write, then read it back from a quorum:
+    /// at least one sees the other and gives up.
+    async fn take_lease(&self, holder: &str, force: bool) -> Result<(), Error> {
+        let (partition, key) = lease_item(self.name());
+        let busy = |until_ms| Error::CompactionRunning {
+            name: self.name().to_string(),
+            until_ms,
+        };
+        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
+        let now = garage_util::time::now_msec();
+        if let Some(until) = read
+            .value
+            .as_ref()
+            .and_then(|i| held_by_other(i, holder, now))
+            .filter(|_| !force)
+        {
+            return Err(busy(until));
+        }
+        let lease = Lease {
+            holder: holder.to_string(),
+            until_ms: now + LEASE.as_millis() as u64,
+        };
+        self.conn()
+            .rpc_k2v_insert(
+                partition.clone(),
+                key.clone(),
+                read.value.map(|i| i.causal_context()),
+                DvvsValue::Value(serde_json::to_vec(&lease).expect("serializable")),
+            )
+            .await?;
+        let again = self.conn().rpc_k2v_get(&partition, &key).await?;
+        match again
+            .value
+            .as_ref()
+            .and_then(|i| held_by_other(i, holder, now))
+        {
+            Some(until) => Err(busy(until)),
+            None => Ok(()),
+        }
+    }
+
+    /// Renews the lease when a third of it has passed (a run that cannot
+    /// renew it stops: another may have taken it).
+    async fn keep_lease(&self, lease: Option<&mut (&str, Instant)>) -> Result<(), Error> {
+        let Some((holder, taken)) = lease else {
+            return Ok(());
+        };
+        if taken.elapsed() < LEASE / 3 {
+            return Ok(());
+        }
+        self.take_lease(holder, false).await?;
+        *taken = Instant::now();
+        Ok(())
+    }
+
+    /// Removes `holder`'s lease (left alone if another's is beside it).
+    async fn release_lease(&self, holder: &str) -> Result<(), Error> {
+        let (partition, key) = lease_item(self.name());
+        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
+        let Some(item) = read.value else {
+            return Ok(());
+        };
+        if held_by_other(&item, holder, garage_util::time::now_msec()).is_some() {
+            return Ok(());
+        }
+        self.conn()
+            .rpc_k2v_insert(
+                partition,
+                key,
+                Some(item.causal_context()),
+                DvvsValue::Deleted,
+            )
+            .await?;
         Ok(())
     }
 

@@ -46,6 +46,19 @@ pub enum Error {
         /// The highest this version knows.
         known: u8,
     },
+    /// Another compaction of the namespace holds its lease.
+    #[error(
+        "another compaction of namespace {name:?} is running (its lease holds until {}); \
+         wait for it to finish (a killed run's lease expires then, or pass --break-lease \
+         if no other run is alive)",
+        httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(*until_ms))
+    )]
+    CompactionRunning {
+        /// The namespace.
+        name: String,
+        /// When the lease ends unless renewed (ms since the epoch).
+        until_ms: u64,
+    },
     /// An index entry that cannot be decoded.
     #[error("corrupt index entry {key}: {reason}")]
     BadIndexEntry {

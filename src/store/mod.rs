@@ -29,7 +29,9 @@ use multihash::Multihash;
 
 pub use self::garage::{GarageStore, Namespace};
 pub use anchor::{AnchorId, ANCHOR_SHARDS, MAX_GENERATIONS};
-pub use compact::{CompactOptions, CompactSummary, DEFAULT_GRACE, UNNAMED_ROW_MIN_AGE};
+#[cfg(feature = "integration-tests")]
+pub use compact::CompactHooks;
+pub use compact::{CompactOptions, CompactSummary, DEFAULT_GRACE, LEASE, MIN_AGE};
 pub use error::Error;
 pub use filter::{FilterStats, COUNTER_LAG};
 pub use gc::GcSummary;

@@ -18,7 +18,11 @@
 //! [multihash length u8][multihash]`, then the deleted set as `[count
 //! u16]` and that many slot numbers (`u16`, ascending), then, with flag
 //! [`RETIRED`], the 32-byte hash of the pack that replaced this one and
-//! the time of the retirement in milliseconds (`u64`). The
+//! the time of the retirement in milliseconds (`u64`), then, with flag
+//! [`PENDING`] (a compaction's new pack whose sources may not all be
+//! retired yet), `[sources u16]` and per source `[hash: 32][count u16]`
+//! and the source's slots copied, in the order of the new pack's slots
+//! (`u16` each). Both flags are index format 5 in the registry. The
 //! deleted set is a list, not a bitmap, so that each delete changes the
 //! value's length: Garage's K2V counters count bytes, not contents, and a
 //! delete that left the length alone would not move them (other
@@ -64,12 +68,25 @@ impl PackStorage {
 /// Flag: the pack was compacted into another; its live blocks are there.
 pub(crate) const RETIRED: u8 = 1;
 
+/// Flag: a compaction's new pack, listing the packs it copied (its
+/// sources), written before they are retired; cleared once each is.
+pub(crate) const PENDING: u8 = 2;
+
+/// Index format of a namespace once compacted: retired manifests and
+/// pending sources (flags a version that knows format 4 refuses).
+pub(crate) const FORMAT_COMPACTED: u8 = 5;
+
 /// Bytes of block data in a pack, at most (a read of one packed block moves
 /// at most this much).
 pub(crate) const PACK_MAX_BYTES: usize = 64 * 1024;
 
 /// Blocks in a pack, at most.
 pub(crate) const PACK_MAX_SLOTS: usize = 512;
+
+/// How long after its retirement a pack the map knew stays in it while
+/// the map has not learned its successor: far longer than a poll and
+/// Garage's counter lag, far shorter than the rows are kept.
+const RETIRED_ALIAS_MS: u64 = 10 * 60 * 1000;
 
 /// Prefix of the manifest partitions' keys (index shards are two hex
 /// digits, so the two never meet).
@@ -99,6 +116,38 @@ pub(crate) struct Manifest {
     pub(crate) deleted: Vec<u8>,
     /// The pack holding this one's live blocks, once compacted.
     pub(crate) retired: Option<Retired>,
+    /// For a compaction's new pack until every source is retired: the
+    /// packs it copied, each with the slots copied from it (the new pack's
+    /// slots are these, source after source, in order).
+    pub(crate) sources: Vec<Source>,
+}
+
+/// A pack a compaction copied, and which of its slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Source {
+    pub(crate) hash: Hash,
+    pub(crate) slots: Vec<u16>,
+}
+
+impl Manifest {
+    /// Per source, the pairs (its slot, our slot), from [`Self::sources`].
+    pub(crate) fn source_slots(&self) -> Vec<(Hash, Vec<(usize, usize)>)> {
+        let mut next = 0;
+        self.sources
+            .iter()
+            .map(|s| {
+                let pairs = s
+                    .slots
+                    .iter()
+                    .map(|&i| {
+                        next += 1;
+                        (i as usize, next - 1)
+                    })
+                    .collect();
+                (s.hash, pairs)
+            })
+            .collect()
+    }
 }
 
 /// A compacted pack's successor, and when it was retired.
@@ -130,6 +179,8 @@ pub(crate) enum ManifestError {
     DeletedSlot(usize),
     #[error("two values of one manifest list different slots")]
     Conflict,
+    #[error("the sources do not account for the slots")]
+    Sources,
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -191,7 +242,14 @@ impl Manifest {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(4 + self.slots.len() * 52 + 40);
         v.push(self.storage.format());
-        v.push(if self.retired.is_some() { RETIRED } else { 0 });
+        let mut flags = 0;
+        if self.retired.is_some() {
+            flags |= RETIRED;
+        }
+        if !self.sources.is_empty() {
+            flags |= PENDING;
+        }
+        v.push(flags);
         v.extend_from_slice(&(self.slots.len() as u16).to_le_bytes());
         for s in &self.slots {
             v.extend_from_slice(&s.codec.to_le_bytes());
@@ -213,6 +271,16 @@ impl Manifest {
             v.extend_from_slice(r.by.as_slice());
             v.extend_from_slice(&r.at.to_le_bytes());
         }
+        if !self.sources.is_empty() {
+            v.extend_from_slice(&(self.sources.len() as u16).to_le_bytes());
+            for src in &self.sources {
+                v.extend_from_slice(src.hash.as_slice());
+                v.extend_from_slice(&(src.slots.len() as u16).to_le_bytes());
+                for i in &src.slots {
+                    v.extend_from_slice(&i.to_le_bytes());
+                }
+            }
+        }
         v
     }
 
@@ -226,7 +294,7 @@ impl Manifest {
             Err(e) => return Err(e),
         };
         let flags = r.u8()?;
-        if flags & !RETIRED != 0 {
+        if flags & !(RETIRED | PENDING) != 0 {
             return Err(ManifestError::Flags(flags));
         }
         let n = r.u16()? as usize;
@@ -268,6 +336,23 @@ impl Manifest {
         } else {
             None
         };
+        let mut sources = Vec::new();
+        if flags & PENDING != 0 {
+            let mut copied = 0;
+            for _ in 0..r.u16()? {
+                let h: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
+                let count = r.u16()? as usize;
+                let slots = (0..count).map(|_| r.u16()).collect::<Result<Vec<_>, _>>()?;
+                copied += count;
+                sources.push(Source {
+                    hash: h.into(),
+                    slots,
+                });
+            }
+            if sources.is_empty() || copied != n {
+                return Err(ManifestError::Sources);
+            }
+        }
         if !r.0.is_empty() {
             return Err(ManifestError::Trailing(r.0.len()));
         }
@@ -276,6 +361,7 @@ impl Manifest {
             slots,
             deleted,
             retired,
+            sources,
         })
     }
 
@@ -304,10 +390,14 @@ impl Manifest {
         for (a, b) in self.deleted.iter_mut().zip(&other.deleted) {
             *a |= b;
         }
-        // Two compactions at once (not expected: `compact` is one command
-        // run by hand or by `gc`) each wrote a successor holding the live
-        // blocks; either is right, the other holds duplicates.
+        // Compactions of a namespace take a lease, so one successor is
+        // ever written; should two be, either holds the live blocks.
         self.retired = self.retired.or(other.retired);
+        // Sources are cleared once, when every one is retired: a value
+        // without them is the later one.
+        if other.sources.is_empty() {
+            self.sources.clear();
+        }
         Ok(self)
     }
 }
@@ -317,6 +407,8 @@ impl Manifest {
 pub(crate) struct PackBuilder {
     data: BytesMut,
     slots: Vec<Slot>,
+    /// For a compaction's pack: what it copies (see [`Manifest::sources`]).
+    pub(crate) sources: Vec<Source>,
 }
 
 impl PackBuilder {
@@ -340,6 +432,7 @@ impl PackBuilder {
         Self {
             data,
             slots: Vec::new(),
+            sources: Vec::new(),
         }
     }
 
@@ -371,6 +464,7 @@ impl PackBuilder {
             deleted: vec![0; self.slots.len().div_ceil(8)],
             slots: self.slots,
             retired: None,
+            sources: self.sources,
         };
         (data, hash, manifest)
     }
@@ -555,11 +649,24 @@ impl SavedPack {
 
 impl PackMap {
     /// Adds (or replaces) a pack from its manifest. A retired manifest
-    /// adds nothing and removes the pack if it was known.
+    /// adds nothing and removes the pack if it was known, unless the map
+    /// does not know its successor yet and the retirement is recent (the
+    /// two are in different partitions, listed at different times): then
+    /// the pack is kept, with the manifest's deleted set, so that its
+    /// blocks are never in neither (its row is kept far longer).
     pub(crate) fn insert(&mut self, hash: Hash, manifest: &Manifest) {
+        self.insert_at(hash, manifest, garage_util::time::now_msec());
+    }
+
+    fn insert_at(&mut self, hash: Hash, manifest: &Manifest, now: u64) {
+        let known = self.by_hash.contains_key(&hash);
         self.remove(&hash);
-        if manifest.retired.is_some() {
-            return;
+        if let Some(r) = manifest.retired {
+            let successor_unknown = !self.by_hash.contains_key(&r.by);
+            let recent = now.saturating_sub(r.at) < RETIRED_ALIAS_MS;
+            if !(known && successor_unknown && recent) {
+                return;
+            }
         }
         self.insert_info(PackInfo {
             hash,
@@ -824,6 +931,48 @@ mod tests {
     }
 
     #[test]
+    fn pending_sources_round_trip_map_slots_and_clear_on_merge() {
+        let (_, _, mut m) = pack(0..5);
+        m.sources = vec![
+            Source {
+                hash: blake2sum(b"p1"),
+                slots: vec![0, 3, 7],
+            },
+            Source {
+                hash: blake2sum(b"p2"),
+                slots: vec![2, 4],
+            },
+        ];
+        let bytes = m.encode();
+        assert_eq!(bytes[1], PENDING);
+        assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        assert_eq!(
+            m.source_slots(),
+            vec![
+                (blake2sum(b"p1"), vec![(0, 0), (3, 1), (7, 2)]),
+                (blake2sum(b"p2"), vec![(2, 3), (4, 4)]),
+            ]
+        );
+        // Sources that do not account for every slot are refused.
+        let mut short = m.clone();
+        short.sources[1].slots.pop();
+        assert_eq!(
+            Manifest::decode(&short.encode()),
+            Err(ManifestError::Sources)
+        );
+        // A value with the sources cleared (the compaction finished) wins,
+        // and deletes from both are kept.
+        let mut done = m.clone();
+        done.sources.clear();
+        done.delete(1);
+        let mut racing = m.clone();
+        racing.delete(4);
+        let merged = racing.merge(done).unwrap();
+        assert!(merged.sources.is_empty());
+        assert!(merged.is_deleted(1) && merged.is_deleted(4));
+    }
+
+    #[test]
     fn unique_packs_differ_and_carry_their_time() {
         let before = garage_util::time::now_msec();
         let (a, ha, _) = PackBuilder::unique().finish(PackStorage::Rows);
@@ -887,6 +1036,37 @@ mod tests {
         m2b.retired = Some(Retired { by: h1, at: 1 });
         map.insert(h2, &m2b);
         assert_eq!(map.len(), 0);
+
+        // Retired a moment ago into a pack the map does not know yet (its
+        // partition not relisted): the pack stays, with the deletes the
+        // retired manifest carries, until the successor is known.
+        let now = 1_800_000_000_000;
+        let (_, h3, m3) = pack(200..210);
+        let (_, h4, m4) = pack(200..211);
+        map.insert(h3, &m3);
+        let mut r3 = m3.clone();
+        r3.delete(0);
+        r3.retired = Some(Retired {
+            by: h4,
+            at: now - 1000,
+        });
+        map.insert_at(h3, &r3, now);
+        assert_eq!(map.len(), 9, "kept while its successor is unknown");
+        assert!(map.lookup(&mh(200)).is_empty());
+        // Not one the map did not know, nor once the retirement is old.
+        let (_, h5, _) = pack(300..301);
+        let mut r5 = r3.clone();
+        r5.slots.truncate(1);
+        map.insert_at(h5, &r5, now);
+        assert_eq!(map.len(), 9);
+        map.insert_at(h3, &r3, now + RETIRED_ALIAS_MS);
+        assert_eq!(map.len(), 0);
+        // Known successor: the retired pack goes at once.
+        map.insert(h3, &m3);
+        map.insert(h4, &m4);
+        map.insert_at(h3, &r3, now);
+        assert_eq!(map.len(), 11);
+        assert_eq!(map.lookup(&mh(201)).len(), 1);
     }
 
     #[test]

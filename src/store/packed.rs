@@ -803,7 +803,13 @@ impl Namespace {
             let pack = match self.pack_bytes(&loc.pack, loc.storage).await {
                 Ok(p) => p,
                 Err(e) => {
-                    failed = Some(e);
+                    // A map older than a compaction's grace period names a
+                    // pack removed since: its successor may hold the block.
+                    match self.read_successor(cid, &loc.pack).await {
+                        Ok(Some(b)) => return Ok(Some(b)),
+                        Ok(None) => failed = Some(e),
+                        Err(e) => failed = Some(e),
+                    }
                     continue;
                 }
             };
@@ -818,6 +824,29 @@ impl Namespace {
             Some(e) => Err(e),
             None => Ok(None),
         }
+    }
+
+    /// A block from the pack that replaced `pack`, if `pack` was retired
+    /// (its manifest read from a quorum, retirements followed).
+    async fn read_successor(&self, cid: &Cid, pack: &Hash) -> Result<Option<Bytes>, Error> {
+        let Some((at, read)) = self.read_current(pack).await? else {
+            return Ok(None);
+        };
+        if at == *pack {
+            return Ok(None);
+        }
+        let m = &read.manifest;
+        for (_, s) in m.live().filter(|(_, s)| s.mh == *cid.hash()) {
+            let bytes = self.pack_bytes(&at, m.storage).await?;
+            let range = s.offset as usize..(s.offset + s.len) as usize;
+            if bytes
+                .get(range.clone())
+                .is_some_and(|d| cidutil::verify(cid, d).is_ok())
+            {
+                return Ok(Some(bytes.slice(range)));
+            }
+        }
+        Ok(None)
     }
 
     /// A pack's bytes: from the cache, or where its manifest says they are
@@ -972,12 +1001,21 @@ impl Namespace {
             .await?;
         Ok(hash)
     }
+
+    /// For tests: deletes a block from one pack (and the packs that
+    /// replaced it), as a delete through a map that knows only that pack
+    /// does.
+    #[doc(hidden)]
+    pub async fn delete_from_pack(&self, pack: &Hash, cid: &Cid) -> Result<bool, Error> {
+        self.delete_slot(pack, cid.hash()).await
+    }
 }
 
 /// Whether a pack has no live block and was not replaced (a retired pack
-/// waits for its grace period: maps may still point at it).
+/// waits for its grace period: maps may still point at it) and is not a
+/// compaction's unfinished new pack (its sources name it).
 pub(super) fn is_spent(m: &Manifest) -> bool {
-    m.retired.is_none() && m.live().next().is_none()
+    m.retired.is_none() && m.sources.is_empty() && m.live().next().is_none()
 }
 
 /// The live blocks of some manifests as entries (`packed` set, `hash` the

@@ -30,7 +30,8 @@ pub struct NamespaceRecord {
     pub created_ms: u64,
     /// The highest index format written to it: 2 for per-block and inline
     /// entries, 3 once a pack was stored as a Garage block, 4 once one was
-    /// stored as a row. A version that does not know a format
+    /// stored as a row, 5 once compacted (retired manifests, pending
+    /// sources). A version that does not know a format
     /// refuses the namespace rather than answer "absent" for blocks it
     /// cannot see.
     #[serde(default = "format_before_packs")]
@@ -42,7 +43,7 @@ fn format_before_packs() -> u8 {
 }
 
 /// The highest index format this version reads.
-pub(super) const KNOWN_FORMAT: u8 = super::pack::FORMAT_ROW_MANIFEST;
+pub(super) const KNOWN_FORMAT: u8 = super::pack::FORMAT_COMPACTED;
 
 impl NamespaceRecord {
     fn check_format(&self) -> Result<(), Error> {
@@ -103,21 +104,27 @@ impl GarageStore {
         if self.registered.lock().unwrap().contains(name) {
             return Ok(());
         }
+        // The format this store writes: that of its packs' manifests.
+        let writes = self
+            .packing
+            .map_or_else(format_before_packs, |storage| storage.format());
         // Read, then insert only if absent: safe to retry after a dropped
         // connection (the first requests after a node restarts).
-        super::garage::retry_transient(|| self.register_once(name)).await
+        super::garage::retry_transient(|| self.register_once(name, writes)).await
     }
 
-    async fn register_once(&self, name: &str) -> Result<(), Error> {
+    /// Records that `format` is about to be written to a namespace (which
+    /// must exist), so that versions that do not know it refuse it.
+    pub(super) async fn register_format(&self, name: &str, format: u8) -> Result<(), Error> {
+        super::garage::retry_transient(|| self.register_once(name, format)).await
+    }
+
+    async fn register_once(&self, name: &str, writes: u8) -> Result<(), Error> {
         let read = self.connector().rpc_k2v_get(&registry(), name).await?;
         let existing = read.value.as_ref().and_then(|i| decode(name, i.values()));
         if let Some(r) = &existing {
             r.check_format()?;
         }
-        // The format this store writes: that of its packs' manifests.
-        let writes = self
-            .packing
-            .map_or_else(format_before_packs, |storage| storage.format());
         // A record seen but perhaps on one node only (a registration that
         // missed its quorum) is written again before the name is trusted;
         // so is one that does not yet say our format.

@@ -57,15 +57,21 @@ pub(super) struct CompactArgs {
     #[command(flatten)]
     ns: NsArg,
     /// Keep retired packs, and pack rows no manifest names, until they are
-    /// this old (e.g. 24h, 30m). Every connector's map must have forgotten
-    /// a retired pack by then (a daemon's does within a minute): reads
-    /// through a map older than the grace can fail. Rows no manifest names
-    /// are kept at least an hour, whatever the grace.
+    /// this old (e.g. 24h, 30m), and at least an hour whatever this says:
+    /// every connector's map must have forgotten a retired pack by then (a
+    /// daemon's does within a minute), and a row may be a pack whose
+    /// manifest is being written.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "24h")]
     grace: std::time::Duration,
     /// Count what would be done; write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Take the namespace's compaction lease even if another run holds it:
+    /// only when that run is known dead (killed), since two runs at once
+    /// can bring deleted blocks back. A dead run's lease also expires by
+    /// itself two minutes after it last renewed it.
+    #[arg(long)]
+    break_lease: bool,
     #[command(flatten)]
     json: JsonArg,
 }
@@ -250,7 +256,10 @@ pub(super) async fn compact(target: &Target, args: CompactArgs) -> anyhow::Resul
     let opts = CompactOptions {
         grace: args.grace,
         dry_run: args.dry_run,
+        break_lease: args.break_lease,
+        ..Default::default()
     };
+    let kept_for = args.grace.max(crate::store::MIN_AGE);
     let bar = progress(None, args.json.json, "compacting");
     let mut written = 0;
     let summary = ns
@@ -262,11 +271,10 @@ pub(super) async fn compact(target: &Target, args: CompactArgs) -> anyhow::Resul
                 // One line per new pack, so that a long run shows it moves.
                 bar.suspend(|| {
                     outln!(
-                        "{} new pack {written}: {} pack(s) compacted so far, {} block(s) moved, {} inline block(s) packed",
+                        "{} new pack {written}: {} pack(s) compacted so far, {} block(s) moved",
                         if args.dry_run { "would write" } else { "wrote" },
                         s.compacted,
                         s.blocks_moved,
-                        s.inline_packed
                     )
                 });
             }
@@ -281,17 +289,17 @@ pub(super) async fn compact(target: &Target, args: CompactArgs) -> anyhow::Resul
     }
     let verb = if args.dry_run { "would be " } else { "" };
     outln!(
-        "{}: {} pack(s) holding {} block(s); {} compacted ({} block(s) moved, {} of deleted blocks {verb}freed after {}); \
-         {} inline block(s) {verb}packed; {} new pack(s) in all; \
+        "{}: {} pack(s) holding {} block(s); {} unfinished compaction(s) {verb}finished; \
+         {} compacted ({} block(s) moved, {} of deleted blocks {verb}freed after {}); {} new pack(s) in all; \
          removed {verb}{} pack(s) with no live block, {} retired pack(s), {} pack row(s) no manifest names; {} retired pack(s) kept for now",
         args.ns.namespace,
         summary.packs,
         summary.blocks,
+        summary.finished,
         summary.compacted,
         summary.blocks_moved,
         human_bytes(summary.bytes_freed),
-        humantime::format_duration(args.grace),
-        summary.inline_packed,
+        humantime::format_duration(kept_for),
         summary.written,
         summary.spent_removed,
         summary.retired_removed,

@@ -11,6 +11,8 @@ use tokio::io::AsyncRead;
 use crate::cid as cidutil;
 use crate::ipld::{links, LinkError};
 use crate::store::{BlockStore, Error as StoreError};
+use crate::unixfs::{ByteRange, HamtStep, Kind, Node};
+use ipld_core::ipld::Ipld;
 
 /// Errors of DAG walks and CAR imports.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +23,10 @@ pub enum DagError {
     /// A block the DAG needs is not stored.
     #[error("block {0} of the DAG is not stored")]
     Missing(Cid),
+    /// A path that leads nowhere (a name not in a directory, a field not
+    /// in a document, an entry of a file).
+    #[error("no such path {0}")]
+    NoSuchPath(String),
     /// The CAR is not a valid CARv1 (truncated, corrupt, oversized section).
     #[error("invalid CAR: {0}")]
     Car(String),
@@ -39,13 +45,39 @@ pub enum DagError {
     Store(#[from] StoreError),
 }
 
-/// How much of a DAG a CAR carries (the gateway's `dag-scope`).
+/// How much of a DAG a CAR carries (the gateway's `dag-scope`), beyond
+/// the blocks that verify the path to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// The root block only.
+    /// The block at the end of the path only.
     Block,
-    /// The whole DAG.
+    /// What reading that entity needs: a UnixFS file's blocks (or those of
+    /// a byte range), a directory's own block, a HAMT directory's shard
+    /// nodes; for anything else, the block.
+    Entity,
+    /// The whole DAG below it.
     All,
+}
+
+/// What a CAR response carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarOptions {
+    pub scope: Scope,
+    /// For [`Scope::Entity`] of a UnixFS file: only the blocks covering it.
+    pub range: Option<ByteRange>,
+    /// Send a block every time the walk meets it (`dups=y`), not once.
+    pub dups: bool,
+}
+
+impl CarOptions {
+    /// A whole DAG or its root block, each block once.
+    pub fn scope(scope: Scope) -> Self {
+        Self {
+            scope,
+            range: None,
+            dups: false,
+        }
+    }
 }
 
 /// A CARv1 header naming `root`.
@@ -74,6 +106,109 @@ fn put_varint(buf: &mut BytesMut, n: u64) {
     buf.put_slice(unsigned_varint::encode::u64(n, &mut tmp));
 }
 
+/// The blocks read to resolve a path, in the order read: the root first,
+/// the path's end (the *terminal*) last.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub blocks: Vec<(Cid, Bytes)>,
+}
+
+impl Resolved {
+    /// The block at the end of the path.
+    pub fn terminal(&self) -> &(Cid, Bytes) {
+        self.blocks.last().expect("a resolved path has its root")
+    }
+}
+
+async fn load<S: BlockStore>(store: &S, cid: &Cid) -> Result<Bytes, DagError> {
+    store.get(cid).await?.ok_or(DagError::Missing(*cid))
+}
+
+/// Resolves `path` (segments, already percent-decoded and free of `.` and
+/// `..`) from `root`: through UnixFS directories (plain, and HAMT-sharded:
+/// each shard read is a block of the path), plain dag-pb links by name, and
+/// dag-cbor maps and lists (several segments within one block; a link
+/// leads to the next block). `None` if the root is not stored; a path that
+/// does not exist is [`DagError::NoSuchPath`].
+pub async fn resolve<S: BlockStore>(
+    store: &S,
+    root: Cid,
+    path: &[String],
+) -> Result<Option<Resolved>, DagError> {
+    let Some(data) = store.get(&root).await? else {
+        return Ok(None);
+    };
+    let mut blocks = vec![(root, data)];
+    let mut i = 0;
+    let missing =
+        |i: usize, why: &str| DagError::NoSuchPath(format!("/{}: {why}", path[..=i].join("/")));
+    while i < path.len() {
+        let (cid, data) = blocks.last().expect("the root").clone();
+        let segment = path[i].as_str();
+        let bad = |reason: String| LinkError { cid, reason };
+        let next = match cid.codec() {
+            cidutil::codec::DAG_PB => {
+                let mut node = Node::decode(&data).map_err(bad)?;
+                let next = match node.kind() {
+                    Some(Kind::HamtShard) => {
+                        let mut level = 0;
+                        loop {
+                            let step = node
+                                .hamt_step(segment, level)
+                                .map_err(|e| LinkError { cid, reason: e })?;
+                            match step {
+                                HamtStep::Absent => return Err(missing(i, "no such entry")),
+                                HamtStep::Found(c) => break c,
+                                HamtStep::Shard(c) => {
+                                    let d = load(store, &c).await?;
+                                    node = Node::decode(&d)
+                                        .map_err(|reason| LinkError { cid: c, reason })?;
+                                    blocks.push((c, d));
+                                    level += 1;
+                                }
+                            }
+                        }
+                    }
+                    Some(Kind::File) => return Err(missing(i, "a file has no entries")),
+                    Some(Kind::Other) => return Err(missing(i, "not a directory")),
+                    Some(Kind::Directory) | None => match node.named(segment) {
+                        Some(l) => l.cid,
+                        None => return Err(missing(i, "no such entry")),
+                    },
+                };
+                i += 1;
+                next
+            }
+            cidutil::codec::DAG_CBOR => {
+                let doc: Ipld =
+                    serde_ipld_dagcbor::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+                let mut at = &doc;
+                loop {
+                    if i == path.len() {
+                        // The path ends inside this block: it is the terminal.
+                        return Ok(Some(Resolved { blocks }));
+                    }
+                    let seg = path[i].as_str();
+                    at = match at {
+                        Ipld::Map(m) => m.get(seg),
+                        Ipld::List(l) => seg.parse::<usize>().ok().and_then(|k| l.get(k)),
+                        _ => None,
+                    }
+                    .ok_or_else(|| missing(i, "no such field"))?;
+                    i += 1;
+                    if let Ipld::Link(c) = at {
+                        break *c;
+                    }
+                }
+            }
+            _ => return Err(missing(i, "this block has no named links")),
+        };
+        let d = load(store, &next).await?;
+        blocks.push((next, d));
+    }
+    Ok(Some(Resolved { blocks }))
+}
+
 /// Streams the DAG under `root` as a CARv1: depth-first, each block once,
 /// identity blocks walked but never emitted. Returns `None` if the root is
 /// not stored, so callers can answer 404 before committing to a 200. A
@@ -84,51 +219,149 @@ pub async fn car_stream<S: BlockStore + Clone>(
     root: Cid,
     scope: Scope,
 ) -> Result<Option<BoxStream<'static, Result<Bytes, DagError>>>, DagError> {
-    let Some(root_data) = store.get(&root).await? else {
+    let Some(resolved) = resolve(&store, root, &[]).await? else {
         return Ok(None);
     };
+    Ok(Some(car_stream_resolved(
+        store,
+        resolved,
+        CarOptions::scope(scope),
+    )))
+}
+
+/// Streams a resolved path as a CARv1 naming its terminal as root: the
+/// path's blocks in the order read, then the terminal's DAG as `opts`
+/// say, depth first, links in order. With `dups` off, a block met again
+/// is skipped with its subtree. Identity blocks are never written.
+pub fn car_stream_resolved<S: BlockStore + Clone>(
+    store: S,
+    resolved: Resolved,
+    opts: CarOptions,
+) -> BoxStream<'static, Result<Bytes, DagError>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, DagError>>(16);
     tokio::spawn(async move {
-        if tx.send(Ok(car_header(&root))).await.is_err() {
-            return;
-        }
-        let mut seen = HashSet::new();
-        let mut stack = vec![(root, Some(root_data))];
-        while let Some((cid, data)) = stack.pop() {
-            if !seen.insert(cid.hash().to_bytes()) {
-                continue;
-            }
-            let data = match data {
-                Some(d) => d,
-                None => match store.get(&cid).await {
-                    Ok(Some(d)) => d,
-                    Ok(None) => {
-                        let _ = tx.send(Err(DagError::Missing(cid))).await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                },
-            };
-            if !cidutil::is_identity(&cid) && tx.send(Ok(car_section(&cid, &data))).await.is_err() {
-                return;
-            }
-            if scope == Scope::All {
-                match links(&cid, &data) {
-                    Ok(l) => stack.extend(l.into_iter().rev().map(|c| (c, None))),
-                    Err(e) => {
-                        let _ = tx.send(Err(DagError::Decode(e))).await;
-                        return;
-                    }
-                }
-            }
+        if let Err(e) = walk(&store, resolved, opts, &tx).await {
+            let _ = tx.send(Err(e)).await;
         }
     });
-    Ok(Some(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
-        rx,
-    ))))
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// What the walk still has to visit: a block (its bytes if read already),
+/// and for a byte range, the offset of its first byte in the file.
+type Pending = (Cid, Option<Bytes>, u64);
+
+async fn walk<S: BlockStore>(
+    store: &S,
+    resolved: Resolved,
+    opts: CarOptions,
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, DagError>>,
+) -> Result<(), DagError> {
+    let (terminal, terminal_data) = resolved.terminal().clone();
+    if tx.send(Ok(car_header(&terminal))).await.is_err() {
+        return Ok(());
+    }
+    let mut seen = HashSet::new();
+    // Returns whether to go on below the block (it was not sent before,
+    // or duplicates are asked for); `false` too once the client is gone.
+    let mut emit = async |cid: &Cid, data: &[u8]| -> bool {
+        let first = seen.insert(cid.hash().to_bytes());
+        if !first && !opts.dups {
+            return false;
+        }
+        cidutil::is_identity(cid) || tx.send(Ok(car_section(cid, data))).await.is_ok()
+    };
+    let n = resolved.blocks.len();
+    for (cid, data) in &resolved.blocks[..n - 1] {
+        if !emit(cid, data).await && tx.is_closed() {
+            return Ok(());
+        }
+    }
+    if !emit(&terminal, &terminal_data).await || opts.scope == Scope::Block {
+        return Ok(());
+    }
+    // What to visit below the terminal, and how each block's children are
+    // chosen.
+    let range = match (opts.scope, terminal.codec()) {
+        (Scope::Entity, cidutil::codec::DAG_PB) => {
+            let node = Node::decode(&terminal_data).map_err(|reason| LinkError {
+                cid: terminal,
+                reason,
+            })?;
+            match node.kind() {
+                Some(Kind::File) => match opts.range.filter(|r| !r.is_all()) {
+                    Some(r) => match r.within(node.file_size()) {
+                        Some(span) => Some(span),
+                        None => return Ok(()),
+                    },
+                    None => None,
+                },
+                Some(Kind::HamtShard) => {
+                    let mut stack: Vec<Cid> = node.hamt_shards().map_err(|reason| LinkError {
+                        cid: terminal,
+                        reason,
+                    })?;
+                    stack.reverse();
+                    while let Some(c) = stack.pop() {
+                        let d = load(store, &c).await?;
+                        if !emit(&c, &d).await {
+                            if tx.is_closed() {
+                                return Ok(());
+                            }
+                            continue;
+                        }
+                        let shard =
+                            Node::decode(&d).map_err(|reason| LinkError { cid: c, reason })?;
+                        let mut below = shard
+                            .hamt_shards()
+                            .map_err(|reason| LinkError { cid: c, reason })?;
+                        below.reverse();
+                        stack.extend(below);
+                    }
+                    return Ok(());
+                }
+                _ => return Ok(()),
+            }
+        }
+        (Scope::Entity, _) => return Ok(()),
+        _ => None,
+    };
+    let children = |cid: &Cid, data: &Bytes, start: u64| -> Result<Vec<(Cid, u64)>, DagError> {
+        match range {
+            Some((from, to)) if cid.codec() == cidutil::codec::DAG_PB => {
+                let node = Node::decode(data).map_err(|reason| LinkError { cid: *cid, reason })?;
+                Ok(node
+                    .file_children_in(start, from, to)
+                    .map_err(|reason| LinkError { cid: *cid, reason })?)
+            }
+            Some(_) => Ok(Vec::new()),
+            None => Ok(links(cid, data)?.into_iter().map(|c| (c, 0)).collect()),
+        }
+    };
+    let mut stack: Vec<Pending> = children(&terminal, &terminal_data, 0)?
+        .into_iter()
+        .rev()
+        .map(|(c, at)| (c, None, at))
+        .collect();
+    while let Some((cid, data, start)) = stack.pop() {
+        let data = match data {
+            Some(d) => d,
+            None => load(store, &cid).await?,
+        };
+        if !emit(&cid, &data).await {
+            if tx.is_closed() {
+                return Ok(());
+            }
+            continue;
+        }
+        stack.extend(
+            children(&cid, &data, start)?
+                .into_iter()
+                .rev()
+                .map(|(c, at)| (c, None, at)),
+        );
+    }
+    Ok(())
 }
 
 /// What an import stored.

@@ -44,6 +44,7 @@ pub mod ipld;
 pub mod store;
 #[cfg(feature = "tools")]
 pub mod tools;
+pub mod unixfs;
 
 pub use config::Config;
 pub use garage::Connector;

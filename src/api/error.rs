@@ -54,7 +54,7 @@ impl ApiError {
             ApiError::Store(e) => store_status(e),
             ApiError::Dag(e) => match e.as_ref() {
                 DagError::Store(e) => store_status(e),
-                DagError::Missing(_) => StatusCode::NOT_FOUND,
+                DagError::Missing(_) | DagError::NoSuchPath(_) => StatusCode::NOT_FOUND,
                 DagError::Car(_) | DagError::Incomplete { .. } | DagError::Decode(_) => {
                     StatusCode::BAD_REQUEST
                 }

@@ -14,12 +14,12 @@ use serde::Deserialize;
 
 use super::{limited, ApiError, ApiOptions};
 use crate::cid as cidutil;
-use crate::dag::{self, Scope};
+use crate::dag::{self, CarOptions, Scope};
 use crate::store::BlockStore;
+use crate::unixfs::ByteRange;
 
 const RAW: &str = "application/vnd.ipld.raw";
 const CAR: &str = "application/vnd.ipld.car";
-const CAR_TYPE: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=n";
 const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 
 /// The gateway's routes.
@@ -50,7 +50,11 @@ pub(crate) fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions) -> Rout
         .allow_origin(tower_http::cors::Any)
         .allow_methods([Method::GET, Method::HEAD, Method::OPTIONS])
         .allow_headers(tower_http::cors::Any)
-        .expose_headers(tower_http::cors::Any);
+        .expose_headers(tower_http::cors::Any)
+        // The answer is the same for every origin: no `Vary` that would
+        // split caches of immutable blocks by origin.
+        .vary([])
+        .max_age(std::time::Duration::from_secs(86400));
     limited(routes, opts, opts.request_timeout * 10).layer(cors)
 }
 
@@ -59,7 +63,10 @@ pub(crate) fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions) -> Rout
 struct GatewayQuery {
     format: Option<String>,
     dag_scope: Option<String>,
+    entity_bytes: Option<String>,
     car_version: Option<String>,
+    car_order: Option<String>,
+    car_dups: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,13 +120,8 @@ async fn serve<S: BlockStore + Clone>(
 ) -> Result<Response, ApiError> {
     let cid = cidutil::parse(cid_text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     cidutil::check_supported(&cid).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let (format, from_accept) = negotiate(q.format.as_deref(), headers)?;
-    if path.as_deref().is_some_and(|p| !p.is_empty()) {
-        return Err(ApiError::BadRequest(
-            "path resolution is not supported by this gateway: request the CID of the target"
-                .into(),
-        ));
-    }
+    let (format, from_accept, accepted) = negotiate(q.format.as_deref(), headers)?;
+    let path = path_segments(path.as_deref().unwrap_or(""))?;
     let head = method == Method::HEAD;
     let only_if_cached = headers
         .get(header::CACHE_CONTROL)
@@ -138,66 +140,81 @@ async fn serve<S: BlockStore + Clone>(
             )))
         }
     };
+    let url_path = if path.is_empty() {
+        format!("/ipfs/{cid}")
+    } else {
+        format!("/ipfs/{cid}/{}", path.join("/"))
+    };
     match format {
         Format::Raw => {
-            let etag = format!("\"{cid}.raw\"");
-            let body = if head {
+            let raw_etag = |c: &Cid| format!("\"{c}.raw\"");
+            let (etag, data, size) = if !path.is_empty() {
+                // The block at the end of the path (a client verifies the
+                // path with a CAR; this is the terminal's bytes alone).
+                let Some(resolved) = dag::resolve(&store, cid, &path).await? else {
+                    return absent();
+                };
+                let (terminal, data) = resolved.terminal().clone();
+                let n = data.len() as u64;
+                (raw_etag(&terminal), Some(data), n)
+            } else if head {
                 match store.get_size(&cid).await? {
-                    Some(size) => (None, size),
+                    Some(size) => (raw_etag(&cid), None, size),
                     None => return absent(),
                 }
             } else {
                 match store.get(&cid).await? {
                     Some(data) => {
                         let n = data.len() as u64;
-                        (Some(data), n)
+                        (raw_etag(&cid), Some(data), n)
                     }
                     None => return absent(),
                 }
             };
-            let mut resp = common_headers(&cid, &etag, RAW, "bin", from_accept.then_some("raw"));
+            let mut resp = common_headers(
+                &cid,
+                &url_path,
+                &etag,
+                RAW,
+                "bin",
+                from_accept.then_some("raw"),
+            );
             if not_modified(headers, &etag) {
                 *resp.status_mut() = StatusCode::NOT_MODIFIED;
                 return Ok(resp);
             }
             resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, body.1.into());
-            if let Some(data) = body.0 {
+                .insert(header::CONTENT_LENGTH, size.into());
+            if let Some(data) = data.filter(|_| !head) {
                 *resp.body_mut() = Body::from(data);
             }
             Ok(resp)
         }
         Format::Car => {
-            let scope = match q.dag_scope.as_deref() {
-                None | Some("all") | Some("entity") => Scope::All,
-                Some("block") => Scope::Block,
-                Some(other) => {
-                    return Err(ApiError::BadRequest(format!(
-                        "dag-scope={other}: expected block, entity or all"
-                    )))
-                }
-            };
-            if q.car_version.as_deref().is_some_and(|v| v != "1") {
-                return Err(ApiError::NotAcceptable(
-                    "only CAR version 1 is served".into(),
-                ));
-            }
-            let etag = format!(
-                "W/\"{cid}.car.{}\"",
-                if scope == Scope::Block {
-                    "block"
-                } else {
-                    "all"
-                }
+            let params = CarParams::of(&q, accepted.as_deref())?;
+            let etag = params.etag(&cid, &url_path);
+            let mut resp = common_headers(
+                &cid,
+                &url_path,
+                &etag,
+                &params.content_type(),
+                "car",
+                from_accept.then_some("car"),
             );
-            let mut resp =
-                common_headers(&cid, &etag, CAR_TYPE, "car", from_accept.then_some("car"));
-            if head {
-                if !store.has(&cid).await? {
-                    return absent();
-                }
-                return Ok(resp);
-            }
+            let name = match path.last() {
+                Some(last) => format!("{cid}_{last}.car"),
+                None => format!("{cid}.car"),
+            };
+            resp.headers_mut().insert(
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(&format!(
+                    "attachment; filename=\"{}\"",
+                    percent_encoding::utf8_percent_encode(&name, SEGMENT)
+                ))
+                .expect("ASCII header"),
+            );
+            resp.headers_mut()
+                .insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
             if not_modified(headers, &etag) {
                 if !store.has(&cid).await? {
                     return absent();
@@ -205,9 +222,15 @@ async fn serve<S: BlockStore + Clone>(
                 *resp.status_mut() = StatusCode::NOT_MODIFIED;
                 return Ok(resp);
             }
-            let Some(stream) = dag::car_stream(store, cid, scope).await? else {
+            // The whole path is resolved before the status is sent: a path
+            // that leads nowhere is a 404, not a cut stream.
+            let Some(resolved) = dag::resolve(&store, cid, &path).await? else {
                 return absent();
             };
+            if head {
+                return Ok(resp);
+            }
+            let stream = dag::car_stream_resolved(store, resolved, params.options);
             *resp.body_mut() = Body::from_stream(stream.map(|r| {
                 r.map_err(|e| {
                     tracing::warn!(cause = %e, "CAR stream cut short");
@@ -219,12 +242,140 @@ async fn serve<S: BlockStore + Clone>(
     }
 }
 
-/// `format` wins over `Accept`; returns whether the format came only from
-/// `Accept` (then `Content-Location` names the explicit URL).
-fn negotiate(format: Option<&str>, headers: &HeaderMap) -> Result<(Format, bool), ApiError> {
+/// The segments of a content path, percent-decoded already (by the
+/// router), `.` dropped and `..` applied; 400 if `..` leaves the root.
+fn path_segments(path: &str) -> Result<Vec<String>, ApiError> {
+    let mut out: Vec<String> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => (),
+            ".." => {
+                if out.pop().is_none() {
+                    return Err(ApiError::BadRequest(format!(
+                        "path /{path} leaves its root with .."
+                    )));
+                }
+            }
+            s => out.push(s.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// What a CAR request asks for: the query's `dag-scope`, `entity-bytes`,
+/// `car-version|order|dups`, and the `Accept` media range's `version`,
+/// `order`, `dups` (the query wins).
+struct CarParams {
+    options: CarOptions,
+    /// Echoed as asked (`dfs` or `unk`); the walk is depth-first either way.
+    order: String,
+}
+
+impl CarParams {
+    fn of(q: &GatewayQuery, accepted: Option<&str>) -> Result<Self, ApiError> {
+        let from_accept = |key: &str| {
+            accepted.and_then(|t| {
+                t.split(';').skip(1).find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    (k.trim() == key).then(|| v.trim().to_string())
+                })
+            })
+        };
+        let bad = |what: String| ApiError::BadRequest(what);
+        let version = q.car_version.clone().or_else(|| from_accept("version"));
+        if version.as_deref().is_some_and(|v| v != "1") {
+            return Err(ApiError::NotAcceptable(
+                "only CAR version 1 is served".into(),
+            ));
+        }
+        let order = q
+            .car_order
+            .clone()
+            .or_else(|| from_accept("order"))
+            .unwrap_or("dfs".into());
+        if order != "dfs" && order != "unk" {
+            return Err(bad(format!("car order {order}: expected dfs or unk")));
+        }
+        let dups = match q
+            .car_dups
+            .clone()
+            .or_else(|| from_accept("dups"))
+            .as_deref()
+        {
+            None | Some("n") => false,
+            Some("y") => true,
+            Some(other) => return Err(bad(format!("car dups {other}: expected y or n"))),
+        };
+        let range = q
+            .entity_bytes
+            .as_deref()
+            .map(ByteRange::parse)
+            .transpose()
+            .map_err(bad)?;
+        let scope = match q.dag_scope.as_deref() {
+            // A range implies the entity (the spec).
+            None if range.is_some() => Scope::Entity,
+            None | Some("all") => Scope::All,
+            Some("entity") => Scope::Entity,
+            Some("block") => Scope::Block,
+            Some(other) => {
+                return Err(bad(format!(
+                    "dag-scope={other}: expected block, entity or all"
+                )))
+            }
+        };
+        Ok(Self {
+            options: CarOptions { scope, range, dups },
+            order,
+        })
+    }
+
+    fn content_type(&self) -> String {
+        format!(
+            "{CAR}; version=1; order={}; dups={}",
+            self.order,
+            if self.options.dups { "y" } else { "n" }
+        )
+    }
+
+    /// Weak (the CAR is streamed), and distinct per path, scope, order,
+    /// duplicates and range.
+    fn etag(&self, cid: &Cid, url_path: &str) -> String {
+        let o = &self.options;
+        let mut key = url_path.to_string();
+        if o.scope != Scope::All {
+            key.push_str(&format!("\0scope={:?}", o.scope));
+        }
+        if self.order != "dfs" {
+            key.push_str("\0order=unk");
+        }
+        if o.dups {
+            key.push_str("\0dups=y");
+        }
+        if let Some(r) = o.range.filter(|r| !r.is_all()) {
+            key.push_str(&format!("\0range={}:{:?}", r.from, r.to));
+        }
+        let digest = garage_util::data::blake2sum(key.as_bytes());
+        format!("W/\"{cid}.car.{}\"", hex::encode(&digest.as_slice()[..8]))
+    }
+}
+
+/// `format` wins over `Accept`. Returns the format, whether it came from
+/// `Accept` (then `Content-Location` names the explicit URL), and the CAR
+/// media range of `Accept`, whose parameters count even under
+/// `format=car`.
+fn negotiate(
+    format: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Format, bool, Option<String>), ApiError> {
     match format {
-        Some("raw") => return Ok((Format::Raw, false)),
-        Some("car") => return Ok((Format::Car, false)),
+        Some("raw") => return Ok((Format::Raw, false, None)),
+        Some("car") => {
+            let range = super::accepted(headers)
+                .into_iter()
+                .find(|t| super::media_type(t) == CAR);
+            return Ok((Format::Car, false, range));
+        }
         Some(other) => {
             return Err(ApiError::NotAcceptable(format!(
                 "format={other} is not served: this gateway serves format=raw and format=car"
@@ -236,12 +387,14 @@ fn negotiate(format: Option<&str>, headers: &HeaderMap) -> Result<(Format, bool)
     for t in &accept {
         let mut parts = t.split(';').map(str::trim);
         match parts.next() {
-            Some(RAW) => return Ok((Format::Raw, true)),
+            Some(RAW) => return Ok((Format::Raw, true, None)),
             Some(CAR) => {
-                if parts.any(|p| p.starts_with("version=") && p != "version=1") {
+                if parts.any(|p| {
+                    p.replace(' ', "").starts_with("version=") && p.replace(' ', "") != "version=1"
+                }) {
                     continue;
                 }
-                return Ok((Format::Car, true));
+                return Ok((Format::Car, true, Some(t.clone())));
             }
             _ => (),
         }
@@ -265,8 +418,18 @@ fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
 }
 
+/// Bytes of a path segment escaped in headers and URLs: all but the
+/// unreserved ones and `/`.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
 fn common_headers(
     cid: &Cid,
+    url_path: &str,
     etag: &str,
     content_type: &str,
     ext: &str,
@@ -275,6 +438,7 @@ fn common_headers(
     let mut resp = Response::new(Body::empty());
     let h = resp.headers_mut();
     let val = |s: String| HeaderValue::from_str(&s).expect("ASCII header");
+    let url_path = percent_encoding::utf8_percent_encode(url_path, SEGMENT).to_string();
     h.insert(header::CONTENT_TYPE, val(content_type.into()));
     h.insert(header::ETAG, val(etag.into()));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
@@ -287,12 +451,12 @@ fn common_headers(
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
-    h.insert("x-ipfs-path", val(format!("/ipfs/{cid}")));
+    h.insert("x-ipfs-path", val(url_path.clone()));
     h.insert("x-ipfs-roots", val(cid.to_string()));
     if let Some(f) = location_format {
         h.insert(
             header::CONTENT_LOCATION,
-            val(format!("/ipfs/{cid}?format={f}")),
+            val(format!("{url_path}?format={f}")),
         );
     }
     resp
@@ -301,6 +465,8 @@ fn common_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CAR_TYPE: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=n";
     use crate::api::testing::MemBackend;
     use crate::api::Backend;
     use axum::http::Request;
@@ -321,6 +487,341 @@ mod tests {
 
     async fn body(r: Response) -> Bytes {
         r.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    /// The CIDs of a CARv1's sections, in order.
+    fn car_cids(car: &[u8]) -> Vec<Cid> {
+        let (len, rest) = unsigned_varint::decode::u64(car).unwrap();
+        let mut rest = &rest[len as usize..];
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (len, after) = unsigned_varint::decode::u64(rest).unwrap();
+            let section = &after[..len as usize];
+            let mut cursor = std::io::Cursor::new(section);
+            out.push(Cid::read_bytes(&mut cursor).unwrap());
+            rest = &after[len as usize..];
+        }
+        out
+    }
+
+    /// A small UnixFS world: a file of four raw leaves, directories (one
+    /// HAMT-sharded, with a sub-shard), a dag-cbor document.
+    struct World {
+        leaves: Vec<Cid>,
+        file: Cid,
+        dir: Cid,
+        sub: Cid,
+        twice: Cid,
+        hamt: Cid,
+        shard: Cid,
+        hamt_names: [String; 3],
+        hamt_targets: [Cid; 3],
+        doc: Cid,
+    }
+
+    async fn world(ns: &impl BlockStore) -> World {
+        use crate::unixfs::{hamt_hash, Data};
+        use ipld_dagpb::{PbLink, PbNode};
+        let put = |codec: u64, data: Vec<u8>| async move {
+            let cid = cidutil::compute(codec, 0x12, &data).unwrap();
+            ns.put(&cid, Bytes::from(data)).await.unwrap();
+            cid
+        };
+        let link = |name: Option<String>, cid: Cid| PbLink {
+            cid,
+            name,
+            size: Some(1),
+        };
+        let pb = |data: Data, links: Vec<PbLink>| {
+            PbNode {
+                links,
+                data: Some(prost::Message::encode_to_vec(&data).into()),
+            }
+            .into_bytes()
+        };
+        let dir_data = || Data {
+            r#type: Some(1),
+            ..Default::default()
+        };
+        let mut leaves = Vec::new();
+        for i in 0..5u8 {
+            leaves.push(put(cidutil::codec::RAW, vec![i; 256]).await);
+        }
+        let file = put(
+            cidutil::codec::DAG_PB,
+            pb(
+                Data {
+                    r#type: Some(2),
+                    filesize: Some(1024),
+                    blocksizes: vec![256; 4],
+                    ..Default::default()
+                },
+                leaves[..4].iter().map(|c| link(None, *c)).collect(),
+            ),
+        )
+        .await;
+        let sub = put(
+            cidutil::codec::DAG_PB,
+            pb(dir_data(), vec![link(Some("b".into()), leaves[4])]),
+        )
+        .await;
+        let dir = put(
+            cidutil::codec::DAG_PB,
+            pb(
+                dir_data(),
+                vec![
+                    link(Some("a.txt".into()), file),
+                    link(Some("sub".into()), sub),
+                ],
+            ),
+        )
+        .await;
+        let twice = put(
+            cidutil::codec::DAG_PB,
+            pb(
+                dir_data(),
+                vec![
+                    link(Some("x".into()), leaves[4]),
+                    link(Some("y".into()), leaves[4]),
+                ],
+            ),
+        )
+        .await;
+        // Two names in one bucket of the root (a sub-shard), one elsewhere.
+        let byte = |name: &str, level: u32| (hamt_hash(name.as_bytes()) >> (56 - 8 * level)) as u8;
+        let mut first: std::collections::HashMap<u8, String> = Default::default();
+        let (a, b) = (0..)
+            .map(|i| format!("n{i}"))
+            .find_map(|n| match first.get(&byte(&n, 0)) {
+                Some(o) if byte(o, 1) != byte(&n, 1) => Some((o.clone(), n)),
+                Some(_) => None,
+                None => {
+                    first.insert(byte(&n, 0), n);
+                    None
+                }
+            })
+            .unwrap();
+        let c = (0..)
+            .map(|i| format!("c{i}"))
+            .find(|n| byte(n, 0) != byte(&a, 0))
+            .unwrap();
+        let shard_data = || Data {
+            r#type: Some(5),
+            hash_type: Some(0x22),
+            fanout: Some(256),
+            ..Default::default()
+        };
+        let targets = [
+            put(cidutil::codec::RAW, b"a".to_vec()).await,
+            put(cidutil::codec::RAW, b"b".to_vec()).await,
+            put(cidutil::codec::RAW, b"c".to_vec()).await,
+        ];
+        let shard = put(
+            cidutil::codec::DAG_PB,
+            pb(
+                shard_data(),
+                vec![
+                    link(Some(format!("{:02X}{a}", byte(&a, 1))), targets[0]),
+                    link(Some(format!("{:02X}{b}", byte(&b, 1))), targets[1]),
+                ],
+            ),
+        )
+        .await;
+        let hamt = put(
+            cidutil::codec::DAG_PB,
+            pb(
+                shard_data(),
+                vec![
+                    link(Some(format!("{:02X}", byte(&a, 0))), shard),
+                    link(Some(format!("{:02X}{c}", byte(&c, 0))), targets[2]),
+                ],
+            ),
+        )
+        .await;
+        let doc = {
+            use ipld_core::ipld::Ipld;
+            let v = Ipld::Map(
+                [
+                    (
+                        "files".to_string(),
+                        Ipld::Map([("single".to_string(), Ipld::Link(leaves[4]))].into()),
+                    ),
+                    ("n".to_string(), Ipld::Integer(1)),
+                ]
+                .into(),
+            );
+            put(
+                cidutil::codec::DAG_CBOR,
+                serde_ipld_dagcbor::to_vec(&v).unwrap(),
+            )
+            .await
+        };
+        World {
+            leaves,
+            file,
+            dir,
+            sub,
+            twice,
+            hamt,
+            shard,
+            hamt_names: [a, b, c],
+            hamt_targets: targets,
+            doc,
+        }
+    }
+
+    #[tokio::test]
+    async fn paths_scopes_ranges_and_dups_in_cars() {
+        let ns = MemBackend::default().namespace("default").unwrap();
+        let w = world(&ns).await;
+        let app = router(ns, &ApiOptions::with_defaults(None));
+        let get = |uri: String| {
+            let app = app.clone();
+            async move {
+                let r = call(&app, "GET", &uri, None).await;
+                let status = r.status();
+                let h = r.headers().clone();
+                (status, h, body(r).await)
+            }
+        };
+        let cids = |uri: String| {
+            let get = &get;
+            async move {
+                let (status, h, b) = get(uri.clone()).await;
+                assert_eq!(status, 200, "{uri}: {}", String::from_utf8_lossy(&b));
+                assert_eq!(h[header::ACCEPT_RANGES], "none");
+                car_cids(&b)
+            }
+        };
+        let (dir, file, l) = (w.dir, w.file, &w.leaves);
+
+        // Path blocks, then the terminal's DAG (scope all by default).
+        assert_eq!(
+            cids(format!("/ipfs/{dir}/a.txt?format=car")).await,
+            [dir, file, l[0], l[1], l[2], l[3]]
+        );
+        assert_eq!(
+            cids(format!("/ipfs/{dir}/sub/b?format=car")).await,
+            [dir, w.sub, l[4]]
+        );
+        assert_eq!(
+            cids(format!(
+                "/ipfs/{dir}/./sub/../a.txt?format=car&dag-scope=block"
+            ))
+            .await,
+            [dir, file]
+        );
+        // A directory's entity is its own block.
+        assert_eq!(
+            cids(format!("/ipfs/{dir}?format=car&dag-scope=entity")).await,
+            [dir]
+        );
+        // Byte ranges: only the leaves that cover them.
+        for (range, want) in [
+            ("300:600", vec![l[1], l[2]]),
+            ("0:0", vec![l[0]]),
+            ("-10:*", vec![l[3]]),
+            ("512:-256", vec![l[2], l[3]]),
+            ("512:-257", vec![l[2]]),
+            ("5000:*", vec![]),
+            ("0:*", vec![l[0], l[1], l[2], l[3]]),
+        ] {
+            let mut expected = vec![dir, file];
+            expected.extend(want);
+            assert_eq!(
+                cids(format!("/ipfs/{dir}/a.txt?format=car&entity-bytes={range}")).await,
+                expected,
+                "{range}"
+            );
+        }
+        // HAMT: the shards read on the way are path blocks; the entity of
+        // a sharded directory is its shards, not their entries.
+        let [a, _, c] = &w.hamt_names;
+        assert_eq!(
+            cids(format!("/ipfs/{}/{a}?format=car", w.hamt)).await,
+            [w.hamt, w.shard, w.hamt_targets[0]]
+        );
+        assert_eq!(
+            cids(format!("/ipfs/{}/{c}?format=car", w.hamt)).await,
+            [w.hamt, w.hamt_targets[2]]
+        );
+        assert_eq!(
+            cids(format!("/ipfs/{}?format=car&dag-scope=entity", w.hamt)).await,
+            [w.hamt, w.shard]
+        );
+        // dag-cbor: several segments in one block, then its link.
+        assert_eq!(
+            cids(format!("/ipfs/{}/files/single?format=car", w.doc)).await,
+            [w.doc, l[4]]
+        );
+        assert_eq!(
+            cids(format!("/ipfs/{}/n?format=car&dag-scope=entity", w.doc)).await,
+            [w.doc]
+        );
+        // Duplicates only when asked, and said in the Content-Type.
+        assert_eq!(
+            cids(format!("/ipfs/{}?format=car", w.twice)).await,
+            [w.twice, l[4]]
+        );
+        let (_, h, b) = get(format!("/ipfs/{}?format=car&car-dups=y", w.twice)).await;
+        assert_eq!(car_cids(&b), [w.twice, l[4], l[4]]);
+        assert_eq!(
+            h[header::CONTENT_TYPE],
+            "application/vnd.ipld.car; version=1; order=dfs; dups=y"
+        );
+        let r = call(
+            &app,
+            "GET",
+            &format!("/ipfs/{}", w.twice),
+            Some("application/vnd.ipld.car; version=1; order=unk; dups=y"),
+        )
+        .await;
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "application/vnd.ipld.car; version=1; order=unk; dups=y"
+        );
+        assert_eq!(car_cids(&body(r).await).len(), 3);
+        // Each variant its own Etag; the file name says the path's end.
+        let etag = |h: &HeaderMap| h[header::ETAG].to_str().unwrap().to_string();
+        let (_, all, _) = get(format!("/ipfs/{dir}/a.txt?format=car")).await;
+        let (_, block, _) = get(format!("/ipfs/{dir}/a.txt?format=car&dag-scope=block")).await;
+        let (_, ranged, _) = get(format!("/ipfs/{dir}/a.txt?format=car&entity-bytes=1:2")).await;
+        let (_, root, _) = get(format!("/ipfs/{dir}?format=car")).await;
+        let tags = [etag(&all), etag(&block), etag(&ranged), etag(&root)];
+        for (i, t) in tags.iter().enumerate() {
+            assert!(t.starts_with(&format!("W/\"{dir}.car.")), "{t}");
+            assert!(!tags[..i].contains(t), "{tags:?}");
+        }
+        assert_eq!(
+            all[header::CONTENT_DISPOSITION],
+            format!("attachment; filename=\"{dir}_a.txt.car\"").as_str()
+        );
+        assert_eq!(all["x-ipfs-path"], format!("/ipfs/{dir}/a.txt").as_str());
+        // The terminal's bytes alone, as raw.
+        let (status, _, b) = get(format!("/ipfs/{dir}/sub/b?format=raw")).await;
+        assert_eq!((status, &b[..]), (StatusCode::OK, &[4u8; 256][..]));
+
+        // What leads nowhere: 404 before any byte; bad parameters: 400.
+        for missing in [
+            format!("/ipfs/{dir}/nope?format=car"),
+            format!("/ipfs/{dir}/a.txt/inside?format=car"),
+            format!("/ipfs/{}/zzz-not-there?format=car", w.hamt),
+            format!("/ipfs/{}/files/none?format=car", w.doc),
+            format!("/ipfs/{}/x?format=car", l[0]),
+        ] {
+            let (status, _, b) = get(missing.clone()).await;
+            assert_eq!(status, 404, "{missing}: {}", String::from_utf8_lossy(&b));
+        }
+        for bad in [
+            format!("/ipfs/{dir}/../x?format=car"),
+            format!("/ipfs/{dir}?format=car&dag-scope=most"),
+            format!("/ipfs/{dir}?format=car&entity-bytes=9:2"),
+            format!("/ipfs/{dir}?format=car&car-dups=maybe"),
+            format!("/ipfs/{dir}?format=car&car-order=bfs"),
+        ] {
+            let (status, _, _) = get(bad.clone()).await;
+            assert_eq!(status, 400, "{bad}");
+        }
     }
 
     #[tokio::test]

@@ -247,8 +247,6 @@ async fn overloaded(err: axum::BoxError) -> axum::response::Response {
     }
 }
 
-/// Wraps a router with the concurrency limit (503 beyond it) and a
-/// deadline (408 past it).
 /// The media ranges a request's `Accept` headers list, in order, lower
 /// case, with their parameters (`type/subtype; a=b`), less those refused
 /// with `q=0`.
@@ -277,6 +275,8 @@ pub(crate) fn media_type(range: &str) -> &str {
     range.split(';').next().unwrap_or("").trim()
 }
 
+/// Wraps a router with the concurrency limit (503 beyond it) and a
+/// deadline (408 past it).
 fn limited<St: Clone + Send + Sync + 'static>(
     router: axum::Router<St>,
     opts: &ApiOptions,

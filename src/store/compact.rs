@@ -167,6 +167,12 @@ enum Retirement {
     Lost,
 }
 
+/// A lease this run holds.
+struct Held {
+    holder: String,
+    renewed: std::sync::Mutex<Instant>,
+}
+
 /// The value of a compaction lease.
 #[derive(Debug, Serialize, Deserialize)]
 struct Lease {
@@ -221,10 +227,11 @@ impl Namespace {
             .await?;
         let holder = hex::encode(garage_util::data::gen_uuid().as_slice());
         self.take_lease(&holder, opts.break_lease).await?;
-        let mut lease = (holder.as_str(), Instant::now());
-        let result = self
-            .compact_held(opts, Some(&mut lease), &mut progress)
-            .await;
+        let lease = Held {
+            holder: holder.clone(),
+            renewed: std::sync::Mutex::new(Instant::now()),
+        };
+        let result = self.compact_held(opts, Some(&lease), &mut progress).await;
         if let Err(e) = self.release_lease(&holder).await {
             tracing::warn!(namespace = %self.name(), "compaction lease not released ({e}); it expires by itself");
         }
@@ -235,7 +242,7 @@ impl Namespace {
     async fn compact_held(
         &self,
         opts: &CompactOptions,
-        mut lease: Option<&mut (&str, Instant)>,
+        lease: Option<&Held>,
         progress: &mut impl FnMut(&CompactSummary),
     ) -> Result<CompactSummary, Error> {
         let mut summary = CompactSummary {
@@ -251,7 +258,7 @@ impl Namespace {
         let mut candidates = Vec::new();
         let mut in_pending = HashSet::new();
         for p in 0..PACK_PARTITIONS {
-            self.keep_lease(lease.as_deref_mut()).await?;
+            self.keep_lease(lease).await?;
             let manifests = self.list_manifests(p).await?;
             // Items the partition's counters should count: a row pack's row
             // and manifest, a block pack's manifest.
@@ -296,12 +303,30 @@ impl Namespace {
         candidates.retain(|(h, _)| !in_pending.contains(h));
         // Unfinished compactions first: until then, a delete made to one of
         // their sources is missing from the new pack.
+        let mut unfinished = false;
         for hash in pending {
-            self.keep_lease(lease.as_deref_mut()).await?;
-            if !opts.dry_run {
-                self.finish(&hash).await?;
+            self.keep_lease(lease).await?;
+            if opts.dry_run {
+                summary.finished += 1;
+                continue;
             }
-            summary.finished += 1;
+            match self.finish(&hash, lease).await {
+                Ok(true) => summary.finished += 1,
+                Ok(false) => (),
+                Err(e @ Error::CompactionRunning { .. }) => return Err(e),
+                Err(e) => {
+                    unfinished = true;
+                    summary
+                        .skipped
+                        .push(format!("{}: not finished: {e}", pack_name(&hash)));
+                }
+            }
+        }
+        if unfinished {
+            // A retired pack a pending one still needs must stay; which
+            // it is, the next run will know.
+            retired_out.retain(|h| !in_pending.contains(h));
+            spent.retain(|h| !in_pending.contains(h));
         }
         // Only then retired packs (their successor no longer needs them).
         for hash in retired_out {
@@ -323,9 +348,9 @@ impl Namespace {
                 .live()
                 .fold((0, 0), |(b, n), (_, s)| (b + s.len as usize, n + 1));
             if bytes + b > PACK_MAX_BYTES || slots + n > PACK_MAX_SLOTS {
-                self.keep_lease(lease.as_deref_mut()).await?;
+                self.keep_lease(lease).await?;
                 if !self
-                    .compact_group(std::mem::take(&mut group), opts, &mut summary)
+                    .compact_group(std::mem::take(&mut group), opts, lease, &mut summary)
                     .await?
                 {
                     return Ok(summary);
@@ -339,7 +364,7 @@ impl Namespace {
         }
         if !group.is_empty() {
             self.keep_lease(lease).await?;
-            self.compact_group(group, opts, &mut summary).await?;
+            self.compact_group(group, opts, lease, &mut summary).await?;
             progress(&summary);
         }
         Ok(summary)
@@ -353,6 +378,7 @@ impl Namespace {
         &self,
         group: Vec<(Hash, Manifest)>,
         opts: &CompactOptions,
+        lease: Option<&Held>,
         summary: &mut CompactSummary,
     ) -> Result<bool, Error> {
         let mut b = PackBuilder::unique();
@@ -420,16 +446,18 @@ impl Namespace {
         if members.is_empty() {
             return Ok(true);
         }
-        summary.written += 1;
         let outcomes = if opts.dry_run {
+            summary.written += 1;
             vec![Retirement::Done; members.len()]
         } else {
+            self.keep_lease(lease).await?;
             let (new, _) = self.store_pack(b, self.conn().config.pack_storage).await?;
+            summary.written += 1;
             #[cfg(feature = "integration-tests")]
             if opts.hooks.stop_after_new_pack {
                 return Ok(false);
             }
-            self.retire_all(&new, &members).await?
+            self.retire_all(&new, &members, lease).await?
         };
         for ((m, freed), outcome) in members.iter().zip(freed).zip(outcomes) {
             if outcome == Retirement::Done {
@@ -443,13 +471,13 @@ impl Namespace {
 
     /// Finishes a compaction whose new pack still lists its sources: each
     /// source not retired yet is retired, and the deletes made to each are
-    /// carried to the new pack.
-    async fn finish(&self, new: &Hash) -> Result<(), Error> {
+    /// carried to the new pack. `false` if there was nothing to finish.
+    async fn finish(&self, new: &Hash, lease: Option<&Held>) -> Result<bool, Error> {
         let Some(read) = self.read_manifest(new).await? else {
-            return Ok(());
+            return Ok(false);
         };
         if read.manifest.retired.is_some() || read.manifest.sources.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let members: Vec<Member> = read
             .manifest
@@ -457,17 +485,24 @@ impl Namespace {
             .into_iter()
             .map(|(hash, moved)| Member { hash, moved })
             .collect();
-        self.retire_all(new, &members).await?;
-        Ok(())
+        self.retire_all(new, &members, lease).await?;
+        Ok(true)
     }
 
     /// Retires every member in favour of `new`, then clears `new`'s
     /// sources. A member that fails does not stop the others; the sources
     /// stay listed then, for the next run, and the first error is returned.
-    async fn retire_all(&self, new: &Hash, members: &[Member]) -> Result<Vec<Retirement>, Error> {
+    async fn retire_all(
+        &self,
+        new: &Hash,
+        members: &[Member],
+        lease: Option<&Held>,
+    ) -> Result<Vec<Retirement>, Error> {
         let mut outcomes = Vec::with_capacity(members.len());
         let mut failed = None;
         for m in members {
+            // A run that lost its lease stops before it retires anything.
+            self.keep_lease(lease).await?;
             match self.retire(m, new).await {
                 Ok(o) => outcomes.push(o),
                 Err(e) => {
@@ -537,6 +572,13 @@ impl Namespace {
         let p = m.hash.as_slice()[0] as usize;
         self.packs.note(Some(p), Change::Insert(m.hash, retired));
         if let Some(again) = self.read_manifest(&m.hash).await? {
+            // Another run retired it at the same time (its lease lapsed):
+            // the merge keeps one successor, the same for every reader,
+            // and the other's copies go.
+            if again.manifest.retired.is_some_and(|r| r.by != *new) {
+                self.delete_new_slots(new, all()).await?;
+                return Ok(Retirement::Lost);
+            }
             self.delete_new_slots(new, deleted_in(&again.manifest))
                 .await?;
         }
@@ -586,17 +628,53 @@ impl Namespace {
         }
     }
 
-    /// Renews the lease when a third of it has passed (a run that cannot
-    /// renew it stops: another may have taken it).
-    async fn keep_lease(&self, lease: Option<&mut (&str, Instant)>) -> Result<(), Error> {
-        let Some((holder, taken)) = lease else {
+    /// Renews the lease when a third of it has passed. A run whose lease
+    /// was taken from it (`--break-lease`, or expired) stops.
+    async fn keep_lease(&self, lease: Option<&Held>) -> Result<(), Error> {
+        let Some(held) = lease else {
             return Ok(());
         };
-        if taken.elapsed() < LEASE / 3 {
+        if held.renewed.lock().unwrap().elapsed() < LEASE / 3 {
             return Ok(());
         }
-        self.take_lease(holder, false).await?;
-        *taken = Instant::now();
+        let (partition, key) = lease_item(self.name());
+        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
+        let now = garage_util::time::now_msec();
+        let ours = read.value.as_ref().is_some_and(|i| {
+            i.values().iter().any(|v| match v {
+                DvvsValue::Value(b) => {
+                    serde_json::from_slice::<Lease>(b).is_ok_and(|l| l.holder == held.holder)
+                }
+                DvvsValue::Deleted => false,
+            })
+        });
+        // Our value beside another's is what two runs starting at once
+        // leave: the other saw ours and gave up (of two such writers at
+        // least one sees the other, and we did not). Ours gone: taken.
+        if !ours {
+            let until_ms = read
+                .value
+                .as_ref()
+                .and_then(|i| held_by_other(i, &held.holder, now))
+                .unwrap_or(now);
+            return Err(Error::CompactionRunning {
+                name: self.name().to_string(),
+                until_ms,
+            });
+        }
+        let lease = Lease {
+            holder: held.holder.clone(),
+            until_ms: now + LEASE.as_millis() as u64,
+        };
+        self.conn()
+            .rpc_k2v_insert(
+                partition,
+                key,
+                read.value.map(|i| i.causal_context()),
+                DvvsValue::Value(serde_json::to_vec(&lease).expect("serializable")),
+            )
+            .await?;
+        *held.renewed.lock().unwrap() = Instant::now();
         Ok(())
     }
 

@@ -245,8 +245,12 @@ impl Namespace {
         // that answers keeps the map current, so the map answers from
         // memory; without one, nothing follows other connectors' deletes,
         // so a quorum read of the manifest confirms what the map says.
-        if !self.packs.locate(mh).is_empty() {
-            let followed = self.filter.as_ref().is_some_and(|f| f.is_ready());
+        let located = self.packs.locate(mh);
+        if !located.is_empty() {
+            // A compaction's unfinished new pack is not trusted from memory
+            // (its slots count only where their source agrees).
+            let followed = self.filter.as_ref().is_some_and(|f| f.is_ready())
+                && located.iter().all(|l| !l.pending);
             if followed || self.confirm_packed(mh).await? {
                 let packed = self.packs.locate(mh);
                 if !packed.is_empty() {

@@ -391,8 +391,13 @@ impl Manifest {
             *a |= b;
         }
         // Compactions of a namespace take a lease, so one successor is
-        // ever written; should two be, either holds the live blocks.
-        self.retired = self.retired.or(other.retired);
+        // ever written; should two be (a lease lapsed), every reader keeps
+        // the same one, and the compactor whose successor lost deletes its
+        // copies.
+        self.retired = match (self.retired, other.retired) {
+            (Some(a), Some(b)) => Some(if b.by < a.by { b } else { a }),
+            (a, b) => a.or(b),
+        };
         // Sources are cleared once, when every one is retired: a value
         // without them is the later one.
         if other.sources.is_empty() {
@@ -538,6 +543,9 @@ pub(crate) struct Located {
     pub(crate) storage: PackStorage,
     pub(crate) offset: u32,
     pub(crate) len: u32,
+    /// The pack is a compaction's new pack whose sources are not all
+    /// retired: its slots are live only where their source says so.
+    pub(crate) pending: bool,
 }
 
 /// The map's key of a multihash: its first 8 digest bytes, mixed with its
@@ -567,6 +575,8 @@ struct PackInfo {
     /// Per slot: offset, length, map key.
     slots: Box<[(u32, u32, u64)]>,
     deleted: Vec<u8>,
+    /// See [`Located::pending`].
+    pending: bool,
 }
 
 impl PackInfo {
@@ -604,6 +614,9 @@ pub(crate) struct SavedPack {
     slots: Vec<u8>,
     #[serde(with = "serde_bytes")]
     deleted: Vec<u8>,
+    /// Absent from snapshots written before compaction had sources.
+    #[serde(default)]
+    pending: bool,
 }
 
 impl SavedPack {
@@ -619,6 +632,7 @@ impl SavedPack {
             storage: info.storage,
             slots,
             deleted: info.deleted.clone(),
+            pending: info.pending,
         }
     }
 
@@ -643,6 +657,7 @@ impl SavedPack {
                 .map(|c| (word(c, 0, 4) as u32, word(c, 4, 4) as u32, word(c, 8, 8)))
                 .collect(),
             deleted: self.deleted.clone(),
+            pending: self.pending,
         })
     }
 }
@@ -678,6 +693,7 @@ impl PackMap {
                 .map(|s| (s.offset, s.len, map_key(&s.mh)))
                 .collect(),
             deleted: manifest.deleted.clone(),
+            pending: !manifest.sources.is_empty(),
         });
     }
 
@@ -806,6 +822,7 @@ impl PackMap {
                     storage: info.storage,
                     offset,
                     len,
+                    pending: info.pending,
                 })
             })
             .collect()

@@ -644,12 +644,15 @@ impl Namespace {
     pub(super) async fn confirm_packed(&self, mh: &Multihash<64>) -> Result<bool, Error> {
         let mut stale = false;
         for hash in self.packs.packs_holding(mh) {
-            let Some((_, read)) = self.read_current(&hash).await? else {
+            let Some((at, read)) = self.read_current(&hash).await? else {
                 continue;
             };
             let m = &read.manifest;
             if m.live().all(|(_, s)| s.mh != *mh) {
                 stale |= m.slots.iter().any(|s| s.mh == *mh);
+                continue;
+            }
+            if !m.sources.is_empty() && !self.live_in_sources(&at, m, mh).await? {
                 continue;
             }
             if !read.settled {
@@ -667,6 +670,37 @@ impl Namespace {
         // Deleted meanwhile: what the map said is stale.
         if stale {
             self.packs.note(None, Change::Delete(*mh));
+        }
+        Ok(false)
+    }
+
+    /// Whether a block live in `pack`, a compaction's new pack whose
+    /// sources are not all retired, is live: until a source is retired by
+    /// `pack`, a delete may have reached only the source (through a map
+    /// that did not know `pack`), and the compaction will carry it. So a
+    /// put is not acknowledged on such a copy unless its source agrees.
+    async fn live_in_sources(
+        &self,
+        pack: &Hash,
+        m: &Manifest,
+        mh: &Multihash<64>,
+    ) -> Result<bool, Error> {
+        for (source, pairs) in m.source_slots() {
+            for (i, j) in pairs {
+                if m.is_deleted(j) || m.slots[j].mh != *mh {
+                    continue;
+                }
+                let Some(read) = self.read_manifest(&source).await? else {
+                    continue; // removed: every block of it was deleted
+                };
+                // A retired source keeps the deletes it had; those after go
+                // to its successor.
+                let live = !read.manifest.is_deleted(i)
+                    && read.manifest.retired.is_none_or(|r| r.by == *pack);
+                if live {
+                    return Ok(true);
+                }
+            }
         }
         Ok(false)
     }

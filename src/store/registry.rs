@@ -65,13 +65,18 @@ impl NamespaceRecord {
     }
 }
 
+/// The record among an item's values; of concurrent ones, the one with
+/// the highest format (a version must see the newest format written).
 fn decode(name: &str, values: Vec<&DvvsValue>) -> Option<NamespaceRecord> {
-    values.into_iter().find_map(|v| match v {
-        DvvsValue::Value(b) => serde_json::from_slice::<NamespaceRecord>(b)
-            .ok()
-            .filter(|r| r.name == name),
-        DvvsValue::Deleted => None,
-    })
+    values
+        .into_iter()
+        .filter_map(|v| match v {
+            DvvsValue::Value(b) => serde_json::from_slice::<NamespaceRecord>(b)
+                .ok()
+                .filter(|r| r.name == name),
+            DvvsValue::Deleted => None,
+        })
+        .max_by_key(|r| r.format)
 }
 
 impl GarageStore {

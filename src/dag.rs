@@ -240,7 +240,14 @@ pub fn car_stream_resolved<S: BlockStore + Clone>(
 ) -> BoxStream<'static, Result<Bytes, DagError>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, DagError>>(16);
     tokio::spawn(async move {
-        if let Err(e) = walk(&store, resolved, opts, &tx).await {
+        use futures::FutureExt;
+        // A panic (a bug, or stored data nobody foresaw) must cut the
+        // stream, not end it as if the CAR were whole.
+        let walked = std::panic::AssertUnwindSafe(walk(&store, resolved, opts, &tx))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(DagError::Car("the walk failed (a bug)".into())));
+        if let Err(e) = walked {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -265,7 +272,7 @@ async fn walk<S: BlockStore>(
     // Returns whether to go on below the block (it was not sent before,
     // or duplicates are asked for); `false` too once the client is gone.
     let mut emit = async |cid: &Cid, data: &[u8]| -> bool {
-        let first = seen.insert(cid.hash().to_bytes());
+        let first = seen.insert(cid.to_bytes());
         if !first && !opts.dups {
             return false;
         }
@@ -348,11 +355,16 @@ async fn walk<S: BlockStore>(
             Some(d) => d,
             None => load(store, &cid).await?,
         };
+        // A block met again is skipped with its subtree, except under a
+        // byte range: there the same node at another offset covers other
+        // bytes, so its children are still walked (each sent once).
         if !emit(&cid, &data).await {
             if tx.is_closed() {
                 return Ok(());
             }
-            continue;
+            if range.is_none() {
+                continue;
+            }
         }
         stack.extend(
             children(&cid, &data, start)?

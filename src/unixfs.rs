@@ -140,7 +140,11 @@ impl Node {
     pub fn file_size(&self) -> u64 {
         let Some(d) = &self.unixfs else { return 0 };
         d.filesize.unwrap_or_else(|| {
-            d.data.as_ref().map_or(0, |b| b.len() as u64) + d.blocksizes.iter().sum::<u64>()
+            d.blocksizes
+                .iter()
+                .fold(d.data.as_ref().map_or(0, |b| b.len() as u64), |a, b| {
+                    a.saturating_add(*b)
+                })
         })
     }
 
@@ -163,16 +167,17 @@ impl Node {
                 d.blocksizes.len()
             ));
         }
-        let mut at = start + d.data.as_ref().map_or(0, |b| b.len() as u64);
+        // Sizes come from stored data: saturate rather than wrap.
+        let mut at = start.saturating_add(d.data.as_ref().map_or(0, |b| b.len() as u64));
         let mut out = Vec::new();
         for (link, &size) in self.pb.links.iter().zip(&d.blocksizes) {
             if at > to {
                 break;
             }
-            if size > 0 && at + size > from {
+            if size > 0 && at.saturating_add(size) > from {
                 out.push((link.cid, at));
             }
-            at += size;
+            at = at.saturating_add(size);
         }
         Ok(out)
     }

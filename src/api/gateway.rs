@@ -26,6 +26,7 @@ const IMMUTABLE: &str = "public, max-age=29030400, immutable";
 pub(crate) fn router<S: BlockStore + Clone>(store: S, opts: &ApiOptions) -> Router {
     let routes = Router::new()
         .route("/ipfs/{cid}", get(block::<S>))
+        .route("/ipfs/{cid}/", get(block::<S>))
         .route("/ipfs/{cid}/{*path}", get(block_with_path::<S>))
         .with_state(store.clone())
         .merge(super::routing::router(
@@ -199,7 +200,9 @@ async fn serve<S: BlockStore + Clone>(
                 &etag,
                 &params.content_type(),
                 "car",
-                from_accept.then_some("car"),
+                from_accept
+                    .then(|| format!("car{}", params.location_query()))
+                    .as_deref(),
             );
             let name = match path.last() {
                 Some(last) => format!("{cid}_{last}.car"),
@@ -215,18 +218,15 @@ async fn serve<S: BlockStore + Clone>(
             );
             resp.headers_mut()
                 .insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
-            if not_modified(headers, &etag) {
-                if !store.has(&cid).await? {
-                    return absent();
-                }
-                *resp.status_mut() = StatusCode::NOT_MODIFIED;
-                return Ok(resp);
-            }
             // The whole path is resolved before the status is sent: a path
-            // that leads nowhere is a 404, not a cut stream.
+            // that leads nowhere is a 404, not a cut stream (nor a 304).
             let Some(resolved) = dag::resolve(&store, cid, &path).await? else {
                 return absent();
             };
+            if not_modified(headers, &etag) {
+                *resp.status_mut() = StatusCode::NOT_MODIFIED;
+                return Ok(resp);
+            }
             if head {
                 return Ok(resp);
             }
@@ -282,8 +282,10 @@ impl CarParams {
             })
         };
         let bad = |what: String| ApiError::BadRequest(what);
-        let version = q.car_version.clone().or_else(|| from_accept("version"));
-        if version.as_deref().is_some_and(|v| v != "1") {
+        if q.car_version.as_deref().is_some_and(|v| v != "1") {
+            return Err(bad("car-version: only version 1 is served".into()));
+        }
+        if from_accept("version").is_some_and(|v| v != "1") {
             return Err(ApiError::NotAcceptable(
                 "only CAR version 1 is served".into(),
             ));
@@ -328,6 +330,29 @@ impl CarParams {
             options: CarOptions { scope, range, dups },
             order,
         })
+    }
+
+    /// What the explicit URL of this response adds to `format=car` (for
+    /// `Content-Location`: parameters that came from `Accept` included).
+    fn location_query(&self) -> String {
+        let o = &self.options;
+        let mut q = String::new();
+        match o.scope {
+            Scope::All => (),
+            Scope::Entity => q.push_str("&dag-scope=entity"),
+            Scope::Block => q.push_str("&dag-scope=block"),
+        }
+        if let Some(r) = o.range {
+            let to = r.to.map_or("*".to_string(), |t| t.to_string());
+            q.push_str(&format!("&entity-bytes={}:{to}", r.from));
+        }
+        if self.order != "dfs" {
+            q.push_str("&car-order=unk");
+        }
+        if o.dups {
+            q.push_str("&car-dups=y");
+        }
+        q
     }
 
     fn content_type(&self) -> String {
@@ -415,7 +440,12 @@ fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        .is_some_and(|v| {
+            // Weak comparison (RFC 9110): `W/` does not count.
+            let bare = |t: &str| t.trim().trim_start_matches("W/").to_string();
+            v.split(',')
+                .any(|t| t.trim() == "*" || bare(t) == bare(etag))
+        })
 }
 
 /// Bytes of a path segment escaped in headers and URLs: all but the
@@ -509,6 +539,8 @@ mod tests {
     struct World {
         leaves: Vec<Cid>,
         file: Cid,
+        half: Cid,
+        halves: Cid,
         dir: Cid,
         sub: Cid,
         twice: Cid,
@@ -563,6 +595,33 @@ mod tests {
         let sub = put(
             cidutil::codec::DAG_PB,
             pb(dir_data(), vec![link(Some("b".into()), leaves[4])]),
+        )
+        .await;
+        // A file whose two halves are one node (two leaves).
+        let half = put(
+            cidutil::codec::DAG_PB,
+            pb(
+                Data {
+                    r#type: Some(2),
+                    filesize: Some(512),
+                    blocksizes: vec![256; 2],
+                    ..Default::default()
+                },
+                leaves[..2].iter().map(|c| link(None, *c)).collect(),
+            ),
+        )
+        .await;
+        let halves = put(
+            cidutil::codec::DAG_PB,
+            pb(
+                Data {
+                    r#type: Some(2),
+                    filesize: Some(1024),
+                    blocksizes: vec![512; 2],
+                    ..Default::default()
+                },
+                vec![link(None, half), link(None, half)],
+            ),
         )
         .await;
         let dir = put(
@@ -659,6 +718,8 @@ mod tests {
         World {
             leaves,
             file,
+            half,
+            halves,
             dir,
             sub,
             twice,
@@ -734,6 +795,16 @@ mod tests {
                 "{range}"
             );
         }
+        // A node met again under a range still leads to the bytes it
+        // covers there (its second half's first leaf), sent once each.
+        assert_eq!(
+            cids(format!(
+                "/ipfs/{}?format=car&entity-bytes=511:512",
+                w.halves
+            ))
+            .await,
+            [w.halves, w.half, l[1], l[0]]
+        );
         // HAMT: the shards read on the way are path blocks; the entity of
         // a sharded directory is its shards, not their entries.
         let [a, _, c] = &w.hamt_names;
@@ -780,7 +851,39 @@ mod tests {
             r.headers()[header::CONTENT_TYPE],
             "application/vnd.ipld.car; version=1; order=unk; dups=y"
         );
+        assert_eq!(
+            r.headers()[header::CONTENT_LOCATION],
+            format!("/ipfs/{}?format=car&car-order=unk&car-dups=y", w.twice).as_str()
+        );
         assert_eq!(car_cids(&body(r).await).len(), 3);
+        // A trailing slash is the same path; a version other than 1 is
+        // refused.
+        assert_eq!(
+            cids(format!("/ipfs/{dir}/?format=car&dag-scope=block")).await,
+            [dir]
+        );
+        let (status, _, _) = get(format!("/ipfs/{dir}?format=car&car-version=2")).await;
+        assert_eq!(status, 400);
+        // Conditional requests: the weak tag matches with or without `W/`,
+        // and a path that leads nowhere is 404 even then.
+        for tag in ["*", "W/\"x\", *"] {
+            let req = Request::builder()
+                .uri(format!("/ipfs/{dir}/nope?format=car"))
+                .header(header::IF_NONE_MATCH, tag)
+                .body(Body::empty())
+                .unwrap();
+            assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 404);
+        }
+        let (_, first, _) = get(format!("/ipfs/{dir}/a.txt?format=car")).await;
+        let tag = first[header::ETAG].to_str().unwrap().to_string();
+        for sent in [tag.clone(), tag.trim_start_matches("W/").to_string()] {
+            let req = Request::builder()
+                .uri(format!("/ipfs/{dir}/a.txt?format=car"))
+                .header(header::IF_NONE_MATCH, sent)
+                .body(Body::empty())
+                .unwrap();
+            assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 304);
+        }
         // Each variant its own Etag; the file name says the path's end.
         let etag = |h: &HeaderMap| h[header::ETAG].to_str().unwrap().to_string();
         let (_, all, _) = get(format!("/ipfs/{dir}/a.txt?format=car")).await;

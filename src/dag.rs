@@ -163,6 +163,14 @@ pub async fn resolve<S: BlockStore>(
                                     let d = load(store, &c).await?;
                                     node = Node::decode(&d)
                                         .map_err(|reason| LinkError { cid: c, reason })?;
+                                    if node.kind() != Some(Kind::HamtShard) {
+                                        let reason = "a HAMT link names a node that is not a shard";
+                                        return Err(LinkError {
+                                            cid: c,
+                                            reason: reason.into(),
+                                        }
+                                        .into());
+                                    }
                                     blocks.push((c, d));
                                     level += 1;
                                 }

@@ -68,6 +68,7 @@ struct GatewayQuery {
     car_version: Option<String>,
     car_order: Option<String>,
     car_dups: Option<String>,
+    filename: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -204,9 +205,10 @@ async fn serve<S: BlockStore + Clone>(
                     .then(|| format!("car{}", params.location_query()))
                     .as_deref(),
             );
-            let name = match path.last() {
-                Some(last) => format!("{cid}_{last}.car"),
-                None => format!("{cid}.car"),
+            let name = match (&q.filename, path.last()) {
+                (Some(asked), _) => asked.clone(),
+                (None, Some(last)) => format!("{cid}_{last}.car"),
+                (None, None) => format!("{cid}.car"),
             };
             resp.headers_mut().insert(
                 header::CONTENT_DISPOSITION,
@@ -900,6 +902,11 @@ mod tests {
             format!("attachment; filename=\"{dir}_a.txt.car\"").as_str()
         );
         assert_eq!(all["x-ipfs-path"], format!("/ipfs/{dir}/a.txt").as_str());
+        let (_, named, _) = get(format!("/ipfs/{dir}?format=car&filename=my%20dir.car")).await;
+        assert_eq!(
+            named[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"my%20dir.car\""
+        );
         // The terminal's bytes alone, as raw.
         let (status, _, b) = get(format!("/ipfs/{dir}/sub/b?format=raw")).await;
         assert_eq!((status, &b[..]), (StatusCode::OK, &[4u8; 256][..]));

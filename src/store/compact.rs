@@ -192,14 +192,17 @@ fn lease_item(namespace: &str) -> (K2VItemPartition, String) {
     )
 }
 
+/// The leases an item holds (concurrent takers leave several).
+fn leases(item: &K2VItem) -> impl Iterator<Item = Lease> + '_ {
+    item.values().into_iter().filter_map(|v| match v {
+        DvvsValue::Value(b) => serde_json::from_slice::<Lease>(b).ok(),
+        DvvsValue::Deleted => None,
+    })
+}
+
 /// The latest time until which a lease other than `holder`'s holds.
 fn held_by_other(item: &K2VItem, holder: &str, now: u64) -> Option<u64> {
-    item.values()
-        .iter()
-        .filter_map(|v| match v {
-            DvvsValue::Value(b) => serde_json::from_slice::<Lease>(b).ok(),
-            DvvsValue::Deleted => None,
-        })
+    leases(item)
         .filter(|l| l.holder != holder && l.until_ms > now)
         .map(|l| l.until_ms)
         .max()
@@ -514,15 +517,12 @@ impl Namespace {
         if let Some(e) = failed {
             return Err(e);
         }
-        if let Some(read) = self.read_manifest(new).await? {
-            if !read.manifest.sources.is_empty() {
-                let mut m = read.manifest.clone();
-                m.sources.clear();
-                self.rewrite_manifest(new, read, &m).await?;
-                let p = new.as_slice()[0] as usize;
-                self.packs.note(Some(p), Change::Insert(*new, m));
-            }
-        }
+        self.update_manifest(new, |m| {
+            let pending = !m.sources.is_empty();
+            m.sources.clear();
+            pending
+        })
+        .await?;
         Ok(outcomes)
     }
 
@@ -605,18 +605,7 @@ impl Namespace {
         {
             return Err(busy(until));
         }
-        let lease = Lease {
-            holder: holder.to_string(),
-            until_ms: now + LEASE.as_millis() as u64,
-        };
-        self.conn()
-            .rpc_k2v_insert(
-                partition.clone(),
-                key.clone(),
-                read.value.map(|i| i.causal_context()),
-                DvvsValue::Value(serde_json::to_vec(&lease).expect("serializable")),
-            )
-            .await?;
+        self.write_lease(read.value, holder, now).await?;
         let again = self.conn().rpc_k2v_get(&partition, &key).await?;
         match again
             .value
@@ -640,14 +629,10 @@ impl Namespace {
         let (partition, key) = lease_item(self.name());
         let read = self.conn().rpc_k2v_get(&partition, &key).await?;
         let now = garage_util::time::now_msec();
-        let ours = read.value.as_ref().is_some_and(|i| {
-            i.values().iter().any(|v| match v {
-                DvvsValue::Value(b) => {
-                    serde_json::from_slice::<Lease>(b).is_ok_and(|l| l.holder == held.holder)
-                }
-                DvvsValue::Deleted => false,
-            })
-        });
+        let ours = read
+            .value
+            .as_ref()
+            .is_some_and(|i| leases(i).any(|l| l.holder == held.holder));
         // Our value beside another's is what two runs starting at once
         // leave: the other saw ours and gave up (of two such writers at
         // least one sees the other, and we did not). Ours gone: taken.
@@ -662,19 +647,31 @@ impl Namespace {
                 until_ms,
             });
         }
+        self.write_lease(read.value, &held.holder, now).await?;
+        *held.renewed.lock().unwrap() = Instant::now();
+        Ok(())
+    }
+
+    /// Writes `holder`'s lease, from `now` on, over the values of `read`.
+    async fn write_lease(
+        &self,
+        read: Option<K2VItem>,
+        holder: &str,
+        now: u64,
+    ) -> Result<(), Error> {
+        let (partition, key) = lease_item(self.name());
         let lease = Lease {
-            holder: held.holder.clone(),
+            holder: holder.to_string(),
             until_ms: now + LEASE.as_millis() as u64,
         };
         self.conn()
             .rpc_k2v_insert(
                 partition,
                 key,
-                read.value.map(|i| i.causal_context()),
+                read.map(|i| i.causal_context()),
                 DvvsValue::Value(serde_json::to_vec(&lease).expect("serializable")),
             )
             .await?;
-        *held.renewed.lock().unwrap() = Instant::now();
         Ok(())
     }
 
@@ -704,16 +701,34 @@ impl Namespace {
         if slots.is_empty() {
             return Ok(());
         }
+        self.update_manifest(hash, |m| {
+            let fresh: Vec<usize> = slots
+                .iter()
+                .copied()
+                .filter(|i| !m.is_deleted(*i))
+                .collect();
+            for &i in &fresh {
+                m.delete(i);
+            }
+            !fresh.is_empty()
+        })
+        .await
+    }
+
+    /// Reads a pack's manifest from a quorum, lets `change` edit it, and if
+    /// it says it changed something, writes it back with the read's causal
+    /// context and tells the map. Nothing if the manifest is gone.
+    async fn update_manifest(
+        &self,
+        hash: &Hash,
+        change: impl FnOnce(&mut Manifest) -> bool,
+    ) -> Result<(), Error> {
         let Some(read) = self.read_manifest(hash).await? else {
             return Ok(());
         };
         let mut m = read.manifest.clone();
-        let fresh: Vec<usize> = slots.into_iter().filter(|i| !m.is_deleted(*i)).collect();
-        if fresh.is_empty() {
+        if !change(&mut m) {
             return Ok(());
-        }
-        for &i in &fresh {
-            m.delete(i);
         }
         self.rewrite_manifest(hash, read, &m).await?;
         let p = hash.as_slice()[0] as usize;

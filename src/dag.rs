@@ -107,10 +107,14 @@ fn put_varint(buf: &mut BytesMut, n: u64) {
 }
 
 /// The blocks read to resolve a path, in the order read: the root first,
-/// the path's end (the *terminal*) last.
+/// the path's end (the *terminal*) last. When the path leads nowhere
+/// ([`resolve_or_absent`]), `absent` says where and why, and the blocks
+/// are those read before that: they prove the absence to a client that
+/// checks them.
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub blocks: Vec<(Cid, Bytes)>,
+    pub absent: Option<String>,
 }
 
 impl Resolved {
@@ -135,13 +139,34 @@ pub async fn resolve<S: BlockStore>(
     root: Cid,
     path: &[String],
 ) -> Result<Option<Resolved>, DagError> {
+    match resolve_or_absent(store, root, path).await? {
+        Some(Resolved {
+            absent: Some(why), ..
+        }) => Err(DagError::NoSuchPath(why)),
+        found => Ok(found),
+    }
+}
+
+/// [`resolve`], except that a path that does not exist is `Ok` with
+/// [`Resolved::absent`] set and the blocks read until then.
+pub async fn resolve_or_absent<S: BlockStore>(
+    store: &S,
+    root: Cid,
+    path: &[String],
+) -> Result<Option<Resolved>, DagError> {
     let Some(data) = store.get(&root).await? else {
         return Ok(None);
     };
     let mut blocks = vec![(root, data)];
     let mut i = 0;
-    let missing =
-        |i: usize, why: &str| DagError::NoSuchPath(format!("/{}: {why}", path[..=i].join("/")));
+    macro_rules! missing {
+        ($i:expr, $why:expr) => {
+            return Ok(Some(Resolved {
+                absent: Some(format!("/{}: {}", path[..=$i].join("/"), $why)),
+                blocks,
+            }))
+        };
+    }
     while i < path.len() {
         let (cid, data) = blocks.last().expect("the root").clone();
         let segment = path[i].as_str();
@@ -157,7 +182,7 @@ pub async fn resolve<S: BlockStore>(
                                 .hamt_step(segment, level)
                                 .map_err(|e| LinkError { cid, reason: e })?;
                             match step {
-                                HamtStep::Absent => return Err(missing(i, "no such entry")),
+                                HamtStep::Absent => missing!(i, "no such entry"),
                                 HamtStep::Found(c) => break c,
                                 HamtStep::Shard(c) => {
                                     let d = load(store, &c).await?;
@@ -177,11 +202,11 @@ pub async fn resolve<S: BlockStore>(
                             }
                         }
                     }
-                    Some(Kind::File) => return Err(missing(i, "a file has no entries")),
-                    Some(Kind::Other) => return Err(missing(i, "not a directory")),
+                    Some(Kind::File) => missing!(i, "a file has no entries"),
+                    Some(Kind::Other) => missing!(i, "not a directory"),
                     Some(Kind::Directory) | None => match node.named(segment) {
                         Some(l) => l.cid,
-                        None => return Err(missing(i, "no such entry")),
+                        None => missing!(i, "no such entry"),
                     },
                 };
                 i += 1;
@@ -194,27 +219,36 @@ pub async fn resolve<S: BlockStore>(
                 loop {
                     if i == path.len() {
                         // The path ends inside this block: it is the terminal.
-                        return Ok(Some(Resolved { blocks }));
+                        return Ok(Some(Resolved {
+                            blocks,
+                            absent: None,
+                        }));
                     }
                     let seg = path[i].as_str();
-                    at = match at {
+                    let field = match at {
                         Ipld::Map(m) => m.get(seg),
                         Ipld::List(l) => seg.parse::<usize>().ok().and_then(|k| l.get(k)),
                         _ => None,
-                    }
-                    .ok_or_else(|| missing(i, "no such field"))?;
+                    };
+                    let Some(field) = field else {
+                        missing!(i, "no such field")
+                    };
+                    at = field;
                     i += 1;
                     if let Ipld::Link(c) = at {
                         break *c;
                     }
                 }
             }
-            _ => return Err(missing(i, "this block has no named links")),
+            _ => missing!(i, "this block has no named links"),
         };
         let d = load(store, &next).await?;
         blocks.push((next, d));
     }
-    Ok(Some(Resolved { blocks }))
+    Ok(Some(Resolved {
+        blocks,
+        absent: None,
+    }))
 }
 
 /// Streams the DAG under `root` as a CARv1: depth-first, each block once,
@@ -272,6 +306,22 @@ async fn walk<S: BlockStore>(
     opts: CarOptions,
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, DagError>>,
 ) -> Result<(), DagError> {
+    if resolved.absent.is_some() {
+        // As kubo and rainbow answer (and rainbow's car mode expects, to
+        // tell a missing index.html from an error): the empty identity CID
+        // as root, then the blocks that show the path is not there.
+        let empty =
+            cidutil::compute(cidutil::codec::RAW, cidutil::IDENTITY, &[]).expect("identity");
+        if tx.send(Ok(car_header(&empty))).await.is_err() {
+            return Ok(());
+        }
+        for (cid, data) in &resolved.blocks {
+            if tx.send(Ok(car_section(cid, data))).await.is_err() {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
     let (terminal, terminal_data) = resolved.terminal().clone();
     if tx.send(Ok(car_header(&terminal))).await.is_err() {
         return Ok(());

@@ -9,6 +9,12 @@
 //!
 //! The tests share node A and the daemon and run one at a time (they
 //! restart both, and kill Garage nodes).
+//!
+//! The last tests put the daemon's gateway behind the HTTP clients of the
+//! IPFS world, on a site made by stock kubo: kubo's own gateway as the
+//! oracle of path CARs, boxo's path gateway on remote backends
+//! (`remote-gateway`, rainbow's mode of operation), Chromium through it,
+//! and Helia's verified fetch (docs/CONFORMANCE.md).
 #![cfg(feature = "integration-tests")]
 
 mod common;
@@ -1030,5 +1036,579 @@ fn kubo_bench_runs_every_system_and_every_answer_is_right() {
             "kubo bench (8 MiB): add {}x, cat_cold {}x go-ds-s3's speed",
             report["speedup_vs_s3"]["add"], report["speedup_vs_s3"]["cat_cold"]
         );
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Our gateway as the backend of the HTTP clients of the IPFS world: kubo's
+// own gateway as the oracle of path CARs, boxo's path gateway on remote
+// backends (rainbow's mode of operation) in block and car modes, Chromium
+// through it, Helia's verified fetch by path.
+
+/// Files in `many/`, enough for kubo to shard it (HAMT) once its sharding
+/// threshold is set low.
+const HAMT_FILES: usize = 300;
+/// The picture's size in pixels.
+const PICTURE: (u32, u32) = (480, 360);
+
+/// A small web site, made by a stock kubo node (`ipfs add -r`: kubo's own
+/// chunking and HAMT sharding) and imported into the namespace our
+/// daemon's gateway serves. The maker keeps running: its gateway answers
+/// from the same blocks, an oracle for ours.
+struct Site {
+    root: String,
+    tree: PathBuf,
+    maker: KuboNode,
+    /// FNV-1a over the picture's RGB bytes, row by row.
+    picture_fnv: u32,
+}
+
+/// FNV-1a, 32 bits.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The page that decodes the picture and reports what it saw: its size and
+/// the FNV-1a of its pixels' RGB bytes, as `data-result` on `<body>`.
+const PICTURE_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>picture</title></head>
+<body><img id="p" src="picture.png" alt="a picture">
+<script>
+function done(text) { document.body.setAttribute('data-result', text); }
+function check(img) {
+  const c = document.createElement('canvas');
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const x = c.getContext('2d');
+  x.drawImage(img, 0, 0);
+  const d = x.getImageData(0, 0, c.width, c.height).data;
+  let h = 0x811c9dc5;
+  for (let i = 0; i < d.length; i += 4) {
+    for (let k = 0; k < 3; k++) { h ^= d[i + k]; h = Math.imul(h, 0x01000193) >>> 0; }
+  }
+  done('decoded ' + c.width + 'x' + c.height + ' fnv=' + h.toString(16));
+}
+const img = document.getElementById('p');
+if (img.complete && img.naturalWidth > 0) check(img);
+else { img.onload = () => check(img); img.onerror = () => done('error'); }
+</script></body></html>
+"#;
+
+/// Writes the site's files under `tree`; returns the picture's FNV.
+fn write_site(tree: &Path) -> u32 {
+    write_file(&tree.join("docs"), "big.bin", 21, 3 * 1024 * 1024 + 7);
+    let notes = "Notes kept in Garage.\n".repeat(40);
+    std::fs::write(tree.join("docs/notes.txt"), &notes).unwrap();
+    // The same bytes twice: one block, reached twice (car-dups).
+    std::fs::write(tree.join("docs/copy.txt"), &notes).unwrap();
+    std::fs::create_dir_all(tree.join("many")).unwrap();
+    for i in 0..HAMT_FILES {
+        std::fs::write(
+            tree.join(format!("many/f{i:03}.txt")),
+            format!("file {i}\n"),
+        )
+        .unwrap();
+    }
+    // Noise does not compress: the PNG spans several 256 KiB chunks.
+    let (w, h) = PICTURE;
+    let rgb = bytes(22, (w * h * 3) as usize);
+    let mut png = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut png, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().unwrap();
+        writer.write_image_data(&rgb).unwrap();
+    }
+    std::fs::write(tree.join("picture.png"), &png).unwrap();
+    std::fs::write(tree.join("picture.html"), PICTURE_PAGE).unwrap();
+    fnv1a(&rgb)
+}
+
+/// The site, made on first use; its blocks are readable through the
+/// fixture daemon's gateway when this returns.
+async fn site(f: &Fixture) -> &'static Site {
+    static SITE: OnceCell<Site> = OnceCell::const_new();
+    SITE.get_or_init(|| async {
+        let work = state_dir("kubo-site");
+        let tree = work.join("site");
+        let picture_fnv = write_site(&tree);
+        let maker = KuboNode::new(ipfs_bin(Flavour::Stock), work.join("maker"));
+        ok(&maker, &["init", "--profile=test"]);
+        ok(
+            &maker,
+            &["config", "Import.UnixFSHAMTDirectorySizeThreshold", "1KiB"],
+        );
+        maker
+            .start(Duration::from_secs(120))
+            .expect("the maker starts");
+        let root = add(&maker, &tree, &["--cid-version=1"]);
+        // `many/` must be a HAMT, or the shard paths go untested.
+        let many = ok(&maker, &["resolve", &format!("/ipfs/{root}/many")]);
+        let many = many.trim().trim_start_matches("/ipfs/");
+        let block = maker
+            .command()
+            .args(["block", "get", many])
+            .output()
+            .unwrap();
+        let node = garage_ipfs::unixfs::Node::decode(&block.stdout.into()).unwrap();
+        assert_eq!(
+            node.kind(),
+            Some(garage_ipfs::unixfs::Kind::HamtShard),
+            "kubo did not shard many/"
+        );
+        let car = maker
+            .command()
+            .args(["dag", "export", &root])
+            .output()
+            .unwrap();
+        assert!(
+            car.status.success(),
+            "{}",
+            String::from_utf8_lossy(&car.stderr)
+        );
+        let car_file = work.join("site.car");
+        std::fs::write(&car_file, &car.stdout).unwrap();
+        let blocks = car_cids(&car.stdout).await.1.len();
+        cli_ok(
+            &f.daemon.config,
+            &[
+                "car",
+                "import",
+                car_file.to_str().unwrap(),
+                "--namespace",
+                "default",
+            ],
+        );
+        // Imported by another connector: the daemon's filter learns of the
+        // blocks at its next counter poll.
+        let url = format!("http://127.0.0.1:{}/ipfs/{root}", f.daemon.ports[0]);
+        eventually_async(
+            Duration::from_secs(60),
+            "our gateway serves the whole site",
+            || {
+                let url = url.clone();
+                async move {
+                    let (status, car) = car_from(&url, "dag-scope=all", CAR_NO_DUPS).await;
+                    status == 200 && car_cids(&car).await.1.len() == blocks
+                }
+            },
+        )
+        .await;
+        eprintln!("site {root}: {blocks} blocks");
+        Site {
+            root,
+            tree,
+            maker,
+            picture_fnv,
+        }
+    })
+    .await
+}
+
+const CAR_DUPS: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=y";
+const CAR_NO_DUPS: &str = "application/vnd.ipld.car; version=1; order=dfs; dups=n";
+
+/// GET `url?query` with `Accept: accept`: the status and the body.
+async fn car_from(url: &str, query: &str, accept: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::Client::new()
+        .get(format!("{url}?{query}"))
+        .header("accept", accept)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    // A CAR cut short shows as a body error: an empty body then.
+    (
+        status,
+        r.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+    )
+}
+
+/// A CARv1's roots and its sections' CIDs, in order (empty if it does not
+/// parse to its end).
+async fn car_cids(car: &[u8]) -> (Vec<cid::Cid>, Vec<cid::Cid>) {
+    let Ok(mut reader) = iroh_car::CarReader::new(car).await else {
+        return Default::default();
+    };
+    let roots = reader.header().roots().to_vec();
+    let mut cids = Vec::new();
+    loop {
+        match reader.next_block().await {
+            Ok(Some((c, _))) => cids.push(c),
+            Ok(None) => return (roots, cids),
+            Err(_) => return Default::default(),
+        }
+    }
+}
+
+/// kubo's gateway (boxo) is the reference implementation of the trustless
+/// gateway: for every path into the site (the root, directories, a HAMT
+/// directory and a file behind it, multi-block files), every `dag-scope`,
+/// `entity-bytes` ranges (from the start, the middle, the end, negative
+/// offsets) and both `dups` settings, our gateway answers the same status
+/// and, for a 200, a CAR with the same roots and the same blocks in the
+/// same order as kubo's own gateway on the same blocks; for a path that
+/// leads nowhere, the blocks that prove it (DESIGN.md).
+#[test]
+fn kubo_gateway_and_ours_send_the_same_car_for_every_path_scope_and_range() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let s = site(f).await;
+        let theirs = s.maker.gateway_url().unwrap();
+        let ours = format!("http://127.0.0.1:{}", f.daemon.ports[0]);
+        let mut cases: Vec<(String, String, &str)> = Vec::new();
+        for path in [
+            "",
+            "/docs",
+            "/docs/big.bin",
+            "/docs/notes.txt",
+            "/many",
+            "/many/f123.txt",
+            "/picture.png",
+        ] {
+            for scope in ["all", "entity", "block"] {
+                cases.push((path.into(), format!("dag-scope={scope}"), CAR_DUPS));
+            }
+        }
+        for path in ["/docs/big.bin", "/picture.png"] {
+            for range in [
+                "0:99",
+                "300000:700000",
+                "262144:524287",
+                "-1000:*",
+                "100:-100",
+                "2000000:*",
+                "0:*",
+            ] {
+                cases.push((
+                    path.into(),
+                    format!("dag-scope=entity&entity-bytes={range}"),
+                    CAR_DUPS,
+                ));
+            }
+        }
+        for scope in ["all", "entity"] {
+            cases.push(("/docs".into(), format!("dag-scope={scope}"), CAR_NO_DUPS));
+        }
+        cases.push(("".into(), "dag-scope=all".into(), CAR_NO_DUPS));
+        // Paths that lead nowhere: a CAR of the blocks that show it.
+        for path in ["/docs/nope", "/many/nope", "/docs/big.bin/nope"] {
+            cases.push((path.into(), "dag-scope=all".into(), CAR_DUPS));
+        }
+
+        let mut failures = Vec::new();
+        let mut compared = 0;
+        for (path, query, accept) in &cases {
+            let at = |base: &str| format!("{base}/ipfs/{}{path}", s.root);
+            let (their_status, their_car) = car_from(&at(&theirs), query, accept).await;
+            let (our_status, our_car) = car_from(&at(&ours), query, accept).await;
+            let what = format!("{path}?{query} ({accept})");
+            if their_status != our_status {
+                failures.push(format!("{what}: status {our_status}, kubo {their_status}"));
+                continue;
+            }
+            if their_status != 200 {
+                continue;
+            }
+            let (theirs_car, ours_car) = (car_cids(&their_car).await, car_cids(&our_car).await);
+            assert!(
+                !theirs_car.1.is_empty(),
+                "{what}: kubo's CAR is empty or cut"
+            );
+            if theirs_car != ours_car {
+                let show = |c: &(Vec<cid::Cid>, Vec<cid::Cid>)| {
+                    format!(
+                        "roots {:?}, {} blocks {:?}",
+                        c.0.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                        c.1.len(),
+                        c.1.iter()
+                            .take(8)
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                    )
+                };
+                failures.push(format!(
+                    "{what}:\n  ours: {}\n  kubo: {}",
+                    show(&ours_car),
+                    show(&theirs_car)
+                ));
+            }
+            compared += 1;
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases differ from kubo's gateway:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
+        assert!(compared >= 30, "only {compared} CARs compared");
+    });
+}
+
+/// boxo's path gateway on remote backends (`remote-gateway`, rainbow's
+/// mode of operation) with our gateway as its only backend. It runs until
+/// dropped; its backend requests are logged to `log`.
+struct RemoteGateway {
+    url: String,
+    log: PathBuf,
+    _child: ChildGuard,
+}
+
+impl RemoteGateway {
+    async fn start(f: &Fixture, mode: &str) -> Self {
+        let bin = kubo_binary(Flavour::RemoteGateway)
+            .unwrap_or_else(|e| panic!("cannot build remote-gateway: {e}"));
+        let port = free_port().unwrap();
+        let log = state_dir(&format!("remote-gateway-{mode}")).join("backend.log");
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "-backend",
+            &format!("http://127.0.0.1:{}", f.daemon.ports[0]),
+            "-mode",
+            mode,
+            "-listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+        let child = ChildGuard::spawn(cmd);
+        let url = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(30), "remote-gateway listens", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        Self {
+            url,
+            log,
+            _child: child,
+        }
+    }
+
+    /// The backend requests logged so far: (request URI, status).
+    fn backend_requests(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("backend GET "))
+            .map(|l| {
+                let (uri, status) = l.split_once(' ').unwrap();
+                (uri.to_string(), status.to_string())
+            })
+            .collect()
+    }
+}
+
+async fn get_text(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The stand-in for rainbow: boxo's gateway (the code rainbow and kubo
+/// serve with) taking every block from our gateway, in both of rainbow's
+/// remote-backend modes. It serves a multi-MiB file (whole and a byte
+/// range) and a file behind a HAMT shard byte-identical, and directory
+/// listings naming every entry (the HAMT one too). Its backend log shows
+/// the mode's requests only (raw blocks, or CARs with `entity-bytes` for
+/// the range), all answered by us with 200 (or abandoned by boxo).
+#[test]
+fn boxo_remote_gateway_serves_files_and_listings_from_ours_in_block_and_car_modes() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let s = site(f).await;
+        let big = std::fs::read(s.tree.join("docs/big.bin")).unwrap();
+        for mode in ["block", "car"] {
+            let g = RemoteGateway::start(f, mode).await;
+            let base = format!("{}/ipfs/{}", g.url, s.root);
+            let r = reqwest::get(format!("{base}/docs/big.bin")).await.unwrap();
+            assert_eq!(r.status(), 200, "{mode}: big.bin");
+            assert!(r.bytes().await.unwrap() == big, "{mode}: big.bin differs");
+            let r = reqwest::Client::new()
+                .get(format!("{base}/docs/big.bin"))
+                .header("range", "bytes=1000000-1300000")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 206, "{mode}: a range of big.bin");
+            assert!(
+                r.bytes().await.unwrap() == big[1_000_000..=1_300_000],
+                "{mode}: the range differs"
+            );
+            let (status, text) = get_text(&format!("{base}/many/f123.txt")).await;
+            assert_eq!((status, text.as_str()), (200, "file 123\n"), "{mode}");
+            let (status, listing) = get_text(&format!("{base}/docs/")).await;
+            assert_eq!(status, 200, "{mode}: docs/ listing");
+            for name in ["big.bin", "notes.txt", "copy.txt"] {
+                assert!(listing.contains(name), "{mode}: docs/ lists no {name}");
+            }
+            let (status, listing) = get_text(&format!("{base}/many/")).await;
+            assert_eq!(status, 200, "{mode}: many/ listing");
+            let missing: Vec<_> = (0..HAMT_FILES)
+                .map(|i| format!("f{i:03}.txt"))
+                .filter(|n| !listing.contains(n.as_str()))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{mode}: many/ does not list {missing:?}"
+            );
+
+            let requests = g.backend_requests();
+            eprintln!("{mode} mode: {} backend requests", requests.len());
+            assert!(!requests.is_empty(), "{mode}: no backend request logged");
+            // boxo cancels the block prefetches it no longer needs once a
+            // response is done: the only answers allowed besides a 200.
+            let refused: Vec<_> = requests
+                .iter()
+                .filter(|(_, s)| s != "200" && s != "error(context canceled)")
+                .collect();
+            assert!(refused.is_empty(), "{mode}: not 200: {refused:?}");
+            let foreign: Vec<_> = requests
+                .iter()
+                .filter(|(uri, _)| {
+                    !uri.contains(if mode == "block" {
+                        "format=raw"
+                    } else {
+                        "format=car"
+                    })
+                })
+                .collect();
+            assert!(foreign.is_empty(), "{mode}: other requests: {foreign:?}");
+            if mode == "car" {
+                assert!(
+                    requests
+                        .iter()
+                        .any(|(uri, _)| uri.contains("/docs/big.bin")
+                            && uri.contains("entity-bytes=")),
+                    "car mode asked for no byte range: {requests:?}"
+                );
+            }
+        }
+    });
+}
+
+/// Debian's Chromium (`CHROMIUM_BIN`, else `chromium` on PATH).
+fn chromium() -> PathBuf {
+    let bin =
+        std::env::var_os("CHROMIUM_BIN").map_or_else(|| PathBuf::from("chromium"), PathBuf::from);
+    let found = std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "no Chromium at {}: install Debian's (`apt-get install chromium`, as .ci/run does) \
+         or set CHROMIUM_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A picture in a real browser: headless Chromium opens a page of the site
+/// through boxo's gateway on ours (both modes); the page draws the PNG
+/// (several blocks) on a canvas and reports its size and the FNV-1a of its
+/// pixels, which must be the picture's, computed here from the pixels it
+/// was encoded from.
+#[test]
+fn chromium_shows_a_picture_from_garage_through_boxo_gateway_on_ours() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let s = site(f).await;
+        let bin = chromium();
+        let want = format!(
+            "decoded {}x{} fnv={:x}",
+            PICTURE.0, PICTURE.1, s.picture_fnv
+        );
+        for mode in ["block", "car"] {
+            let g = RemoteGateway::start(f, mode).await;
+            let profile = tempfile::tempdir().unwrap();
+            let page = format!("{}/ipfs/{}/picture.html", g.url, s.root);
+            let out = std::process::Command::new(&bin)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--force-color-profile=srgb",
+                    "--virtual-time-budget=20000",
+                    "--dump-dom",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg(&page)
+                .output()
+                .unwrap();
+            let dom = String::from_utf8_lossy(&out.stdout);
+            let result = dom
+                .split("data-result=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next());
+            assert_eq!(
+                result,
+                Some(want.as_str()),
+                "{mode}: Chromium saw (exit {}):\n{dom}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                g.backend_requests()
+                    .iter()
+                    .any(|(u, _)| u.contains(if mode == "car" {
+                        "picture.png"
+                    } else {
+                        "format=raw"
+                    })),
+                "{mode}: the picture did not come from our gateway"
+            );
+        }
+    });
+}
+
+/// Helia's verified fetch reads files by path (through the HAMT shard, and
+/// a multi-MiB file), taking raw blocks from our gateway and checking each
+/// one: the bytes are the files'.
+#[test]
+fn helia_verified_fetch_reads_files_by_path_from_ours() {
+    run(async {
+        let _serial = serial().await;
+        let f = fixture().await;
+        let s = site(f).await;
+        let gateway = format!("http://127.0.0.1:{}", f.daemon.ports[0]);
+        let work = state_dir("verified-fetch");
+        for path in ["docs/big.bin", "many/f123.txt", "picture.png"] {
+            let out = work.join(path.replace('/', "_"));
+            let mut fetch = node();
+            fetch.args([
+                "verified-fetch.mjs",
+                &gateway,
+                &format!("ipfs://{}/{path}", s.root),
+                out.to_str().unwrap(),
+            ]);
+            let report = run_ok(fetch, "verified-fetch.mjs");
+            let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+            let got = std::fs::read(&out).unwrap();
+            assert!(
+                got == std::fs::read(s.tree.join(path)).unwrap(),
+                "{path} differs"
+            );
+            let requests = report["requests"].as_array().unwrap();
+            assert!(
+                !requests.is_empty(),
+                "{path}: no request reached our gateway"
+            );
+            assert!(
+                requests
+                    .iter()
+                    .all(|r| r.as_str().unwrap().contains("format=raw")),
+                "{path}: {requests:?}"
+            );
+        }
     });
 }

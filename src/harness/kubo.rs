@@ -42,6 +42,11 @@ pub enum Flavour {
     /// kubo with go-ds-s3 preloaded, built the same way as ours
     /// (`benchmarks/kubo-s3/`), for the benchmark.
     S3,
+    /// Not kubo: boxo's path gateway (the code of kubo's and rainbow's
+    /// gateways) taking its blocks from remote trustless gateways, as
+    /// rainbow does (`kubo-plugin/cmd/remote-gateway`), for the interop
+    /// tests.
+    RemoteGateway,
 }
 
 impl Flavour {
@@ -50,6 +55,7 @@ impl Flavour {
             Flavour::Garage => "ipfs",
             Flavour::Stock => "ipfs-stock",
             Flavour::S3 => "ipfs-s3",
+            Flavour::RemoteGateway => "remote-gateway",
         }
     }
 
@@ -59,6 +65,7 @@ impl Flavour {
             Flavour::Garage => ("kubo-plugin", "./cmd/ipfs"),
             Flavour::Stock => ("kubo-plugin", "github.com/ipfs/kubo/cmd/ipfs"),
             Flavour::S3 => ("benchmarks/kubo-s3", "."),
+            Flavour::RemoteGateway => ("kubo-plugin", "./cmd/remote-gateway"),
         }
     }
 }
@@ -138,11 +145,14 @@ pub fn kubo_binary(flavour: Flavour) -> Result<PathBuf, HarnessError> {
                 Flavour::Garage => " with the garage-ipfs datastore plugin",
                 Flavour::S3 => " with go-ds-s3",
                 Flavour::Stock => "",
+                Flavour::RemoteGateway => "'s gateway on remote backends (boxo)",
             }
         );
     }
     build(flavour, &bin)?;
-    check_version(&bin)?;
+    if flavour != Flavour::RemoteGateway {
+        check_version(&bin)?;
+    }
     built.push((flavour, bin.clone()));
     Ok(bin)
 }

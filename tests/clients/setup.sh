@@ -99,7 +99,8 @@ else
   (cd "$HERE" && "$VENV/bin/node" --input-type=module -e "
     await import('helia'); await import('@helia/unixfs');
     await import('@helia/trustless-gateway-client'); await import('@helia/fallback-router');
-    await import('kubo-rpc-client'); await import('@ipld/dag-cbor'); await import('multiformats/cid')
+    await import('@helia/verified-fetch'); await import('kubo-rpc-client');
+    await import('@ipld/dag-cbor'); await import('multiformats/cid')
   ") || die "node_modules installed but the modules do not load"
   echo "$nm_key" >"$NM_STAMP"
   say "node_modules ready ($(ls "$HERE/node_modules" | wc -l) top-level entries)"

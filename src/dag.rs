@@ -27,6 +27,10 @@ pub enum DagError {
     /// in a document, an entry of a file).
     #[error("no such path {0}")]
     NoSuchPath(String),
+    /// A path goes through a block whose codec we cannot read names in
+    /// (neither dag-pb, dag-cbor, dag-json nor raw).
+    #[error("cannot follow a path through {0}")]
+    Unsupported(String),
     /// The CAR is not a valid CARv1 (truncated, corrupt, oversized section).
     #[error("invalid CAR: {0}")]
     Car(String),
@@ -131,7 +135,7 @@ async fn load<S: BlockStore>(store: &S, cid: &Cid) -> Result<Bytes, DagError> {
 /// Resolves `path` (segments, already percent-decoded and free of `.` and
 /// `..`) from `root`: through UnixFS directories (plain, and HAMT-sharded:
 /// each shard read is a block of the path), plain dag-pb links by name, and
-/// dag-cbor maps and lists (several segments within one block; a link
+/// dag-cbor and dag-json maps and lists (several segments within one block; a link
 /// leads to the next block). `None` if the root is not stored; a path that
 /// does not exist is [`DagError::NoSuchPath`].
 pub async fn resolve<S: BlockStore>(
@@ -212,9 +216,8 @@ pub async fn resolve_or_absent<S: BlockStore>(
                 i += 1;
                 next
             }
-            cidutil::codec::DAG_CBOR => {
-                let doc: Ipld =
-                    serde_ipld_dagcbor::from_slice(&data).map_err(|e| bad(e.to_string()))?;
+            cidutil::codec::DAG_CBOR | cidutil::codec::DAG_JSON => {
+                let doc = crate::ipld::document(&cid, &data)?.expect("a document codec");
                 let mut at = &doc;
                 loop {
                     if i == path.len() {
@@ -240,7 +243,14 @@ pub async fn resolve_or_absent<S: BlockStore>(
                     }
                 }
             }
-            _ => missing!(i, "this block has no named links"),
+            // Raw bytes have no names: the path provably ends here.
+            cidutil::codec::RAW => missing!(i, "raw data has no named links"),
+            // A codec we cannot decode may well have the name: no proof.
+            other => {
+                return Err(DagError::Unsupported(format!(
+                    "block {cid} (codec 0x{other:x})"
+                )))
+            }
         };
         let d = load(store, &next).await?;
         blocks.push((next, d));
@@ -316,7 +326,7 @@ async fn walk<S: BlockStore>(
             return Ok(());
         }
         for (cid, data) in &resolved.blocks {
-            if tx.send(Ok(car_section(cid, data))).await.is_err() {
+            if !cidutil::is_identity(cid) && tx.send(Ok(car_section(cid, data))).await.is_err() {
                 return Ok(());
             }
         }
@@ -589,6 +599,44 @@ mod tests {
         }
         // dag-scope=block carries the root only.
         assert_eq!(car_parts(&src, root, Scope::Block).await.len(), 2);
+    }
+
+    /// dag-json documents: their links are walked and paths go through
+    /// their maps, lists and links, as for dag-cbor.
+    #[tokio::test]
+    async fn dag_json_links_and_paths() {
+        let store = Arc::new(MemBlockStore::new());
+        let (_, blocks) = sample(&store).await;
+        let (c1, c2) = (blocks[2].0, blocks[3].0);
+        let text =
+            format!(r#"{{"files":{{"a":{{"/":"{c1}"}}}},"list":[{{"/":"{c2}"}}],"name":"doc"}}"#);
+        let doc = cidutil::compute(codec::DAG_JSON, 0x12, text.as_bytes()).unwrap();
+        store.put(&doc, Bytes::from(text)).await.unwrap();
+        let seg = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cids = |r: Resolved| r.blocks.iter().map(|(c, _)| *c).collect::<Vec<_>>();
+        let r = resolve(&*store, doc, &seg(&["files", "a"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cids(r), [doc, c1]);
+        let r = resolve(&*store, doc, &seg(&["list", "0"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cids(r), [doc, c2]);
+        let r = resolve(&*store, doc, &seg(&["name"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cids(r), [doc]);
+        for nowhere in [&["files", "b"][..], &["list", "1"], &["name", "x"]] {
+            let err = resolve(&*store, doc, &seg(nowhere)).await.unwrap_err();
+            assert!(matches!(err, DagError::NoSuchPath(_)), "{nowhere:?}: {err}");
+        }
+        let parts = car_parts(&store, doc, Scope::All).await;
+        assert_eq!(parts.len(), 4, "header, the document, two leaves");
+        let bad = cidutil::compute(codec::DAG_JSON, 0x12, b"{not json").unwrap();
+        assert!(crate::ipld::links(&bad, b"{not json").is_err());
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The links of a block: what dag-pb and dag-cbor blocks point at. A leaf
+//! The links of a block: what dag-pb, dag-cbor and dag-json blocks point
+//! at. A leaf
 //! module (it needs only CIDs), so that the store's GC and the DAG walks
 //! above the store can both use it.
 
@@ -20,18 +21,30 @@ pub struct LinkError {
 /// The CIDs a block links to, in order. Raw blocks and codecs we do not
 /// walk have none.
 pub fn links(cid: &Cid, data: &[u8]) -> Result<Vec<Cid>, LinkError> {
-    let decode = |reason: String| LinkError { cid: *cid, reason };
     let mut out = Vec::new();
-    match cid.codec() {
-        codec::DAG_PB => ipld_dagpb::links(data, &mut out).map_err(|e| decode(e.to_string()))?,
-        codec::DAG_CBOR => {
-            let ipld: Ipld =
-                serde_ipld_dagcbor::from_slice(data).map_err(|e| decode(e.to_string()))?;
-            collect_links(&ipld, &mut out);
-        }
-        _ => (),
+    if cid.codec() == codec::DAG_PB {
+        ipld_dagpb::links(data, &mut out).map_err(|e| LinkError {
+            cid: *cid,
+            reason: e.to_string(),
+        })?;
+    } else if let Some(ipld) = document(cid, data)? {
+        collect_links(&ipld, &mut out);
     }
     Ok(out)
+}
+
+/// A dag-cbor or dag-json block's data model (`None` for other codecs).
+pub fn document(cid: &Cid, data: &[u8]) -> Result<Option<Ipld>, LinkError> {
+    let decode = |reason: String| LinkError { cid: *cid, reason };
+    match cid.codec() {
+        codec::DAG_CBOR => serde_ipld_dagcbor::from_slice(data)
+            .map(Some)
+            .map_err(|e| decode(e.to_string())),
+        codec::DAG_JSON => serde_ipld_dagjson::from_slice(data)
+            .map(Some)
+            .map_err(|e| decode(e.to_string())),
+        _ => Ok(None),
+    }
 }
 
 fn collect_links(ipld: &Ipld, out: &mut Vec<Cid>) {

@@ -1507,13 +1507,50 @@ fn chromium() -> PathBuf {
     bin
 }
 
+/// What the picture page reported in headless Chromium: its
+/// `data-result`, or a panic message with what Chromium printed.
+fn picture_page_result(bin: &Path, page: &str) -> Result<String, String> {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--force-color-profile=srgb",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(page)
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    dom.split("data-result=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!(
+                "{page}: no result (exit {}):\n{dom}\nstderr:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
 /// A picture in a real browser: headless Chromium opens a page of the site
-/// through boxo's gateway on ours (both modes); the page draws the PNG
-/// (several blocks) on a canvas and reports its size and the FNV-1a of its
-/// pixels, which must be the picture's, computed here from the pixels it
-/// was encoded from.
+/// through boxo's gateway on ours (both modes), and through a stock kubo
+/// whose only source is our gateway (our router names it; HTTP retrieval,
+/// no peer). The page draws the PNG (several blocks) on a canvas and
+/// reports its size and the FNV-1a of its pixels, which must be the
+/// picture's, computed here from the pixels it was encoded from.
 #[test]
-fn chromium_shows_a_picture_from_garage_through_boxo_gateway_on_ours() {
+fn chromium_shows_a_picture_from_garage_through_boxo_and_kubo_gateways() {
     run(async {
         let _serial = serial().await;
         let f = fixture().await;
@@ -1525,38 +1562,9 @@ fn chromium_shows_a_picture_from_garage_through_boxo_gateway_on_ours() {
         );
         for mode in ["block", "car"] {
             let g = RemoteGateway::start(f, mode).await;
-            let profile = tempfile::tempdir().unwrap();
             let page = format!("{}/ipfs/{}/picture.html", g.url, s.root);
-            let out = std::process::Command::new(&bin)
-                .args([
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--force-color-profile=srgb",
-                    "--virtual-time-budget=20000",
-                    "--dump-dom",
-                ])
-                .arg(format!("--user-data-dir={}", profile.path().display()))
-                .arg(&page)
-                .output()
-                .unwrap();
-            let dom = String::from_utf8_lossy(&out.stdout);
-            let result = dom
-                .split("data-result=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next());
-            assert_eq!(
-                result,
-                Some(want.as_str()),
-                "{mode}: Chromium saw (exit {}):\n{dom}\nstderr:\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let got = picture_page_result(&bin, &page).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(got, want, "{mode}");
             assert!(
                 g.backend_requests()
                     .iter()
@@ -1568,6 +1576,47 @@ fn chromium_shows_a_picture_from_garage_through_boxo_gateway_on_ours() {
                 "{mode}: the picture did not come from our gateway"
             );
         }
+
+        let viewer = KuboNode::new(
+            ipfs_bin(Flavour::Stock),
+            state_dir("kubo-viewer").join("repo"),
+        );
+        ok(&viewer, &["init", "--profile=test"]);
+        let router = format!("[\"http://127.0.0.1:{}\"]", f.daemon.ports[0]);
+        for (key, value) in [
+            ("Routing.DelegatedRouters", router.as_str()),
+            ("HTTPRetrieval.Enabled", "true"),
+            ("HTTPRetrieval.Allowlist", "[\"127.0.0.1\"]"),
+        ] {
+            ok(&viewer, &["config", "--json", key, value]);
+        }
+        viewer
+            .start(Duration::from_secs(120))
+            .expect("the viewer starts");
+        let before = f.daemon.metrics().await;
+        let page = format!(
+            "{}/ipfs/{}/picture.html",
+            viewer.gateway_url().unwrap(),
+            s.root
+        );
+        let got = picture_page_result(&bin, &page);
+        let after = f.daemon.metrics().await;
+        let peers = ok(&viewer, &["swarm", "peers"]);
+        viewer.stop();
+        assert_eq!(got.unwrap_or_else(|e| panic!("{e}")), want, "through kubo");
+        assert!(peers.trim().is_empty(), "the viewer has peers: {peers}");
+        let gets = |m: &str| {
+            metric(
+                m,
+                "garage_ipfs_requests_total{surface=\"gateway\",op=\"get\",status=\"ok\"}",
+            )
+        };
+        let fetched = gets(&after) - gets(&before);
+        // The site's root, the page, the picture's root and its chunks.
+        assert!(
+            fetched >= 4.0,
+            "kubo fetched only {fetched} blocks from our gateway"
+        );
     });
 }
 

@@ -31,6 +31,30 @@ pub enum ApiError {
     /// A DAG walk or CAR import failed (boxed: CIDs make it large).
     #[error(transparent)]
     Dag(Box<DagError>),
+    /// Stored data a request needs cannot be decoded: the request is
+    /// fine, the content is not (500).
+    #[error("stored data cannot be used: {0}")]
+    BadStoredData(String),
+    /// `Cache-Control: only-if-cached`, and a block it needs is not held
+    /// (412).
+    #[error("{0}")]
+    NotCached(String),
+}
+
+impl ApiError {
+    /// A DAG error met while reading what the store holds: a block that
+    /// cannot be decoded there is the content's fault, not the client's.
+    /// With `only_if_cached`, a block of the path that is not held is a
+    /// 412, as for the root.
+    pub fn from_stored(e: DagError, only_if_cached: bool) -> Self {
+        match e {
+            DagError::Decode(e) => ApiError::BadStoredData(e.to_string()),
+            DagError::Missing(c) if only_if_cached => {
+                ApiError::NotCached(format!("block {c} is not in this store"))
+            }
+            other => other.into(),
+        }
+    }
 }
 
 impl From<DagError> for ApiError {
@@ -51,10 +75,13 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadStoredData(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::NotCached(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::Store(e) => store_status(e),
             ApiError::Dag(e) => match e.as_ref() {
                 DagError::Store(e) => store_status(e),
                 DagError::Missing(_) | DagError::NoSuchPath(_) => StatusCode::NOT_FOUND,
+                DagError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
                 DagError::Car(_) | DagError::Incomplete { .. } | DagError::Decode(_) => {
                     StatusCode::BAD_REQUEST
                 }
@@ -71,6 +98,8 @@ impl ApiError {
                 tonic::Status::invalid_argument(msg)
             }
             StatusCode::NOT_FOUND => tonic::Status::not_found(msg),
+            StatusCode::NOT_IMPLEMENTED => tonic::Status::unimplemented(msg),
+            StatusCode::PRECONDITION_FAILED => tonic::Status::failed_precondition(msg),
             StatusCode::UNAUTHORIZED => tonic::Status::unauthenticated(msg),
             StatusCode::SERVICE_UNAVAILABLE => {
                 let mut status = tonic::Status::unavailable(msg);

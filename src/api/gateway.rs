@@ -90,11 +90,15 @@ async fn block<S: BlockStore + Clone>(
 async fn block_with_path<S: BlockStore + Clone>(
     state: State<S>,
     method: Method,
-    Path((cid, path)): Path<(String, String)>,
+    Path((cid, _)): Path<(String, String)>,
+    uri: axum::http::Uri,
     Query(q): Query<GatewayQuery>,
     headers: HeaderMap,
 ) -> Response {
-    respond(state, method, cid, Some(path), q, headers).await
+    // The path as sent, still percent-encoded: split on `/` first, then
+    // decoded segment by segment, so that `%2F` stays inside its name.
+    let raw = uri.path().splitn(4, '/').nth(3).unwrap_or("").to_string();
+    respond(state, method, cid, Some(raw), q, headers).await
 }
 
 async fn respond<S: BlockStore + Clone>(
@@ -126,43 +130,38 @@ async fn serve<S: BlockStore + Clone>(
         .get(header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("only-if-cached"));
+    let not_cached = || ApiError::NotCached(format!("block {cid} is not in this store"));
     if only_if_cached && !store.has(&cid).await? {
         // Whatever else the request says: the client only wants to know
         // whether we hold the block, and we do not.
-        return Ok((
-            StatusCode::PRECONDITION_FAILED,
-            "block is not in this store\n",
-        )
-            .into_response());
+        return Err(not_cached());
     }
     let (format, from_accept, accepted) = negotiate(q.format.as_deref(), headers)?;
     let path = path_segments(path.as_deref().unwrap_or(""))?;
     let head = method == Method::HEAD;
     let absent = || {
-        if only_if_cached {
-            Ok((
-                StatusCode::PRECONDITION_FAILED,
-                "block is not in this store\n",
-            )
-                .into_response())
+        Err(if only_if_cached {
+            not_cached()
         } else {
-            Err(ApiError::NotFound(format!(
-                "block {cid} is not stored here"
-            )))
-        }
+            ApiError::NotFound(format!("block {cid} is not stored here"))
+        })
     };
-    let url_path = if path.is_empty() {
-        format!("/ipfs/{cid}")
-    } else {
-        format!("/ipfs/{cid}/{}", path.join("/"))
-    };
+    // Percent-encoded, segment by segment, as headers need it.
+    let url_path = path.iter().fold(format!("/ipfs/{cid}"), |mut p, seg| {
+        p.push('/');
+        p.extend(percent_encoding::utf8_percent_encode(seg, NAME));
+        p
+    });
     match format {
         Format::Raw => {
             let raw_etag = |c: &Cid| format!("\"{c}.raw\"");
             let (etag, data, size) = if !path.is_empty() {
                 // The block at the end of the path (a client verifies the
                 // path with a CAR; this is the terminal's bytes alone).
-                let Some(resolved) = dag::resolve(&store, cid, &path).await? else {
+                let Some(resolved) = dag::resolve(&store, cid, &path)
+                    .await
+                    .map_err(|e| ApiError::from_stored(e, only_if_cached))?
+                else {
                     return absent();
                 };
                 let (terminal, data) = resolved.terminal().clone();
@@ -246,7 +245,10 @@ async fn serve<S: BlockStore + Clone>(
             // The whole path is resolved before the status is sent, so that
             // the walk cannot fail on it once 200 is out. A path that leads
             // nowhere is a 200 CAR of the blocks that show it (DESIGN.md).
-            let Some(resolved) = dag::resolve_or_absent(&store, cid, &path).await? else {
+            let Some(resolved) = dag::resolve_or_absent(&store, cid, &path)
+                .await
+                .map_err(|e| ApiError::from_stored(e, only_if_cached))?
+            else {
                 return absent();
             };
             if not_modified(headers, &etag) {
@@ -268,12 +270,16 @@ async fn serve<S: BlockStore + Clone>(
     }
 }
 
-/// The segments of a content path, percent-decoded already (by the
-/// router), `.` dropped and `..` applied; 400 if `..` leaves the root.
+/// The segments of a content path as sent (percent-encoded), each
+/// decoded (an encoded `/` stays in its segment), `.` dropped and `..`
+/// applied; 400 if `..` leaves the root or a segment is not UTF-8.
 fn path_segments(path: &str) -> Result<Vec<String>, ApiError> {
     let mut out: Vec<String> = Vec::new();
-    for seg in path.split('/') {
-        match seg {
+    for raw in path.split('/') {
+        let seg = percent_encoding::percent_decode_str(raw)
+            .decode_utf8()
+            .map_err(|_| ApiError::BadRequest(format!("path segment {raw} is not UTF-8")))?;
+        match seg.as_ref() {
             "" | "." => (),
             ".." => {
                 if out.pop().is_none() {
@@ -474,14 +480,14 @@ fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
         })
 }
 
-/// Bytes of a path segment escaped in headers and URLs: all but the
-/// unreserved ones and `/`.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+/// Bytes of a name (a path segment, a file name) escaped in headers and
+/// URLs: all but the unreserved ones (so `/` inside a name is escaped,
+/// not taken for a separator).
+const NAME: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
-    .remove(b'~')
-    .remove(b'/');
+    .remove(b'~');
 
 /// What a `Range` header asks of a raw block.
 #[derive(Debug, PartialEq)]
@@ -537,7 +543,7 @@ fn content_disposition(name: &str) -> HeaderValue {
     if ascii != name {
         value += &format!(
             "; filename*=UTF-8''{}",
-            percent_encoding::utf8_percent_encode(name, SEGMENT)
+            percent_encoding::utf8_percent_encode(name, NAME)
         );
     }
     HeaderValue::from_str(&value).expect("ASCII header")
@@ -554,7 +560,6 @@ fn common_headers(
     let mut resp = Response::new(Body::empty());
     let h = resp.headers_mut();
     let val = |s: String| HeaderValue::from_str(&s).expect("ASCII header");
-    let url_path = percent_encoding::utf8_percent_encode(url_path, SEGMENT).to_string();
     h.insert(header::CONTENT_TYPE, val(content_type.into()));
     h.insert(header::ETAG, val(etag.into()));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
@@ -564,7 +569,7 @@ fn common_headers(
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::VARY, HeaderValue::from_static("Accept"));
-    h.insert("x-ipfs-path", val(url_path.clone()));
+    h.insert("x-ipfs-path", val(url_path.to_string()));
     h.insert("x-ipfs-roots", val(cid.to_string()));
     if let Some(f) = location_format {
         h.insert(
@@ -947,6 +952,14 @@ mod tests {
         );
         let (status, _, _) = get(format!("/ipfs/{dir}?format=car&car-version=2")).await;
         assert_eq!(status, 400);
+        // An encoded `/` stays inside its segment: no entry is named so.
+        let (status, h, b) = get(format!("/ipfs/{dir}/sub%2Fb?format=car")).await;
+        assert_eq!(status, 200);
+        assert_eq!(car_cids(&b), [dir], "a missing name, not sub then b");
+        assert_eq!(h["x-ipfs-path"], format!("/ipfs/{dir}/sub%2Fb").as_str());
+        assert_eq!(path_segments("a%2Fb/./c%20d/e/..").unwrap(), ["a/b", "c d"]);
+        assert!(path_segments("%2E%2E").is_err());
+        assert!(path_segments("%FF").is_err());
         // Conditional requests: the weak tag matches with or without `W/`.
         let (_, first, _) = get(format!("/ipfs/{dir}/a.txt?format=car")).await;
         let tag = first[header::ETAG].to_str().unwrap().to_string();
@@ -1009,14 +1022,31 @@ mod tests {
             let (status, _, _) = get(format!("{missing}?format=raw")).await;
             assert_eq!(status, 404, "{missing}");
         }
-        for missing in [
-            format!("/ipfs/{}/zzz-not-there?format=car", w.hamt),
-            format!("/ipfs/{}/files/none?format=car", w.doc),
+        for (missing, may_walk) in [
+            (
+                format!("/ipfs/{}/zzz-not-there?format=car", w.hamt),
+                vec![w.hamt, w.shard],
+            ),
+            (
+                format!("/ipfs/{}/files/none?format=car", w.doc),
+                vec![w.doc],
+            ),
         ] {
             let (status, _, b) = get(missing.clone()).await;
             assert_eq!(status, 200, "{missing}");
-            assert!(!car_cids(&b).is_empty(), "{missing}");
+            let reader = iroh_car::CarReader::new(&b[..]).await.unwrap();
+            assert_eq!(reader.header().roots(), [empty], "{missing}");
+            let walked = car_cids(&b);
+            assert_eq!(walked.first(), may_walk.first(), "{missing}");
+            assert!(
+                walked.iter().all(|c| may_walk.contains(c)),
+                "{missing}: {walked:?}"
+            );
         }
+        // The identity root is never written as a section.
+        let (status, _, b) = get("/ipfs/bafkqaaa/x?format=car".into()).await;
+        assert_eq!(status, 200);
+        assert!(car_cids(&b).is_empty());
         for bad in [
             format!("/ipfs/{dir}/../x?format=car"),
             format!("/ipfs/{dir}?format=car&dag-scope=most"),
@@ -1139,6 +1169,54 @@ mod tests {
         assert_eq!(r.status(), 200);
     }
 
+    /// A path through a block that is not stored is 404 (412 with
+    /// only-if-cached), never a proof of absence; through a block that
+    /// cannot be decoded, 500; through a codec we do not read, 501.
+    #[tokio::test]
+    async fn paths_through_missing_broken_and_unknown_blocks() {
+        let ns = MemBackend::default().namespace("default").unwrap();
+        let w = world(&ns).await;
+        ns.delete(&w.sub).await.unwrap();
+        let put = |codec: u64, data: Vec<u8>| {
+            let ns = ns.clone();
+            async move {
+                let cid = cidutil::compute(codec, 0x12, &data).unwrap();
+                ns.put(&cid, Bytes::from(data)).await.unwrap();
+                cid
+            }
+        };
+        let json = put(0x0200, br#"{"a":1}"#.to_vec()).await;
+        let junk = put(cidutil::codec::DAG_JSON, b"{not json".to_vec()).await;
+        let mut map = std::collections::BTreeMap::new();
+        map.insert("x".to_string(), ipld_core::ipld::Ipld::Link(junk));
+        let doc = put(
+            cidutil::codec::DAG_CBOR,
+            serde_ipld_dagcbor::to_vec(&ipld_core::ipld::Ipld::Map(map)).unwrap(),
+        )
+        .await;
+        let app = router(ns, &ApiOptions::with_defaults(None));
+        let dir = w.dir;
+        for (uri, status) in [
+            (format!("/ipfs/{dir}/sub/b?format=car"), 404),
+            (format!("/ipfs/{dir}/sub/b?format=raw"), 404),
+            (format!("/ipfs/{json}/a?format=car"), 501),
+            (format!("/ipfs/{doc}/x/y?format=car"), 500),
+            (format!("/ipfs/{doc}/x?format=car&dag-scope=block"), 200),
+        ] {
+            assert_eq!(
+                call(&app, "GET", &uri, None).await.status(),
+                status,
+                "{uri}"
+            );
+        }
+        let req = Request::builder()
+            .uri(format!("/ipfs/{dir}/sub/b?format=car"))
+            .header(header::CACHE_CONTROL, "only-if-cached")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), 412);
+    }
+
     /// Single byte ranges of raw blocks (206, 416), the whole block for
     /// several ranges, a bad header or another `If-Range`; `only-if-cached`
     /// answered before the format is looked at.
@@ -1207,6 +1285,36 @@ mod tests {
         )
         .await;
         assert_eq!(r.status(), 206);
+
+        // A stored block that cannot be decoded on the way: the content's
+        // fault, 500 (the block itself is still served as raw).
+        let junk = Bytes::from_static(b"\xff\xff not dag-pb");
+        let bad = cidutil::compute(cidutil::codec::DAG_PB, 0x12, &junk).unwrap();
+        let ns2 = MemBackend::default().namespace("default").unwrap();
+        ns2.put(&bad, junk.clone()).await.unwrap();
+        let app2 = router(ns2, &ApiOptions::with_defaults(None));
+        for (uri, status) in [
+            (format!("/ipfs/{bad}/a?format=car"), 500),
+            (format!("/ipfs/{bad}/a?format=raw"), 500),
+            (format!("/ipfs/{bad}?format=raw"), 200),
+        ] {
+            assert_eq!(
+                call(&app2, "GET", &uri, None).await.status(),
+                status,
+                "{uri}"
+            );
+        }
+
+        // If-None-Match wins over Range.
+        let r = ask(
+            "GET",
+            vec![
+                (header::RANGE, "bytes=0-1".into()),
+                (header::IF_NONE_MATCH, format!("\"{cid}.raw\"")),
+            ],
+        )
+        .await;
+        assert_eq!(r.status(), 304);
 
         // only-if-cached: 412 for an absent block even with no format; a
         // held block is served as asked.

@@ -30,7 +30,7 @@ pub struct GcSummary {
 
 impl Namespace {
     /// Removes every block not reachable from `roots` (walking dag-pb,
-    /// dag-cbor and raw links). Every root must be stored: a typo in the
+    /// dag-cbor and dag-json links). Every root must be stored: a typo in the
     /// roots file must not empty the namespace.
     pub async fn gc(&self, roots: &[Cid], dry_run: bool) -> Result<GcSummary, Error> {
         let mut summary = GcSummary {

@@ -308,6 +308,50 @@ fn kubo_stock_peer_fetches_from_a_over_bitswap() {
     });
 }
 
+/// `ipfs dag export` of `root` from `maker`, written to `car_file` and
+/// imported into the namespace the daemon's gateway serves: the CAR.
+fn import_into_daemon(f: &Fixture, maker: &KuboNode, root: &str, car_file: &Path) -> Vec<u8> {
+    let car = maker
+        .command()
+        .args(["dag", "export", root])
+        .output()
+        .unwrap();
+    assert!(
+        car.status.success(),
+        "{}",
+        String::from_utf8_lossy(&car.stderr)
+    );
+    std::fs::write(car_file, &car.stdout).unwrap();
+    cli_ok(
+        &f.daemon.config,
+        &[
+            "car",
+            "import",
+            car_file.to_str().unwrap(),
+            "--namespace",
+            "default",
+        ],
+    );
+    car.stdout
+}
+
+/// A stock kubo repo (test profile: no bootstrap peer, loopback only) whose
+/// only delegated router is our daemon, with HTTP retrieval from
+/// 127.0.0.1: its only way to blocks is our gateway. Not started.
+fn routed_stock_node(f: &Fixture, repo: &Path) -> KuboNode {
+    let node = KuboNode::new(ipfs_bin(Flavour::Stock), repo);
+    ok(&node, &["init", "--profile=test"]);
+    let router = format!("[\"http://127.0.0.1:{}\"]", f.daemon.ports[0]);
+    for (key, value) in [
+        ("Routing.DelegatedRouters", router.as_str()),
+        ("HTTPRetrieval.Enabled", "true"),
+        ("HTTPRetrieval.Allowlist", "[\"127.0.0.1\"]"),
+    ] {
+        ok(&node, &["config", "--json", key, value]);
+    }
+    node
+}
+
 /// Kubo's HTTP retrieval: a stock kubo node with our daemon as its only
 /// delegated router and no peer (test profile: no bootstrap, loopback
 /// only) finds our gateway as the provider of a 5 MiB UnixFS file's blocks
@@ -328,23 +372,7 @@ fn kubo_stock_node_fetches_over_http_from_our_gateway_named_by_our_router() {
         let root = ok(&maker, &["add", "-Q", file.to_str().unwrap()])
             .trim()
             .to_string();
-        let car = maker
-            .command()
-            .args(["dag", "export", &root])
-            .output()
-            .unwrap();
-        assert!(
-            car.status.success(),
-            "{}",
-            String::from_utf8_lossy(&car.stderr)
-        );
-        let car_file = work.join("routed.car");
-        std::fs::write(&car_file, &car.stdout).unwrap();
-        let car_path = car_file.to_str().unwrap();
-        cli_ok(
-            &f.daemon.config,
-            &["car", "import", car_path, "--namespace", "default"],
-        );
+        import_into_daemon(f, &maker, &root, &work.join("routed.car"));
         // Written by another connector: the daemon's filter sees it at its
         // next counter poll (README), and only then names itself. (Clients
         // may cache an empty answer for its max-age, 15 s.)
@@ -365,16 +393,7 @@ fn kubo_stock_node_fetches_over_http_from_our_gateway_named_by_our_router() {
         )
         .await;
 
-        let b = KuboNode::new(ipfs_bin(Flavour::Stock), work.join("b"));
-        ok(&b, &["init", "--profile=test"]);
-        let router = format!("[\"http://127.0.0.1:{}\"]", f.daemon.ports[0]);
-        for (key, value) in [
-            ("Routing.DelegatedRouters", router.as_str()),
-            ("HTTPRetrieval.Enabled", "true"),
-            ("HTTPRetrieval.Allowlist", "[\"127.0.0.1\"]"),
-        ] {
-            ok(&b, &["config", "--json", key, value]);
-        }
+        let b = routed_stock_node(f, &work.join("b"));
         b.start(Duration::from_secs(120)).expect("node B starts");
         let before = f.daemon.metrics().await;
         let got = cat(&b, &root);
@@ -1158,29 +1177,8 @@ async fn site(f: &Fixture) -> &'static Site {
             Some(garage_ipfs::unixfs::Kind::HamtShard),
             "kubo did not shard many/"
         );
-        let car = maker
-            .command()
-            .args(["dag", "export", &root])
-            .output()
-            .unwrap();
-        assert!(
-            car.status.success(),
-            "{}",
-            String::from_utf8_lossy(&car.stderr)
-        );
-        let car_file = work.join("site.car");
-        std::fs::write(&car_file, &car.stdout).unwrap();
-        let blocks = car_cids(&car.stdout).await.1.len();
-        cli_ok(
-            &f.daemon.config,
-            &[
-                "car",
-                "import",
-                car_file.to_str().unwrap(),
-                "--namespace",
-                "default",
-            ],
-        );
+        let car = import_into_daemon(f, &maker, &root, &work.join("site.car"));
+        let blocks = car_cids(&car).await.1.len();
         // Imported by another connector: the daemon's filter learns of the
         // blocks at its next counter poll.
         let url = format!("http://127.0.0.1:{}/ipfs/{root}", f.daemon.ports[0]);
@@ -1577,19 +1575,7 @@ fn chromium_shows_a_picture_from_garage_through_boxo_and_kubo_gateways() {
             );
         }
 
-        let viewer = KuboNode::new(
-            ipfs_bin(Flavour::Stock),
-            state_dir("kubo-viewer").join("repo"),
-        );
-        ok(&viewer, &["init", "--profile=test"]);
-        let router = format!("[\"http://127.0.0.1:{}\"]", f.daemon.ports[0]);
-        for (key, value) in [
-            ("Routing.DelegatedRouters", router.as_str()),
-            ("HTTPRetrieval.Enabled", "true"),
-            ("HTTPRetrieval.Allowlist", "[\"127.0.0.1\"]"),
-        ] {
-            ok(&viewer, &["config", "--json", key, value]);
-        }
+        let viewer = routed_stock_node(f, &state_dir("kubo-viewer").join("repo"));
         viewer
             .start(Duration::from_secs(120))
             .expect("the viewer starts");

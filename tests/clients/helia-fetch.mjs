@@ -20,34 +20,16 @@
 import { createHash } from 'node:crypto'
 import { createWriteStream } from 'node:fs'
 import { once } from 'node:events'
-import { fallbackRouter } from '@helia/fallback-router'
-import { trustlessGatewayBlockBroker } from '@helia/trustless-gateway-client'
 import { unixfs } from '@helia/unixfs'
-import { createHeliaLight } from 'helia'
 import { CID } from 'multiformats/cid'
+import { createLocalHelia, failer } from './local-helia.mjs'
 
 function usage (msg) {
   process.stderr.write(`${msg}\nusage: node helia-fetch.mjs <gatewayUrl> <rootCid> <outFile>\n`)
   process.exit(2)
 }
 
-// Flattens nested AggregateErrors / causes (Helia wraps the gateway's answer,
-// e.g. "received 404 Not Found", two levels deep) into one line.
-function describe (err, depth = 0) {
-  if (err == null || typeof err !== 'object') return String(err)
-  let text = err.message ?? String(err)
-  if (depth > 4) return text
-  const inner = [...(Array.isArray(err.errors) ? err.errors : []), ...(err.cause != null ? [err.cause] : [])]
-  if (inner.length > 0) text += ` [${inner.map(e => describe(e, depth + 1)).join('; ')}]`
-  return text
-}
-
-function fail (err, code = 1) {
-  const message = describe(err)
-  process.stdout.write(JSON.stringify({ ok: false, error: message }) + '\n')
-  process.stderr.write(`helia-fetch: ${err?.stack ?? message}\n`)
-  process.exit(code)
-}
+const fail = failer('helia-fetch')
 
 const [gatewayArg, cidArg, outFile] = process.argv.slice(2)
 if (gatewayArg == null || cidArg == null || outFile == null) usage('missing arguments')
@@ -87,26 +69,9 @@ globalThis.fetch = (input, init) => {
   return realFetch(input, init)
 }
 
-// A fallbackRouter yields our gateway as a provider of every CID. It is
-// wrapped in a plain router (no 'fallback' capability) on purpose: Helia
-// queries non-fallback routers first and, when there are none, waits forever
-// on that empty first phase.
-const gatewayRouter = fallbackRouter({ gateways: [gatewayUrl.toString()], shuffle: false })
-const localRouter = {
-  name: 'local-gateway-router',
-  findProviders: (cid, options) => gatewayRouter.findProviders(cid, options),
-  toString: () => `LocalGatewayRouter(${gatewayUrl})`
-}
-
 let helia
 try {
-  helia = await createHeliaLight({
-    blockBrokers: [
-      trustlessGatewayBlockBroker({ allowInsecure: true, allowLocal: true })
-    ],
-    routers: [localRouter]
-  })
-  await helia.start()
+  helia = await createLocalHelia(gatewayUrl)
 
   const fs = unixfs(helia)
   const signal = AbortSignal.timeout(timeoutMs)

@@ -23,31 +23,15 @@
 
 import { createWriteStream } from 'node:fs'
 import { once } from 'node:events'
-import { fallbackRouter } from '@helia/fallback-router'
-import { trustlessGatewayBlockBroker } from '@helia/trustless-gateway-client'
 import { createVerifiedFetch } from '@helia/verified-fetch'
-import { createHeliaLight } from 'helia'
+import { createLocalHelia, failer } from './local-helia.mjs'
 
 function usage (msg) {
   process.stderr.write(`${msg}\nusage: node verified-fetch.mjs <gatewayUrl> <ipfsUrl> <outFile>\n`)
   process.exit(2)
 }
 
-function describe (err, depth = 0) {
-  if (err == null || typeof err !== 'object') return String(err)
-  let text = err.message ?? String(err)
-  if (depth > 4) return text
-  const inner = [...(Array.isArray(err.errors) ? err.errors : []), ...(err.cause != null ? [err.cause] : [])]
-  if (inner.length > 0) text += ` [${inner.map(e => describe(e, depth + 1)).join('; ')}]`
-  return text
-}
-
-function fail (err, code = 1) {
-  const message = describe(err)
-  process.stdout.write(JSON.stringify({ ok: false, error: message }) + '\n')
-  process.stderr.write(`verified-fetch: ${err?.stack ?? message}\n`)
-  process.exit(code)
-}
+const fail = failer('verified-fetch')
 
 const [gatewayArg, urlArg, outFile] = process.argv.slice(2)
 if (gatewayArg == null || urlArg == null || outFile == null) usage('missing arguments')
@@ -72,21 +56,9 @@ globalThis.fetch = (input, init) => {
   return realFetch(input, init)
 }
 
-// See helia-fetch.mjs: the fallback router alone would never finish.
-const gatewayRouter = fallbackRouter({ gateways: [gatewayUrl.toString()], shuffle: false })
-const localRouter = {
-  name: 'local-gateway-router',
-  findProviders: (cid, options) => gatewayRouter.findProviders(cid, options),
-  toString: () => `LocalGatewayRouter(${gatewayUrl})`
-}
-
 let helia
 try {
-  helia = await createHeliaLight({
-    blockBrokers: [trustlessGatewayBlockBroker({ allowInsecure: true, allowLocal: true })],
-    routers: [localRouter]
-  })
-  await helia.start()
+  helia = await createLocalHelia(gatewayUrl)
   const vfetch = await createVerifiedFetch(helia)
   const signal = AbortSignal.timeout(timeoutMs)
   const resp = await vfetch(urlArg, { signal })

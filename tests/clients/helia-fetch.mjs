@@ -22,7 +22,7 @@ import { createWriteStream } from 'node:fs'
 import { once } from 'node:events'
 import { unixfs } from '@helia/unixfs'
 import { CID } from 'multiformats/cid'
-import { createLocalHelia, failer } from './local-helia.mjs'
+import { createLocalHelia, failer, gatewayOrigin } from './local-helia.mjs'
 
 function usage (msg) {
   process.stderr.write(`${msg}\nusage: node helia-fetch.mjs <gatewayUrl> <rootCid> <outFile>\n`)
@@ -34,16 +34,7 @@ const fail = failer('helia-fetch')
 const [gatewayArg, cidArg, outFile] = process.argv.slice(2)
 if (gatewayArg == null || cidArg == null || outFile == null) usage('missing arguments')
 
-let gatewayUrl
-try {
-  gatewayUrl = new URL(gatewayArg)
-} catch {
-  usage(`invalid gateway URL: ${gatewayArg}`)
-}
-if (gatewayUrl.pathname !== '/' && gatewayUrl.pathname !== '') {
-  // the trustless-gateway client always requests /ipfs/{cid} at the root
-  usage(`the gateway URL must not have a path (got ${gatewayUrl.pathname})`)
-}
+const gatewayUrl = gatewayOrigin(gatewayArg, usage)
 
 let root
 try {

@@ -27,6 +27,22 @@ export function failer (name) {
   }
 }
 
+// The gateway URL argument, parsed; `usage(message)` is called (and must
+// exit) if it is not a URL or has a path: the trustless-gateway client
+// always asks for /ipfs/{cid} at the gateway's root.
+export function gatewayOrigin (arg, usage) {
+  let url
+  try {
+    url = new URL(arg)
+  } catch {
+    usage(`invalid gateway URL: ${arg}`)
+  }
+  if (url.pathname !== '/' && url.pathname !== '') {
+    usage(`the gateway URL must not have a path (got ${url.pathname})`)
+  }
+  return url
+}
+
 // A started createHeliaLight node: no libp2p, no bitswap, the
 // trustless-gateway block broker (plain http and loopback allowed) and one
 // router that yields `gatewayUrl` for every CID. The fallbackRouter is

@@ -24,7 +24,7 @@
 import { createWriteStream } from 'node:fs'
 import { once } from 'node:events'
 import { createVerifiedFetch } from '@helia/verified-fetch'
-import { createLocalHelia, failer } from './local-helia.mjs'
+import { createLocalHelia, failer, gatewayOrigin } from './local-helia.mjs'
 
 function usage (msg) {
   process.stderr.write(`${msg}\nusage: node verified-fetch.mjs <gatewayUrl> <ipfsUrl> <outFile>\n`)
@@ -35,12 +35,7 @@ const fail = failer('verified-fetch')
 
 const [gatewayArg, urlArg, outFile] = process.argv.slice(2)
 if (gatewayArg == null || urlArg == null || outFile == null) usage('missing arguments')
-let gatewayUrl
-try {
-  gatewayUrl = new URL(gatewayArg)
-} catch {
-  usage(`invalid gateway URL: ${gatewayArg}`)
-}
+const gatewayUrl = gatewayOrigin(gatewayArg, usage)
 if (!urlArg.startsWith('ipfs://')) usage(`not an ipfs:// URL: ${urlArg}`)
 
 const timeoutMs = Number(process.env.VERIFIED_FETCH_TIMEOUT_MS ?? 120000)

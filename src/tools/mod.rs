@@ -7,5 +7,6 @@
 pub mod bench;
 pub mod cli;
 pub mod daemon;
+pub mod nemesis;
 pub mod soak;
 pub mod util;

@@ -8,6 +8,7 @@ mod cluster;
 mod dev;
 mod kubo;
 mod namespace;
+mod nemesis;
 mod serve;
 mod soak;
 mod status;
@@ -116,6 +117,17 @@ enum Command {
         garage-ipfs soak --clients 32 --seconds 3600 --json soak.json"
     )]
     Soak(soak::SoakArgs),
+    /// Fault-injection checker: clients through two daemons and a CLI
+    /// connector, admin jobs beside them, kills, pauses, partitions and
+    /// skewed clocks from a seed; a history of every operation, checked
+    /// for lost writes, resurrections, false absents and stale presents.
+    /// Exits 1 on any anomaly.
+    #[command(
+        after_help = "Examples:\n  garage-ipfs nemesis --seed 1 --seconds 120\n  \
+        garage-ipfs nemesis --seconds 3600 --json report.json\n  \
+        garage-ipfs nemesis --check /tmp/garage-ipfs-nemesis-1.jsonl"
+    )]
+    Nemesis(nemesis::NemesisArgs),
 }
 
 impl Cli {
@@ -136,6 +148,7 @@ impl Cli {
             Command::Kubo(cmd) => kubo::run(&self.target, cmd).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Soak(args) => soak::run(args).await,
+            Command::Nemesis(args) => nemesis::run(args).await,
         }
     }
 }

@@ -170,42 +170,63 @@ enum Retirement {
 /// A lease this run holds.
 struct Held {
     holder: String,
-    renewed: std::sync::Mutex<Instant>,
+    /// When the lease was last renewed: on this process's monotonic clock,
+    /// and on the cluster's (the time the storage node that took the
+    /// write gave it).
+    renewed: std::sync::Mutex<(Instant, u64)>,
 }
 
-/// The value of a compaction lease.
+impl Held {
+    /// The cluster's time now, as far as this run can tell: its last
+    /// renewal's cluster time plus the monotonic time since. A pause of
+    /// this process is counted (a monotonic clock runs through SIGSTOP);
+    /// a clock that stopped with a paused VM makes it early, so ages look
+    /// younger and less is removed.
+    fn cluster_now(&self) -> u64 {
+        let (at, cluster) = *self.renewed.lock().unwrap();
+        cluster.saturating_add(at.elapsed().as_millis() as u64)
+    }
+}
+
+/// The value of a compaction lease (the item's key names the holder too).
 #[derive(Debug, Serialize, Deserialize)]
 struct Lease {
     holder: String,
-    until_ms: u64,
 }
 
-/// The K2V item of a namespace's compaction lease (in a bucket of its own:
-/// none of the namespace's partitions, which the counters count).
-fn lease_item(namespace: &str) -> (K2VItemPartition, String) {
-    (
-        K2VItemPartition {
-            bucket_id: blake2sum(b"garage-ipfs/compaction-lease/v1"),
-            partition_key: namespace.to_string(),
-        },
-        "lease".to_string(),
-    )
-}
-
-/// The leases an item holds (concurrent takers leave several).
-fn leases(item: &K2VItem) -> impl Iterator<Item = Lease> + '_ {
-    item.values().into_iter().filter_map(|v| match v {
-        DvvsValue::Value(b) => serde_json::from_slice::<Lease>(b).ok(),
-        DvvsValue::Deleted => None,
-    })
-}
-
-/// The latest time until which a lease other than `holder`'s holds.
-fn held_by_other(item: &K2VItem, holder: &str, now: u64) -> Option<u64> {
-    leases(item)
-        .filter(|l| l.holder != holder && l.until_ms > now)
-        .map(|l| l.until_ms)
+/// The time of a K2V item's last write on the clock of the storage node
+/// that took it (Garage's K2V causality timestamps): the cluster's time,
+/// whatever this process's clock says. Garage itself needs its nodes'
+/// clocks in step (NTP); a client's clock is never read.
+pub(super) fn item_time(item: &K2VItem) -> u64 {
+    item.causal_context()
+        .vector_clock
+        .values()
+        .copied()
         .max()
+        .unwrap_or(0)
+}
+
+/// The K2V partition of a namespace's compaction leases: one item per run
+/// that holds or wants it, keyed by the run (in a bucket of its own: none
+/// of the namespace's partitions, which the counters count).
+fn lease_partition(namespace: &str) -> K2VItemPartition {
+    K2VItemPartition {
+        bucket_id: blake2sum(b"garage-ipfs/compaction-lease/v2"),
+        partition_key: namespace.to_string(),
+    }
+}
+
+/// Whether a lease item holds a value (not a tombstone).
+fn is_live(item: &K2VItem) -> bool {
+    item.values()
+        .iter()
+        .any(|v| matches!(v, DvvsValue::Value(_)))
+}
+
+/// Whether a lease last renewed at cluster time `t` still holds at `now`.
+fn fresh(t: u64, now: u64) -> bool {
+    now.saturating_sub(t) < LEASE.as_millis() as u64
 }
 
 impl Namespace {
@@ -229,11 +250,7 @@ impl Namespace {
             .register_format(self.name(), pack::FORMAT_COMPACTED)
             .await?;
         let holder = hex::encode(garage_util::data::gen_uuid().as_slice());
-        self.take_lease(&holder, opts.break_lease).await?;
-        let lease = Held {
-            holder: holder.clone(),
-            renewed: std::sync::Mutex::new(Instant::now()),
-        };
+        let lease = self.take_lease(&holder, opts.break_lease).await?;
         let result = self.compact_held(opts, Some(&lease), &mut progress).await;
         if let Err(e) = self.release_lease(&holder).await {
             tracing::warn!(namespace = %self.name(), "compaction lease not released ({e}); it expires by itself");
@@ -253,29 +270,34 @@ impl Namespace {
             dry_run: opts.dry_run,
             ..Default::default()
         };
-        let now = garage_util::time::now_msec();
+        // Ages are measured on the cluster's clock (`item_time`), never on
+        // this process's: a compactor whose clock is hours ahead must not
+        // remove a row whose manifest is on its way. A dry run, which
+        // removes nothing, counts with this process's clock.
+        let now = lease.map_or_else(garage_util::time::now_msec, Held::cluster_now);
         let min_age = opts.min_age_ms();
-        let expired = |at: u64| at.saturating_add(min_age) <= now;
+        let expired = |written: u64| written.saturating_add(min_age) <= now;
         let counters = super::filter::pack_counters(self).await?;
         let (mut pending, mut retired_out, mut spent) = (Vec::new(), Vec::new(), Vec::new());
         let mut candidates = Vec::new();
         let mut in_pending = HashSet::new();
         for p in 0..PACK_PARTITIONS {
             self.keep_lease(lease).await?;
-            let manifests = self.list_manifests(p).await?;
+            let manifests = self.list_manifests_timed(p).await?;
             // Items the partition's counters should count: a row pack's row
             // and manifest, a block pack's manifest.
             let expected: i64 = manifests
                 .iter()
-                .map(|(_, m)| match m.storage {
+                .map(|(_, m, _)| match m.storage {
                     pack::PackStorage::Rows => 2,
                     pack::PackStorage::Blocks => 1,
                 })
                 .sum();
-            let named: HashSet<Hash> = manifests.iter().map(|(h, _)| *h).collect();
-            for (hash, m) in manifests {
+            let named: HashSet<Hash> = manifests.iter().map(|(h, _, _)| *h).collect();
+            for (hash, m, written) in manifests {
                 match m.retired {
-                    Some(r) if expired(r.at) => retired_out.push(hash),
+                    // The manifest's last write is its retirement or later.
+                    Some(_) if expired(written) => retired_out.push(hash),
                     Some(_) => summary.retired_kept += 1,
                     None if is_spent(&m) => spent.push(hash),
                     // An unfinished compaction's new pack: its blocks are
@@ -333,13 +355,13 @@ impl Namespace {
         }
         // Only then retired packs (their successor no longer needs them).
         for hash in retired_out {
-            let gone = |m: &Manifest| m.retired.is_some_and(|r| expired(r.at));
+            let gone = |m: &Manifest, written: u64| m.retired.is_some() && expired(written);
             if opts.dry_run || self.remove_pack(&hash, gone).await? {
                 summary.retired_removed += 1;
             }
         }
         for hash in spent {
-            if opts.dry_run || self.remove_pack(&hash, is_spent).await? {
+            if opts.dry_run || self.remove_pack(&hash, |m, _| is_spent(m)).await? {
                 summary.spent_removed += 1;
             }
         }
@@ -564,6 +586,8 @@ impl Namespace {
         self.delete_new_slots(new, deleted_in(&read.manifest))
             .await?;
         let mut retired = read.manifest.clone();
+        // `at` is for people and for maps' memory of recent retirements;
+        // removal goes by the manifest item's cluster time.
         retired.retired = Some(Retired {
             by: *new,
             at: garage_util::time::now_msec(),
@@ -586,114 +610,138 @@ impl Namespace {
     }
 
     /// Takes the namespace's compaction lease for `holder`, or fails if
-    /// another holds it (unless `force`: the value read is replaced). Two
-    /// runs taking it at once both write, then read it back from a quorum:
-    /// at least one sees the other and gives up.
-    async fn take_lease(&self, holder: &str, force: bool) -> Result<(), Error> {
-        let (partition, key) = lease_item(self.name());
+    /// another run holds it (unless `force`: the other's is removed).
+    ///
+    /// Each run writes an item of its own, then reads every run's from a
+    /// quorum: two runs taking it at once each see at least the other's
+    /// item, so at least one gives up (both may). Whether a lease still
+    /// holds is judged on the cluster's clock: the time the storage nodes
+    /// gave each item's last write, against the time they gave ours just
+    /// now. Items of runs whose lease ran out are removed.
+    async fn take_lease(&self, holder: &str, force: bool) -> Result<Held, Error> {
+        let partition = lease_partition(self.name());
+        self.write_lease(holder, None).await?;
+        let items = self.read_leases().await?;
         let busy = |until_ms| Error::CompactionRunning {
             name: self.name().to_string(),
             until_ms,
         };
-        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
-        let now = garage_util::time::now_msec();
-        if let Some(until) = read
-            .value
-            .as_ref()
-            .and_then(|i| held_by_other(i, holder, now))
-            .filter(|_| !force)
-        {
-            return Err(busy(until));
+        // Our write on a quorum, then a quorum read that misses it: the
+        // cluster is not settled; give up rather than guess.
+        let Some(own) = items.iter().find(|i| i.sort_key == holder && is_live(i)) else {
+            let until = items.iter().map(item_time).max().unwrap_or(0);
+            return Err(busy(until + LEASE.as_millis() as u64));
+        };
+        let now = item_time(own);
+        let others: Vec<&K2VItem> = items
+            .iter()
+            .filter(|i| i.sort_key != holder && is_live(i))
+            .collect();
+        let held_until = others
+            .iter()
+            .map(|i| item_time(i))
+            .filter(|&t| fresh(t, now))
+            .max()
+            .map(|t| t + LEASE.as_millis() as u64);
+        if let (Some(until_ms), false) = (held_until, force) {
+            self.tombstone_lease(&partition, own).await?;
+            return Err(busy(until_ms));
         }
-        self.write_lease(read.value, holder, now).await?;
-        let again = self.conn().rpc_k2v_get(&partition, &key).await?;
-        match again
-            .value
-            .as_ref()
-            .and_then(|i| held_by_other(i, holder, now))
-        {
-            Some(until) => Err(busy(until)),
-            None => Ok(()),
+        // Expired (or, with `force`, broken): the run, should it still be
+        // alive, finds its item gone at its next renewal and stops.
+        for other in others {
+            self.tombstone_lease(&partition, other).await?;
         }
+        Ok(Held {
+            holder: holder.to_string(),
+            renewed: std::sync::Mutex::new((Instant::now(), now)),
+        })
     }
 
     /// Renews the lease when a third of it has passed. A run whose lease
-    /// was taken from it (`--break-lease`, or expired) stops.
+    /// was taken from it (`--break-lease`, or expired and taken) finds its
+    /// item gone and stops.
     async fn keep_lease(&self, lease: Option<&Held>) -> Result<(), Error> {
         let Some(held) = lease else {
             return Ok(());
         };
-        if held.renewed.lock().unwrap().elapsed() < LEASE / 3 {
+        if held.renewed.lock().unwrap().0.elapsed() < LEASE / 3 {
             return Ok(());
         }
-        let (partition, key) = lease_item(self.name());
-        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
-        let now = garage_util::time::now_msec();
-        let ours = read
-            .value
-            .as_ref()
-            .is_some_and(|i| leases(i).any(|l| l.holder == held.holder));
-        // Our value beside another's is what two runs starting at once
-        // leave: the other saw ours and gave up (of two such writers at
-        // least one sees the other, and we did not). Ours gone: taken.
-        if !ours {
-            let until_ms = read
-                .value
-                .as_ref()
-                .and_then(|i| held_by_other(i, &held.holder, now))
-                .unwrap_or(now);
+        let items = self.read_leases().await?;
+        let own = items
+            .iter()
+            .find(|i| i.sort_key == held.holder && is_live(i));
+        let Some(own) = own else {
+            let now = held.cluster_now();
+            let until_ms = items
+                .iter()
+                .filter(|i| i.sort_key != held.holder && is_live(i))
+                .map(item_time)
+                .max()
+                .map_or(now, |t| t + LEASE.as_millis() as u64);
             return Err(Error::CompactionRunning {
                 name: self.name().to_string(),
                 until_ms,
             });
-        }
-        self.write_lease(read.value, &held.holder, now).await?;
-        *held.renewed.lock().unwrap() = Instant::now();
+        };
+        self.write_lease(&held.holder, Some(own)).await?;
+        let (partition, key) = (lease_partition(self.name()), held.holder.clone());
+        let again = self.conn().rpc_k2v_get(&partition, &key).await?;
+        let renewed = again.value.as_ref().map_or(held.cluster_now(), item_time);
+        *held.renewed.lock().unwrap() = (Instant::now(), renewed);
         Ok(())
     }
 
-    /// Writes `holder`'s lease, from `now` on, over the values of `read`.
-    async fn write_lease(
-        &self,
-        read: Option<K2VItem>,
-        holder: &str,
-        now: u64,
-    ) -> Result<(), Error> {
-        let (partition, key) = lease_item(self.name());
+    /// Every run's lease item, from a quorum (tombstones included).
+    async fn read_leases(&self) -> Result<Vec<K2VItem>, Error> {
+        Ok(self
+            .conn()
+            .rpc_k2v_range(&lease_partition(self.name()), None, 1000)
+            .await?)
+    }
+
+    /// Writes `holder`'s lease item, over `read` if given.
+    async fn write_lease(&self, holder: &str, read: Option<&K2VItem>) -> Result<(), Error> {
         let lease = Lease {
             holder: holder.to_string(),
-            until_ms: now + LEASE.as_millis() as u64,
         };
         self.conn()
             .rpc_k2v_insert(
-                partition,
-                key,
-                read.map(|i| i.causal_context()),
+                lease_partition(self.name()),
+                holder.to_string(),
+                read.map(K2VItem::causal_context),
                 DvvsValue::Value(serde_json::to_vec(&lease).expect("serializable")),
             )
             .await?;
         Ok(())
     }
 
-    /// Removes `holder`'s lease (left alone if another's is beside it).
-    async fn release_lease(&self, holder: &str) -> Result<(), Error> {
-        let (partition, key) = lease_item(self.name());
-        let read = self.conn().rpc_k2v_get(&partition, &key).await?;
-        let Some(item) = read.value else {
-            return Ok(());
-        };
-        if held_by_other(&item, holder, garage_util::time::now_msec()).is_some() {
-            return Ok(());
-        }
+    /// Tombstones one run's lease item, with the context it was read with.
+    async fn tombstone_lease(
+        &self,
+        partition: &K2VItemPartition,
+        item: &K2VItem,
+    ) -> Result<(), Error> {
         self.conn()
             .rpc_k2v_insert(
-                partition,
-                key,
+                partition.clone(),
+                item.sort_key.clone(),
                 Some(item.causal_context()),
                 DvvsValue::Deleted,
             )
             .await?;
         Ok(())
+    }
+
+    /// Removes `holder`'s lease item.
+    async fn release_lease(&self, holder: &str) -> Result<(), Error> {
+        let partition = lease_partition(self.name());
+        let read = self.conn().rpc_k2v_get(&partition, holder).await?;
+        match read.value {
+            Some(item) if is_live(&item) => self.tombstone_lease(&partition, &item).await,
+            _ => Ok(()),
+        }
     }
 
     /// Marks slots of a pack deleted (those not deleted yet).
@@ -758,17 +806,13 @@ impl Namespace {
                 let Some(hash) = pack::parse_row_key(&item.sort_key) else {
                     continue;
                 };
-                let written = item
-                    .values()
-                    .iter()
-                    .filter_map(|v| match v {
-                        DvvsValue::Value(b) => pack::written_at(b),
-                        DvvsValue::Deleted => None,
-                    })
-                    .max();
-                let Some(written) = written else {
+                if !is_live(&item) {
                     continue; // a tombstone
-                };
+                }
+                // When a storage node took the row, on its clock: the
+                // writer's clock (in the pack's nonce) may be hours off,
+                // and so may ours.
+                let written = item_time(&item);
                 if named.contains(&hash) || !expired(written) {
                     continue;
                 }

@@ -610,8 +610,16 @@ impl Namespace {
         // second remove drops an entry that a concurrent lookup cached from
         // the index between the two.
         self.store.cache.remove(self.id, cid.hash());
-        let packed = self.delete_packed(cid.hash()).await?;
+        let mut packed = self.delete_packed(cid.hash()).await?;
         let (entry, context) = self.entry(cid.hash()).await?;
+        if !packed && entry.is_none() {
+            // "Not here" is not answered from the map alone: another
+            // connector may have packed the block a moment ago. The map is
+            // brought up to the counters (whatever our own writes explain)
+            // and asked again.
+            self.sync_packs_strictly().await?;
+            packed = self.delete_packed(cid.hash()).await?;
+        }
         let Some(entry) = entry else {
             return Ok(packed);
         };

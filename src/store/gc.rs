@@ -42,23 +42,49 @@ impl Namespace {
                 return Err(Error::GcRootMissing(*root));
             }
         }
+        // Listed first: only blocks stored before the walk are candidates,
+        // so a DAG put during the run is never collected from under it.
+        let all: Vec<_> = self.list().try_collect().await?;
         let mut reachable: HashSet<Vec<u8>> = HashSet::new();
         let mut stack: Vec<Cid> = roots.to_vec();
-        while let Some(cid) = stack.pop() {
-            if !reachable.insert(cid.hash().to_bytes()) {
-                continue;
+        let mut missing: Vec<Cid> = Vec::new();
+        loop {
+            while let Some(cid) = stack.pop() {
+                if !reachable.insert(cid.hash().to_bytes()) {
+                    continue;
+                }
+                match self.get(&cid).await? {
+                    Some(data) => match ipld::links(&cid, &data) {
+                        Ok(links) => stack.extend(links),
+                        Err(e) => {
+                            tracing::warn!(cid = %cid, cause = %e, "cannot decode links; keeping the block, not its children")
+                        }
+                    },
+                    None => missing.push(cid),
+                }
             }
-            match self.get(&cid).await? {
-                Some(data) => match ipld::links(&cid, &data) {
-                    Ok(links) => stack.extend(links),
-                    Err(e) => {
-                        tracing::warn!(cid = %cid, cause = %e, "cannot decode links; keeping the block, not its children")
-                    }
-                },
-                None => summary.missing.push(cid.to_string()),
+            if missing.is_empty() {
+                break;
+            }
+            // An absence costs the block's descendants, so it is not taken
+            // from the map alone: another connector may have packed the
+            // block a moment ago. Every manifest partition is listed
+            // again, and the blocks found since are walked.
+            self.relist_packs().await?;
+            let before = missing.len();
+            for cid in std::mem::take(&mut missing) {
+                if self.get(&cid).await?.is_some() {
+                    reachable.remove(&cid.hash().to_bytes());
+                    stack.push(cid);
+                } else {
+                    missing.push(cid);
+                }
+            }
+            if missing.len() == before {
+                break;
             }
         }
-        let all: Vec<_> = self.list().try_collect().await?;
+        summary.missing = missing.iter().map(Cid::to_string).collect();
         summary.stored = all.len() as u64;
         summary.reachable = all
             .iter()

@@ -523,7 +523,10 @@ pub(crate) fn parse_row_key(key: &str) -> Option<Hash> {
 /// Bytes of the nonce that starts every pack.
 pub(crate) const NONCE_LEN: usize = 32;
 
-/// When a pack was written, from its nonce (Unix time in milliseconds).
+/// When a pack was written, from its nonce (Unix time in milliseconds, on
+/// the writer's clock: for people, never for a decision; compaction ages a
+/// row by its item's cluster time).
+#[cfg(test)]
 pub(crate) fn written_at(pack: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(pack.get(..8)?.try_into().ok()?))
 }

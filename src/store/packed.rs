@@ -481,6 +481,49 @@ impl NsPacks {
         .await
     }
 
+    /// Lists again every partition whose counters differ from those it was
+    /// listed under, whether or not our own writes would explain the
+    /// change: for answers that must not rest on the map alone (a delete
+    /// that found nothing). A pack acknowledged less than Garage's counter
+    /// propagation ago may still be missed (docs/NEMESIS.md states the
+    /// bound the nemesis checker holds it to).
+    pub(super) async fn follow_strictly(
+        &self,
+        ns: &Namespace,
+        counters: &BTreeMap<usize, PackCounted>,
+    ) -> Result<(), Error> {
+        if !self.is_built() {
+            return self.build(ns, counters).await;
+        }
+        self.relist_chosen(ns, counters, |parts| {
+            (0..PACK_PARTITIONS)
+                .filter(|p| {
+                    let part = &parts[*p];
+                    match (&part.seen, counters.get(p)) {
+                        (None, None) => false,
+                        (Some(seen), Some(now)) => seen.signature != now.signature,
+                        _ => true,
+                    }
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Lists every manifest partition again: the map then holds every pack
+    /// acknowledged before this began.
+    pub(super) async fn relist_all(
+        &self,
+        ns: &Namespace,
+        counters: &BTreeMap<usize, PackCounted>,
+    ) -> Result<(), Error> {
+        if !self.is_built() {
+            return self.build(ns, counters).await;
+        }
+        self.relist_chosen(ns, counters, |_| (0..PACK_PARTITIONS).collect())
+            .await
+    }
+
     /// Lists again the `n` partitions of a rolling refresh starting at
     /// `from` (catches changes the counters cannot show).
     pub(super) async fn refresh_some(
@@ -764,6 +807,20 @@ impl Namespace {
     /// The live manifests of one partition, by pack hash (retired ones
     /// included: the map skips them).
     pub(super) async fn list_manifests(&self, p: usize) -> Result<Vec<(Hash, Manifest)>, Error> {
+        Ok(self
+            .list_manifests_timed(p)
+            .await?
+            .into_iter()
+            .map(|(h, m, _)| (h, m))
+            .collect())
+    }
+
+    /// [`Self::list_manifests`], with each manifest's last write time on
+    /// the cluster's clock ([`super::compact::item_time`]).
+    pub(super) async fn list_manifests_timed(
+        &self,
+        p: usize,
+    ) -> Result<Vec<(Hash, Manifest, u64)>, Error> {
         let mut out = Vec::new();
         // From the first manifest key: the packs' rows sort before.
         let from = Some(pack::MANIFESTS_FROM.to_string());
@@ -777,7 +834,7 @@ impl Namespace {
                 let hash = pack::parse_sort_key(&item.sort_key)
                     .ok_or_else(|| bad("not a pack hash".into()))?;
                 if let Some(m) = Manifest::of_item(&item).map_err(|e| bad(e.to_string()))? {
-                    out.push((hash, m));
+                    out.push((hash, m, super::compact::item_time(&item)));
                 }
             }
         }
@@ -822,6 +879,22 @@ impl Namespace {
         }
         let counters = super::filter::pack_counters(self).await?;
         self.packs.follow(self, &counters).await
+    }
+
+    /// Brings the map up to the cluster's counters whatever our own writes
+    /// explain, filter or not: before a delete answers that a block was
+    /// not there.
+    pub(super) async fn sync_packs_strictly(&self) -> Result<(), Error> {
+        let counters = super::filter::pack_counters(self).await?;
+        self.packs.follow_strictly(self, &counters).await
+    }
+
+    /// Lists every manifest partition again (see [`PackMap::relist_all`]):
+    /// gc does before it trusts a block's absence, which would cost the
+    /// block's descendants.
+    pub(super) async fn relist_packs(&self) -> Result<(), Error> {
+        let counters = super::filter::pack_counters(self).await?;
+        self.packs.relist_all(self, &counters).await
     }
 
     /// A packed block's bytes from one of its locations, checked against
@@ -1102,7 +1175,7 @@ impl Namespace {
         let mut removed = 0;
         for p in 0..PACK_PARTITIONS {
             for (hash, m) in self.list_manifests(p).await? {
-                if is_spent(&m) && self.remove_pack(&hash, is_spent).await? {
+                if is_spent(&m) && self.remove_pack(&hash, |m, _| is_spent(m)).await? {
                     removed += 1;
                     progress(removed);
                 }
@@ -1118,7 +1191,7 @@ impl Namespace {
     pub(super) async fn remove_pack(
         &self,
         hash: &Hash,
-        removable: impl Fn(&Manifest) -> bool,
+        removable: impl Fn(&Manifest, u64) -> bool,
     ) -> Result<bool, Error> {
         let Some(ManifestRead {
             partition,
@@ -1130,7 +1203,7 @@ impl Namespace {
         else {
             return Ok(false);
         };
-        if !removable(&now) {
+        if !removable(&now, super::compact::item_time(&item)) {
             return Ok(false);
         }
         self.tombstone(hash.as_slice()[0] as usize, partition, key, &item)

@@ -819,3 +819,101 @@ fn cli_dev_with_kubo_runs_a_kubo_node_whose_blocks_live_in_the_cluster() {
     assert!(down.status.success(), "cluster down failed");
     assert_no_node_runs_in(&cluster);
 }
+
+/// libfaketime, which the nemesis's clock faults preload: installed from
+/// Debian's packages when missing, as the test command sets itself up.
+fn ensure_faketime() {
+    let found = || {
+        [
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+            "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        ]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists())
+    };
+    if found() {
+        return;
+    }
+    let install = |update: bool| {
+        let script = if update {
+            "apt-get update -q && apt-get install -y -q faketime"
+        } else {
+            "apt-get install -y -q faketime"
+        };
+        std::process::Command::new("sh")
+            .args(["-c", script])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    assert!(
+        install(false) || install(true),
+        "cannot install Debian's faketime package (the nemesis's clock faults need it)"
+    );
+    assert!(
+        found(),
+        "faketime installed, but libfaketimeMT.so.1 is not where expected"
+    );
+}
+
+/// The nemesis checker CI runs (docs/NEMESIS.md): two seeds of 45 s each,
+/// two daemons and a CLI connector on one namespace, admin jobs beside
+/// them, kills, pauses, partitions and skewed clocks. Fails on what loses
+/// data: a lost write, a corrupt read, gc removing a reachable block, a
+/// block not read back. The freshness anomalies across daemons (false
+/// absents, stale presents) and resurrections from a block left in a
+/// second pack are known open defects (RELIABILITY.md, "Nemesis"): the
+/// report names them and this test prints them, but does not fail on them
+/// until they are fixed.
+#[test]
+fn cli_nemesis_two_seeds_lose_no_acknowledged_write() {
+    ensure_faketime();
+    for seed in ["1", "2"] {
+        let (r, stderr) = run_on_own_cluster(&[
+            "nemesis",
+            "--seed",
+            seed,
+            "--seconds",
+            "45",
+            "--fail-on",
+            "lost-write,corrupt-read,gc-removed-reachable,final-unchecked",
+        ]);
+        eprintln!(
+            "{}",
+            stderr
+                .lines()
+                .filter(|l| l.starts_with("nemesis") || l.starts_with("Error"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+        for a in r["anomalies"].as_array().unwrap() {
+            *kinds
+                .entry(a["kind"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        eprintln!(
+            "seed {seed}: {} operations, {} acknowledged writes, {} removals, nemeses {}, anomalies {kinds:?}",
+            r["operations"], r["acknowledged_writes"], r["acknowledged_removals"], r["nemeses"]
+        );
+        // The run did what a check needs: load, faults, a read-back of
+        // every block written.
+        assert!(r["acknowledged_writes"].as_u64().unwrap() > 1000, "{r}");
+        assert!(r["acknowledged_removals"].as_u64().unwrap() > 100, "{r}");
+        let faults: u64 = r["nemeses"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert!(faults >= 3, "{r}");
+        assert!(r["final_checked"].as_u64().unwrap() > 1000, "{r}");
+        for kind in [
+            "lost-write",
+            "corrupt-read",
+            "gc-removed-reachable",
+            "final-unchecked",
+        ] {
+            assert!(!kinds.contains_key(kind), "seed {seed}: {kind}: {r}");
+        }
+    }
+}

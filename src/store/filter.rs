@@ -55,7 +55,16 @@ use super::snapshot::{self, SavedPartition, SavedShard, Snapshot};
 use super::{Error, GarageStore, Namespace};
 
 /// How often counters are polled for changes.
-pub(crate) const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How long after its last complete poll began a filter (and the pack
+/// map beside it) still answers from memory. Past it (a counter read that
+/// fails, a shard or partition that cannot be listed, a poll that stalls)
+/// every lookup goes to the cluster: "maybe", never a stale "absent" or
+/// "present". With Garage's counter propagation (under a second, measured)
+/// this bounds how long another connector's write or delete can go unseen
+/// here (docs/NEMESIS.md, "The settle time").
+pub(crate) const FRESHNESS: Duration = Duration::from_millis(1000);
 
 /// Every shard is listed again at least this often.
 pub(crate) const REFRESH_INTERVAL: Duration = Duration::from_secs(60);
@@ -86,6 +95,9 @@ pub struct FilterStats {
     pub refreshes: u64,
     /// Counter polls done (after the first listing), whatever they found.
     pub polls: u64,
+    /// Lookups sent to the cluster because the last complete poll was
+    /// older than the freshness bound (a poll failing or stalling).
+    pub stale: u64,
     /// Multihashes in the filter.
     pub entries: u64,
     /// Bytes the filter uses.
@@ -136,6 +148,12 @@ pub(crate) struct NsFilter {
     restored: AtomicU64,
     snapshots: AtomicU64,
     build_time: std::sync::Mutex<Option<Duration>>,
+    /// When the last poll that completed without an error began (the
+    /// counters it read are reflected in the filter and the map).
+    synced: std::sync::Mutex<Option<Instant>>,
+    /// Lookups turned to the cluster because the last complete poll was
+    /// older than [`FRESHNESS`].
+    stale: AtomicU64,
     /// The namespace's id (its snapshot names it).
     ns_id: [u8; 32],
     /// Where the snapshot lives (`None`: not saved).
@@ -184,22 +202,52 @@ impl NsFilter {
             restored: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             build_time: Default::default(),
+            synced: Default::default(),
+            stale: AtomicU64::new(0),
             ns_id,
             snapshot_path,
             last_snapshot: Default::default(),
         }
     }
 
-    /// Whether the filter answers.
+    /// Whether the filter was built (or restored).
     pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// `None` while the filter is not ready; else whether the multihash
-    /// may be present (`false`: surely absent) and its shard's epoch, under
-    /// which cached data is valid. Counts nothing (puts use it).
-    pub(crate) fn peek(&self, mh: &Multihash<64>) -> Option<(bool, u32)> {
+    /// Whether the filter and the pack map may answer from memory now:
+    /// built, and followed to the counters of a poll that began less than
+    /// [`FRESHNESS`] ago.
+    pub(crate) fn answers(&self) -> bool {
         if !self.is_ready() {
+            return false;
+        }
+        let fresh = self
+            .synced
+            .lock()
+            .unwrap()
+            .is_some_and(|t| t.elapsed() < FRESHNESS);
+        if !fresh {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+        }
+        fresh
+    }
+
+    /// A poll that began at `at` completed: what the counters showed then
+    /// is in the filter and the map.
+    fn mark_synced(&self, at: Instant) {
+        let mut synced = self.synced.lock().unwrap();
+        if synced.is_none_or(|t| t < at) {
+            *synced = Some(at);
+        }
+    }
+
+    /// `None` while the filter does not answer (not built, or not followed
+    /// recently enough); else whether the multihash may be present
+    /// (`false`: surely absent) and its shard's epoch, under which cached
+    /// data is valid. Counts nothing (puts use it).
+    pub(crate) fn peek(&self, mh: &Multihash<64>) -> Option<(bool, u32)> {
+        if !self.answers() {
             return None;
         }
         let shards = self.shards.read().unwrap();
@@ -271,6 +319,7 @@ impl NsFilter {
             rebuilds: self.rebuilds.load(Ordering::Relaxed),
             refreshes: self.refreshes.load(Ordering::Relaxed),
             polls: self.polls.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
             entries: shards.iter().map(|s| s.filter.len()).sum(),
             memory_bytes: shards.iter().map(|s| s.filter.memory_usage() as u64).sum(),
             ready: self.ready.load(Ordering::Acquire),
@@ -423,10 +472,15 @@ impl NsFilter {
             // Ours from now on are either in the listing or in `pending`.
             s.ours = OwnWrites::default();
         }
-        let listed: Vec<Vec<u8>> = ns
-            .list_shard_keys(shard)
-            .await
-            .inspect_err(|_| self.shards.write().unwrap()[shard].pending = None)?;
+        // A shard that cannot be listed (an entry we cannot decode, the
+        // cluster unreachable) answers "maybe" until it can: its old
+        // contents would answer "absent" for what others wrote since.
+        let listed: Vec<Vec<u8>> = ns.list_shard_keys(shard).await.inspect_err(|_| {
+            let mut shards = self.shards.write().unwrap();
+            shards[shard].pending = None;
+            shards[shard].overflow = true;
+            shards[shard].seen = None;
+        })?;
         let mut filter = new_filter(listed.len() as u64);
         for k in &listed {
             let _ = filter.insert_duplicated(k);
@@ -531,7 +585,7 @@ fn needs_rebuild(shard: &Shard, now: Option<&Counted>) -> bool {
 /// How long Garage may take to count an acknowledged index write: within
 /// it, our own write may or may not show in the counters; after it, it
 /// must.
-pub const COUNTER_LAG: Duration = Duration::from_secs(4);
+pub const COUNTER_LAG: Duration = Duration::from_secs(2);
 
 /// Our own writes to a shard (or a manifest partition) since it was
 /// listed: what they should have done to one of its counters (entries, or
@@ -616,6 +670,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
         ns.packs.offer_snapshot(s.partitions);
         s.shards
     });
+    let counted_at = Instant::now();
     let counted = read_counters(&ns).await?;
     let before = counted.shards;
     // The pack map first: the filter does not hold packed blocks, so it
@@ -625,6 +680,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
     if let (Some(saved), Some(f)) = (saved, filter.upgrade()) {
         restored = f.restore(saved, &before);
         // Restored shards answer now; the others say "maybe" until listed.
+        f.mark_synced(counted_at);
         f.ready.store(true, Ordering::Release);
         *f.build_time.lock().unwrap() = Some(started.elapsed());
         tracing::info!(
@@ -647,6 +703,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
     let partitions = ns.packs.saved_partitions(&counted.packs);
     drop(ns);
     if let Some(f) = filter.upgrade() {
+        f.mark_synced(counted_at);
         if !f.is_ready() {
             *f.build_time.lock().unwrap() = Some(started.elapsed());
             f.ready.store(true, Ordering::Release);
@@ -670,6 +727,8 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
         let (Some(f), Some(ns)) = (filter.upgrade(), namespace(store, name)) else {
             return Ok(());
         };
+        let poll_began = Instant::now();
+        let mut complete = true;
         let (now, packs) = match read_counters(&ns).await {
             Ok(n) => (n.shards, n.packs),
             Err(e) => {
@@ -684,8 +743,7 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
                 .collect();
             // The rolling refresh: the shards listed longest ago, a few per
             // poll, so that each is listed within REFRESH_INTERVAL.
-            let per_poll = INDEX_SHARDS
-                .div_ceil((REFRESH_INTERVAL.as_secs() / POLL_INTERVAL.as_secs()).max(1) as usize);
+            let per_poll = INDEX_SHARDS.div_ceil(polls_per_refresh());
             let mut stale: Vec<usize> = (0..INDEX_SHARDS)
                 .filter(|s| {
                     !changed.contains(s)
@@ -707,15 +765,20 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
                 Ok(()) => {
                     f.refreshes.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => tracing::warn!(shard, cause = %e, "shard rebuild failed; retrying"),
+                Err(e) => {
+                    // Only a shard that moved makes the poll incomplete:
+                    // a failed refresh leaves what the counters showed.
+                    complete &= !seen_change;
+                    tracing::warn!(shard, cause = %e, "shard rebuild failed; it answers \"maybe\" until it is listed")
+                }
             }
         }
         if let Err(e) = ns.packs.follow(&ns, &packs).await {
-            tracing::warn!(cause = %e, "pack map update failed; retrying");
+            complete = false;
+            tracing::warn!(cause = %e, "pack map update failed; lookups go to the cluster until it succeeds");
         }
         // The packs' rolling refresh, at the shards' pace.
-        let per_poll = PACK_PARTITIONS
-            .div_ceil((REFRESH_INTERVAL.as_secs() / POLL_INTERVAL.as_secs()).max(1) as usize);
+        let per_poll = PACK_PARTITIONS.div_ceil(polls_per_refresh());
         if let Err(e) = ns
             .packs
             .refresh_some(&ns, pack_cursor, per_poll, &packs)
@@ -724,6 +787,9 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
             tracing::warn!(cause = %e, "pack map refresh failed; retrying");
         }
         pack_cursor = (pack_cursor + per_poll) % PACK_PARTITIONS;
+        if complete {
+            f.mark_synced(poll_began);
+        }
         f.polls.fetch_add(1, Ordering::Relaxed);
         if saved_at.elapsed() >= SNAPSHOT_INTERVAL {
             saved_at = Instant::now();
@@ -732,6 +798,12 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
             }
         }
     }
+}
+
+/// Polls in one [`REFRESH_INTERVAL`]: the rolling refresh lists a share
+/// of the shards and partitions at each.
+fn polls_per_refresh() -> usize {
+    (REFRESH_INTERVAL.as_millis() / POLL_INTERVAL.as_millis()).max(1) as usize
 }
 
 /// What a restart spends on the snapshot of a namespace of `entries`
@@ -780,6 +852,7 @@ pub(crate) fn snapshot_cost(
         .saved()
         .into_iter()
         .enumerate()
+        .map(|(p, packs)| (p, packs.unwrap_or_default()))
         .map(|(p, packs)| SavedPartition {
             partition: p as u16,
             seen: Some(vec![0; 64]),
@@ -901,6 +974,7 @@ mod tests {
         let f = NsFilter::new([0; 32], None);
         assert_eq!(f.check(&mh(1)).map(|a| a.0), None, "not ready: no answer");
         f.ready.store(true, Ordering::Release);
+        f.mark_synced(Instant::now());
         // 5000 puts over 256 shards (about 20 each, within each shard's
         // first capacity): every put is remembered, and absent blocks are
         // answered absent at about the target rate (1 % false positives).
@@ -944,6 +1018,25 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_not_followed_recently_answers_maybe() {
+        let f = NsFilter::new([0; 32], None);
+        f.ready.store(true, Ordering::Release);
+        f.mark_synced(Instant::now());
+        assert_eq!(f.check(&mh(1)).map(|a| a.0), Some(false));
+        // The last complete poll began longer ago than the bound (polls
+        // failing, or a listing that cannot finish): no answer from memory.
+        let f = NsFilter::new([0; 32], None);
+        f.ready.store(true, Ordering::Release);
+        f.mark_synced(Instant::now() - FRESHNESS - Duration::from_millis(1));
+        assert_eq!(f.check(&mh(1)).map(|a| a.0), None);
+        assert!(f.stats().stale >= 1);
+        // A later poll brings it back; an older one changes nothing.
+        f.mark_synced(Instant::now());
+        f.mark_synced(Instant::now() - FRESHNESS * 2);
+        assert_eq!(f.check(&mh(1)).map(|a| a.0), Some(false));
+    }
+
+    #[test]
     fn sized_filters_stay_small_and_accurate() {
         // A rebuilt shard of 4000 entries: 8192 slots (a power of two) of 14
         // remainder bits at 0.01 % FP, about 4.1 bytes per entry; a shard
@@ -972,6 +1065,7 @@ mod tests {
     fn a_snapshot_restores_only_shards_whose_counters_still_match() {
         let f = NsFilter::new([0; 32], None);
         f.ready.store(true, Ordering::Release);
+        f.mark_synced(Instant::now());
         {
             let mut shards = f.shards.write().unwrap();
             // Shards 1 and 2 were listed with counters A (one entry).
@@ -1027,6 +1121,7 @@ mod tests {
         assert!(!restored[2] && !restored[3] && !restored[9]);
         assert_eq!(g.stats().restored_shards, INDEX_SHARDS as u64 - 3);
         g.ready.store(true, Ordering::Release);
+        g.mark_synced(Instant::now());
         // Restored shards answer: present is present, absent is absent.
         assert_eq!(g.check(&mh_in(1, 0)).map(|a| a.0), Some(true));
         assert_eq!(g.check(&mh_in(4, 0)).map(|a| a.0), Some(true));
@@ -1048,6 +1143,7 @@ mod tests {
             "saved before ready"
         );
         f.ready.store(true, Ordering::Release);
+        f.mark_synced(Instant::now());
         assert!(f.save(&now, Vec::new()).await.unwrap());
         assert!(
             !f.save(&now, Vec::new()).await.unwrap(),

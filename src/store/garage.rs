@@ -249,7 +249,7 @@ impl Namespace {
         if !located.is_empty() {
             // A compaction's unfinished new pack is not trusted from memory
             // (its slots count only where their source agrees).
-            let followed = self.filter.as_ref().is_some_and(|f| f.is_ready())
+            let followed = self.filter.as_ref().is_some_and(|f| f.answers())
                 && located.iter().all(|l| !l.pending);
             if followed || self.confirm_packed(mh).await? {
                 let packed = self.packs.locate(mh);
@@ -321,7 +321,7 @@ impl Namespace {
     /// (cached data is valid only under the epoch it was cached in).
     fn cache_epoch(&self, mh: &Multihash<64>) -> Option<u32> {
         let f = self.filter.as_ref()?;
-        f.is_ready().then(|| f.epoch(mh))
+        f.answers().then(|| f.epoch(mh))
     }
 
     pub(super) fn conn(&self) -> &Connector {

@@ -38,8 +38,14 @@ impl Namespace {
             ..Default::default()
         };
         for root in roots {
+            // Not refused on the map's word alone: a root packed by
+            // another connector a moment ago is found once every manifest
+            // partition is listed again.
             if !self.has(root).await? {
-                return Err(Error::GcRootMissing(*root));
+                self.relist_packs().await?;
+                if !self.has(root).await? {
+                    return Err(Error::GcRootMissing(*root));
+                }
             }
         }
         // Listed first: only blocks stored before the walk are candidates,

@@ -452,12 +452,13 @@ impl NsPacks {
                 } else {
                     return None;
                 };
+                let packs = packs[p].take()?;
                 Some(SavedPartition {
                     partition: p as u16,
                     seen_entries: seen.as_ref().map_or(0, |s| s.entries),
                     seen_bytes: seen.as_ref().map_or(0, |s| s.bytes),
                     seen: seen.map(|s| s.signature),
-                    packs: std::mem::take(&mut packs[p]),
+                    packs,
                 })
             })
             .collect()
@@ -552,10 +553,16 @@ impl NsPacks {
     ) -> Result<(), Error> {
         let _one = self.syncing.lock().await;
         let chosen = choose(&self.parts.lock().unwrap());
+        // One partition that cannot be listed does not stop the others
+        // from being followed; the first error is returned (the poller
+        // then stops answering from memory until a poll completes).
+        let mut first_error = None;
         for p in chosen {
-            self.relist(ns, p, counters.get(&p)).await?;
+            if let Err(e) = self.relist(ns, p, counters.get(&p)).await {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The packs the map says hold a block, each once.
@@ -874,7 +881,7 @@ impl Namespace {
     /// with many absent lookups should run with the filter on (the
     /// default), which answers those from memory.
     pub(super) async fn sync_packs(&self) -> Result<(), Error> {
-        if self.filter.as_ref().is_some_and(|f| f.is_ready()) {
+        if self.filter.as_ref().is_some_and(|f| f.answers()) {
             return Ok(());
         }
         let counters = super::filter::pack_counters(self).await?;

@@ -47,13 +47,17 @@ pub(super) struct NemesisArgs {
     /// default).
     #[arg(long, default_value_t = 150)]
     max_job_pause: u64,
-    /// Write the history (JSON lines) here (default: in the temporary
-    /// directory, named after the seed).
+    /// Write the history (JSON lines) here (default: in --dir, or in the
+    /// temporary directory, named after the seed).
     #[arg(long, value_name = "FILE")]
     history: Option<PathBuf>,
     /// Check a history written before, and run nothing.
     #[arg(long, value_name = "HISTORY", conflicts_with_all = ["seed", "history"])]
     check: Option<PathBuf>,
+    /// Fail only on these anomaly kinds (comma-separated; default: every
+    /// kind). The report names every anomaly found either way.
+    #[arg(long, value_name = "KINDS", value_delimiter = ',')]
+    fail_on: Vec<String>,
     /// Also write the report as JSON to FILE (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -61,14 +65,36 @@ pub(super) struct NemesisArgs {
     cluster: crate::tools::util::OwnCluster,
 }
 
+/// The anomaly kinds the checker reports.
+const KINDS: &[&str] = &[
+    "lost-write",
+    "resurrection",
+    "false-absent",
+    "stale-present",
+    "corrupt-read",
+    "listing-missed",
+    "gc-removed-reachable",
+    "final-unchecked",
+];
+
 pub(super) async fn run(args: NemesisArgs) -> anyhow::Result<()> {
+    if let Some(k) = args.fail_on.iter().find(|k| !KINDS.contains(&k.as_str())) {
+        anyhow::bail!(
+            "--fail-on: no anomaly kind {k:?} (kinds: {})",
+            KINDS.join(", ")
+        );
+    }
     let report = match &args.check {
         Some(path) => nemesis::check::check_file(path)?,
         None => {
             let seed = args.seed.unwrap_or_else(rand::random);
-            let history = args.history.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("garage-ipfs-nemesis-{seed}.jsonl"))
-            });
+            let history = args
+                .history
+                .clone()
+                .unwrap_or_else(|| match &args.cluster.dir {
+                    Some(dir) => dir.join(format!("history-{seed}.jsonl")),
+                    None => std::env::temp_dir().join(format!("garage-ipfs-nemesis-{seed}.jsonl")),
+                });
             let opts = nemesis::Options {
                 dir: PathBuf::new(),
                 history: history.clone(),
@@ -104,15 +130,15 @@ pub(super) async fn run(args: NemesisArgs) -> anyhow::Result<()> {
             std::fs::write(path, text)?;
         }
     }
-    if !report.clean() {
+    let failing = report
+        .anomalies
+        .iter()
+        .filter(|a| args.fail_on.is_empty() || args.fail_on.contains(&a.kind))
+        .count();
+    if failing > 0 {
         anyhow::bail!(
-            "{} anomal{} (seed {}): replay with --seed {}",
-            report.anomalies.len(),
-            if report.anomalies.len() == 1 {
-                "y"
-            } else {
-                "ies"
-            },
+            "{failing} anomal{} (seed {}): replay with --seed {}",
+            if failing == 1 { "y" } else { "ies" },
             report.seed,
             report.seed
         );

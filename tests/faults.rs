@@ -306,12 +306,14 @@ fn join_wrong_replication_factor_is_refused_and_nodes_stay_up() {
     });
 }
 
-/// The presence filter answers absent blocks from memory: with two nodes
-/// down no cluster request can succeed, yet `has`/`get`/`get_size` of an
-/// absent block answer at once, while a present block still needs the
-/// cluster (the filter never claims presence on its own).
+/// The presence filter follows another connector's put within a bounded
+/// delay, and answers from memory only while it can follow the cluster:
+/// with two nodes down its polls fail, and a second later every lookup,
+/// absent, packed or our own, goes to the cluster and fails, rather than
+/// answer from a memory that may be stale (docs/DESIGN.md, "Memory answers
+/// only while it is followed"). Once the nodes are back it answers again.
 #[test]
-fn fault_absent_lookups_answered_from_memory_without_quorum() {
+fn fault_without_quorum_lookups_stop_answering_from_memory() {
     run(async {
         let _serial = serial().await;
         let name = unique_ns("filter");
@@ -376,51 +378,34 @@ fn fault_absent_lookups_answered_from_memory_without_quorum() {
 
         cluster().kill_node(1);
         cluster().kill_node(2);
+        // The filter's polls now fail: a second after the last complete
+        // one began, memory stops answering (it cannot tell two dead nodes
+        // from a partition that keeps us in the minority while the others
+        // write). Every lookup then goes to the cluster and fails: never
+        // a stale "absent", nor a "present" from the map or the cache.
         let before = ns.filter_stats().unwrap();
-        let absent: Vec<_> = (0..1000)
-            .map(|i| random_block(codec::RAW, 0x12, 10 + i % 50).0)
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Few: each failing read is retried twice (0.75 s).
+        let absent: Vec<_> = (0..20)
+            .map(|i| random_block(codec::RAW, 0x12, 10 + i).0)
             .collect();
-        let t = Instant::now();
-        let (mut answered, mut maybe) = (0, 0);
         for cid in &absent {
-            match ns.has(cid).await {
-                Ok(false) => {
-                    answered += 1;
-                    assert_eq!(ns.get(cid).await.unwrap(), None);
-                    assert_eq!(ns.get_size(cid).await.unwrap(), None);
-                }
-                Ok(true) => panic!("{cid} reported present"),
-                Err(_) => maybe += 1, // a false positive went to the cluster
-            }
+            assert!(ns.has(cid).await.is_err(), "{cid}: answered without quorum");
+            assert!(ns.get(cid).await.is_err(), "{cid}: answered without quorum");
         }
-        let took = t.elapsed();
         let after = ns.filter_stats().unwrap();
         eprintln!(
-            "{answered} absent lookups answered without quorum in {took:?}, {maybe} false positives; \
-             filter: {} entries, {} bytes",
-            after.entries, after.memory_bytes
+            "without quorum: {} lookups sent to the cluster as the filter could not follow",
+            after.stale - before.stale
         );
-        assert!(
-            answered >= 970,
-            "only {answered} of 1000 answered from memory"
-        );
-        assert_eq!(after.hits - before.hits, 3 * answered as u64);
-        // A block stored on its own: presence comes from the cluster or
-        // from the block cache (which holds the entries of our puts made
-        // once the filter was ready), never from the filter alone.
+        assert_eq!(after.hits, before.hits, "no absent answered from memory");
+        assert!(after.stale - before.stale >= 40, "{after:?}");
         assert!(
             ns.has(&big).await.is_err(),
-            "presence must be confirmed by the cluster"
+            "own block: the cluster decides"
         );
-        // Packed blocks: the pack map answers `has` from memory, and a get
-        // reads the pack from the cache, which holds the packs we wrote.
-        assert!(ns.has(&packed).await.unwrap(), "packed, from the map");
-        let (hits, _) = cache_counts(&filtered);
-        assert!(ns.get(&packed).await.unwrap().is_some());
-        assert_eq!(cache_counts(&filtered).0, hits + 1, "own pack cached");
-        // Our inline put: its cached entry answers, bytes included.
-        assert!(ns.has(&own).await.unwrap(), "inline, from the cache");
-        assert_eq!(ns.get(&own).await.unwrap().map(|b| b.len()), Some(778));
+        assert!(ns.has(&packed).await.is_err(), "packed: not from the map");
+        assert!(ns.has(&own).await.is_err(), "inline: not from the cache");
 
         restart_and_rejoin(&[1, 2], filtered.connector()).await;
         // A deleted block: the index answers until the shard is rebuilt.

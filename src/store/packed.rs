@@ -142,6 +142,17 @@ pub(crate) struct PackCounted {
     pub(crate) bytes: i64,
 }
 
+/// Which manifest partitions a relisting takes.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    /// Those whose counters moved beyond what our own writes explain.
+    Moved,
+    /// Those whose counters differ from the ones they were listed under.
+    Changed,
+    /// Every one.
+    All,
+}
+
 #[derive(Default)]
 struct Partition {
     /// Counters seen when it was last listed (`None`: it had none).
@@ -465,21 +476,14 @@ impl NsPacks {
     }
 
     /// Lists again the partitions whose counters moved since they were
-    /// listed (once built; builds otherwise).
+    /// listed, beyond what our own writes explain (once built; builds
+    /// otherwise).
     pub(super) async fn follow(
         &self,
         ns: &Namespace,
         counters: &BTreeMap<usize, PackCounted>,
     ) -> Result<(), Error> {
-        if !self.is_built() {
-            return self.build(ns, counters).await;
-        }
-        self.relist_chosen(ns, counters, |parts| {
-            (0..PACK_PARTITIONS)
-                .filter(|p| parts[*p].moved(counters.get(p)))
-                .collect()
-        })
-        .await
+        self.relist_which(ns, counters, Which::Moved).await
     }
 
     /// Lists again every partition whose counters differ from those it was
@@ -493,22 +497,7 @@ impl NsPacks {
         ns: &Namespace,
         counters: &BTreeMap<usize, PackCounted>,
     ) -> Result<(), Error> {
-        if !self.is_built() {
-            return self.build(ns, counters).await;
-        }
-        self.relist_chosen(ns, counters, |parts| {
-            (0..PACK_PARTITIONS)
-                .filter(|p| {
-                    let part = &parts[*p];
-                    match (&part.seen, counters.get(p)) {
-                        (None, None) => false,
-                        (Some(seen), Some(now)) => seen.signature != now.signature,
-                        _ => true,
-                    }
-                })
-                .collect()
-        })
-        .await
+        self.relist_which(ns, counters, Which::Changed).await
     }
 
     /// Lists every manifest partition again: the map then holds every pack
@@ -518,11 +507,37 @@ impl NsPacks {
         ns: &Namespace,
         counters: &BTreeMap<usize, PackCounted>,
     ) -> Result<(), Error> {
+        self.relist_which(ns, counters, Which::All).await
+    }
+
+    /// Lists again the partitions `which` picks (once built; builds
+    /// otherwise, which lists them all).
+    async fn relist_which(
+        &self,
+        ns: &Namespace,
+        counters: &BTreeMap<usize, PackCounted>,
+        which: Which,
+    ) -> Result<(), Error> {
         if !self.is_built() {
             return self.build(ns, counters).await;
         }
-        self.relist_chosen(ns, counters, |_| (0..PACK_PARTITIONS).collect())
-            .await
+        self.relist_chosen(ns, counters, |parts| {
+            (0..PACK_PARTITIONS)
+                .filter(|p| {
+                    let (part, now) = (&parts[*p], counters.get(p));
+                    match which {
+                        Which::Moved => part.moved(now),
+                        Which::Changed => match (&part.seen, now) {
+                            (None, None) => false,
+                            (Some(seen), Some(now)) => seen.signature != now.signature,
+                            _ => true,
+                        },
+                        Which::All => true,
+                    }
+                })
+                .collect()
+        })
+        .await
     }
 
     /// Lists again the `n` partitions of a rolling refresh starting at

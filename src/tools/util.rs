@@ -163,6 +163,17 @@ pub fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes a report as pretty JSON to `path` (`-`: stdout), for `--json
+/// FILE` of the commands that run long (soak, nemesis).
+pub fn write_json_report(path: &std::path::Path, v: &impl Serialize) -> anyhow::Result<()> {
+    if path.as_os_str() == "-" {
+        return print_json(v);
+    }
+    let text = serde_json::to_string_pretty(v)?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
 /// How [`format_table`] aligns the cells after the first column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Align {

@@ -123,12 +123,7 @@ pub(super) async fn run(args: NemesisArgs) -> anyhow::Result<()> {
     };
     print_report(&report);
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        if path.as_os_str() == "-" {
-            outln!("{text}");
-        } else {
-            std::fs::write(path, text)?;
-        }
+        crate::tools::util::write_json_report(path, &report)?;
     }
     let failing = report
         .anomalies

@@ -1,10 +1,7 @@
 //! `garage-ipfs soak`: sustained mixed load, every answer checked.
 
-use crate::tools::util::outln;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use anyhow::Context;
 
 use crate::tools::soak;
 
@@ -56,13 +53,7 @@ pub(super) async fn run(args: SoakArgs) -> anyhow::Result<()> {
         .await?;
     print_report(&report);
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)?;
-        if path.as_os_str() == "-" {
-            outln!("{text}");
-        } else {
-            std::fs::write(path, text + "\n")
-                .with_context(|| format!("writing {}", path.display()))?;
-        }
+        crate::tools::util::write_json_report(path, &report)?;
     }
     anyhow::ensure!(
         report.passed,

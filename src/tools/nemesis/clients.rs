@@ -11,6 +11,7 @@
 //! history and judges nothing: the checker does.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,12 @@ pub(super) struct Pool {
     pub(super) kept: Mutex<(Vec<Cid>, BTreeSet<String>)>,
     /// Every DAG block ever sent, for the final read-back.
     pub(super) dag_keys: Mutex<BTreeSet<String>>,
+    /// gc runs under way, and gc starts and ends so far: a DAG imported
+    /// while a gc ran may be collected by it (gc keeps only what its roots
+    /// reach), so it is never a kept root (a later gc would refuse a root
+    /// that is gone).
+    pub(super) gcs_running: std::sync::atomic::AtomicU64,
+    pub(super) gc_events: std::sync::atomic::AtomicU64,
 }
 
 const RECENT: usize = 64;
@@ -76,6 +83,8 @@ impl Pool {
             deleted: Mutex::new(VecDeque::new()),
             kept: Mutex::new((Vec::new(), BTreeSet::new())),
             dag_keys: Mutex::new(BTreeSet::new()),
+            gcs_running: Default::default(),
+            gc_events: Default::default(),
         }
     }
 
@@ -114,13 +123,24 @@ impl Pool {
         rng.random_range(0..self.blocks.len())
     }
 
-    /// The keep file's roots (the roots of the kept DAGs whose import was
-    /// acknowledged) and the keys they protect. Everything else, the pool
-    /// included, is gc's to remove: the checker counts a gc as a possible
-    /// removal of every key it was not told to keep.
-    pub(super) fn keep(&self) -> (Vec<Cid>, Vec<String>) {
+    /// A gc starts: counted as running (under the lock imports add kept
+    /// roots with), and its roots (the kept DAGs' whose import was
+    /// acknowledged with no gc running) and the keys they protect.
+    /// Everything else, the pool included, is gc's to remove: the checker
+    /// counts a gc as a possible removal of every key it was not told to
+    /// keep.
+    pub(super) fn start_gc(&self) -> (Vec<Cid>, Vec<String>) {
         let kept = self.kept.lock().unwrap();
+        self.gcs_running.fetch_add(1, Ordering::SeqCst);
+        self.gc_events.fetch_add(1, Ordering::SeqCst);
         (kept.0.clone(), kept.1.iter().cloned().collect())
+    }
+
+    /// A gc ended, whatever its outcome.
+    pub(super) fn end_gc(&self) {
+        let _kept = self.kept.lock().unwrap();
+        self.gcs_running.fetch_sub(1, Ordering::SeqCst);
+        self.gc_events.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -157,6 +177,16 @@ fn grpc_outcome(s: &tonic::Status) -> Outcome {
         // The connection was never made: nothing was sent.
         Code::Unavailable if format!("{s:?}").contains("Connection refused") => Outcome::Fail,
         _ => Outcome::Info,
+    }
+}
+
+/// A call of the in-process connector, bounded as a client's request is.
+async fn local<T>(
+    call: impl std::future::Future<Output = Result<T, crate::store::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("timed out".into()),
     }
 }
 
@@ -357,12 +387,7 @@ impl Client {
                     Err(e) => Err((http_outcome(&e), e.to_string())),
                 }
             }
-            Surface::Local(ns) => {
-                match tokio::time::timeout(REQUEST_TIMEOUT, ns.delete(&cid)).await {
-                    Ok(r) => r.map_err(|e| (Outcome::Info, e.to_string())),
-                    Err(_) => Err((Outcome::Info, "timed out".into())),
-                }
-            }
+            Surface::Local(ns) => local(ns.delete(&cid)).await.map_err(|e| (Outcome::Info, e)),
         };
         match r {
             Ok(deleted) => {
@@ -415,10 +440,7 @@ impl Client {
                     Err(e) => Err((http_outcome(&e), e.to_string())),
                 }
             }
-            Surface::Local(ns) => match tokio::time::timeout(REQUEST_TIMEOUT, ns.get(cid)).await {
-                Ok(r) => r.map_err(|e| (Outcome::Info, e.to_string())),
-                Err(_) => Err((Outcome::Info, "timed out".into())),
-            },
+            Surface::Local(ns) => local(ns.get(cid)).await.map_err(|e| (Outcome::Info, e)),
         };
         match r {
             Ok(found) => {
@@ -471,10 +493,7 @@ impl Client {
                     Err(e) => Err(e.to_string()),
                 }
             }
-            Surface::Local(ns) => match tokio::time::timeout(REQUEST_TIMEOUT, ns.has(cid)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("timed out".into()),
-            },
+            Surface::Local(ns) => local(ns.has(cid)).await,
         };
         match r {
             Ok(has) => h.complete(op, Outcome::Ok, json!({ "has": has })),
@@ -556,6 +575,9 @@ impl Client {
         }
         let keys: Vec<String> = blocks.iter().map(|(c, _)| key(c)).collect();
         pool.dag_keys.lock().unwrap().extend(keys.iter().cloned());
+        let gc_quiet = || pool.gcs_running.load(Ordering::SeqCst) == 0;
+        let gc_events = pool.gc_events.load(Ordering::SeqCst);
+        let gc_free_before = gc_quiet();
         let op = h.invoke(
             &self.name,
             &self.via,
@@ -611,11 +633,17 @@ impl Client {
         };
         match r {
             Ok(()) => {
-                // Only now a root gc keeps: gc refuses a roots file naming
-                // a block the namespace does not hold.
+                // Only now a root gc keeps (gc refuses a roots file naming
+                // a block the namespace does not hold), and only if no gc
+                // ran meanwhile.
                 let mut k = pool.kept.lock().unwrap();
-                k.0.push(kept_root);
-                k.1.extend(kept_keys);
+                if gc_free_before
+                    && gc_quiet()
+                    && pool.gc_events.load(Ordering::SeqCst) == gc_events
+                {
+                    k.0.push(kept_root);
+                    k.1.extend(kept_keys);
+                }
                 h.complete(op, Outcome::Ok, json!({}))
             }
             Err((o, e)) => h.error(op, o, e),

@@ -394,8 +394,9 @@ async fn run_jobs(
                 }
             }
             Job::Gc { clock_s } => {
-                let (roots, protected) = pool.keep();
+                let (roots, protected) = pool.start_gc();
                 if roots.is_empty() {
+                    pool.end_gc();
                     h.nemesis("job-skipped", &format!("j{n}"), "gc: no kept DAG yet");
                     continue;
                 }
@@ -410,7 +411,10 @@ async fn run_jobs(
                     file.display().to_string(),
                     "--json".into(),
                 ];
-                running.push(tokio::spawn(run_job(
+                // Counted as running from before its roots were chosen
+                // until it ends (clients.rs, `Pool::gcs_running`).
+                let pool = pool.clone();
+                let job = run_job(
                     world.clone(),
                     h.clone(),
                     format!("j{n}"),
@@ -420,7 +424,12 @@ async fn run_jobs(
                     json!({"clock_s": clock_s, "protected": protected}),
                     None,
                     None,
-                )));
+                );
+                running.push(tokio::spawn(async move {
+                    let r = job.await;
+                    pool.end_gc();
+                    r
+                }));
             }
             Job::Verify | Job::Repair => {
                 let f = if matches!(what, Job::Verify) {

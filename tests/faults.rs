@@ -417,11 +417,6 @@ fn fault_without_quorum_lookups_stop_answering_from_memory() {
     });
 }
 
-fn cache_counts(store: &garage_ipfs::GarageStore) -> (u64, u64) {
-    let s = store.cache_stats();
-    (s.hits, s.misses)
-}
-
 /// `kill -9` of a node in the middle of a 2 000-block `put_many`: every
 /// block the batch acknowledges reads back, the batch names exactly the
 /// blocks it did not store, and verify + repair restore three replicas.

@@ -1168,7 +1168,7 @@ impl<'h> Checker<'h> {
         let model = &self.models[seen.key as usize];
         let settle = self.history.settle;
         if let Some(removal) = model.required_absent(seen.a, seen.b, settle) {
-            let kind = if self.history.ops[seen.op].is_final {
+            let kind = if self.through_fresh_connector(seen.op) {
                 "resurrection"
             } else {
                 "stale-present"
@@ -1186,7 +1186,7 @@ impl<'h> Checker<'h> {
 
     /// An absence where the model requires presence.
     fn missing(&mut self, seen: &Observation, write: usize) {
-        let is_final = self.history.ops[seen.op].is_final;
+        let is_final = self.through_fresh_connector(seen.op);
         let reason = format!(
             "{}, but the key must be present: {}",
             seen.describe(),
@@ -1205,13 +1205,23 @@ impl<'h> Checker<'h> {
         }
     }
 
+    /// Whether an operation is a final read through the fresh connector
+    /// (`via` "fresh"): what the cluster holds, after the run. A daemon's
+    /// final answer that contradicts the model is its view lagging (a
+    /// false absent or a stale present past the settle time), not the
+    /// data itself; the data is what a fresh connector reads.
+    fn through_fresh_connector(&self, op: usize) -> bool {
+        let op = &self.history.ops[op];
+        op.is_final && self.history.labels.name(op.via) == "fresh"
+    }
+
     /// The start of a possible gc that protected the key and started before
     /// the observation ended, when that absence is one the gc is suspected
     /// of: a final one (the block is gone for good). An absence during the
     /// run may be a lookup that has not caught up yet, which the block
     /// outlives: that is a false absent, whatever gc ran.
     fn protecting_gc(&self, seen: &Observation) -> Option<f64> {
-        if !self.history.ops[seen.op].is_final {
+        if !self.through_fresh_connector(seen.op) {
             return None;
         }
         self.models[seen.key as usize]
@@ -1355,8 +1365,14 @@ mod tests {
         fn invoke(&mut self, f: &str, t: f64, is_final: bool, mut fields: Value) -> u64 {
             let id = self.next;
             self.next += 1;
+            // Final reads come from the fresh connector unless the test
+            // names another surface.
+            let via = fields
+                .get("via")
+                .cloned()
+                .unwrap_or_else(|| json!(if is_final { "fresh" } else { "A-grpc" }));
             let extra = json!({"kind": "invoke", "id": id, "t": t, "proc": "c1",
-                               "via": "A-grpc", "f": f, "final": is_final});
+                               "via": via, "f": f, "final": is_final});
             merge(&mut fields, extra);
             self.lines.push(fields);
             id
@@ -1741,6 +1757,37 @@ mod tests {
         s.get("k", FINAL, true);
         let report = s.check();
         assert_eq!(kinds(&report), ["resurrection"]);
+    }
+
+    #[test]
+    fn a_daemon_lagging_after_the_run_is_not_a_lost_write() {
+        let mut s = Script::new();
+        s.put("k", (0.0, 1.0), "ok");
+        s.put("gone", (0.0, 1.0), "ok");
+        s.delete("gone", (10.0, 11.0), "ok");
+        s.get("k", FINAL, true);
+        s.get("gone", FINAL, false);
+        // The daemons' own final answers, wrong both ways: their views lag.
+        let lag = s.op(
+            "has",
+            (FINAL, FINAL + 1.0),
+            true,
+            json!({"key": "k", "via": "B-grpc"}),
+            "ok",
+            json!({"has": false}),
+        );
+        let stale = s.op(
+            "has",
+            (FINAL, FINAL + 1.0),
+            true,
+            json!({"key": "gone", "via": "B-grpc"}),
+            "ok",
+            json!({"has": true}),
+        );
+        let report = s.check();
+        assert_eq!(kinds(&report), ["false-absent", "stale-present"]);
+        let ops: Vec<u64> = report.anomalies.iter().map(|a| a.op).collect();
+        assert_eq!(ops, [lag, stale]);
     }
 
     #[test]

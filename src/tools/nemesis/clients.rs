@@ -400,8 +400,9 @@ impl Client {
         }
     }
 
-    /// A get; the bytes are checked against the CID here.
-    pub(super) async fn get(&mut self, h: &History, cid: &Cid, final_read: bool) {
+    /// A get; the bytes are checked against the CID here. Returns whether
+    /// it was answered.
+    pub(super) async fn get(&mut self, h: &History, cid: &Cid, final_read: bool) -> bool {
         let op = h.invoke(
             &self.name,
             &self.via,
@@ -451,10 +452,14 @@ impl Client {
                     op,
                     Outcome::Ok,
                     json!({"found": found.is_some(), "bytes_ok": bytes_ok}),
-                )
+                );
+                true
             }
             // A read has no effect: any failure is a non-answer.
-            Err((_, e)) => h.error(op, Outcome::Fail, e),
+            Err((_, e)) => {
+                h.error(op, Outcome::Fail, e);
+                false
+            }
         }
     }
 

@@ -190,6 +190,11 @@ async fn local<T>(
     }
 }
 
+/// A gRPC status, as the history records it.
+fn status_text(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
 fn http_outcome(e: &reqwest::Error) -> Outcome {
     if e.is_connect() {
         Outcome::Fail
@@ -284,7 +289,7 @@ impl Client {
                 );
                 match client.clone().put_many(req).await {
                     Ok(r) => Ok(r.into_inner().failed.into_iter().map(|f| f.cid).collect()),
-                    Err(s) => Err((grpc_outcome(&s), format!("{:?}: {}", s.code(), s.message()))),
+                    Err(s) => Err((grpc_outcome(&s), status_text(&s))),
                 }
             }
             Surface::Http { http, rpc, .. } => {
@@ -365,7 +370,7 @@ impl Client {
                     .delete(req)
                     .await
                     .map(|r| r.into_inner().deleted)
-                    .map_err(|s| (grpc_outcome(&s), format!("{:?}: {}", s.code(), s.message())))
+                    .map_err(|s| (grpc_outcome(&s), status_text(&s)))
             }
             Surface::Http { http, rpc, .. } => {
                 let r = http
@@ -422,7 +427,7 @@ impl Client {
                         Ok(r.found.then(|| Bytes::from(r.data)))
                     }
                     Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
-                    Err(s) => Err((grpc_outcome(&s), format!("{:?}: {}", s.code(), s.message()))),
+                    Err(s) => Err((grpc_outcome(&s), status_text(&s))),
                 }
             }
             Surface::Http { http, gateway, .. } => {
@@ -483,7 +488,7 @@ impl Client {
                     .has(req)
                     .await
                     .map(|r| r.into_inner().has)
-                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+                    .map_err(|s| status_text(&s))
             }
             Surface::Http { http, rpc, .. } => {
                 match http
@@ -537,7 +542,7 @@ impl Client {
                             Some(e) => Err(e),
                         }
                     }
-                    Err(s) => Err(format!("{:?}: {}", s.code(), s.message())),
+                    Err(s) => Err(status_text(&s)),
                 }
             }
             // The kubo RPC has no listing of ours: listings go through

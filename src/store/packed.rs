@@ -164,11 +164,21 @@ struct Partition {
     /// `filter.rs`), so that our own packs cost us no listing.
     our_entries: OwnWrites,
     our_bytes: OwnWrites,
+    /// A write of ours to it failed since it was listed: it may or may not
+    /// have reached a node, so what it did to the counters is unknown and
+    /// our writes explain nothing until the partition is listed again.
+    /// (Counting it as done let a failed write stand for another
+    /// connector's pack of the same size: the nemesis checker saw a daemon
+    /// miss such a pack for tens of seconds.)
+    uncertain: bool,
 }
 
 impl Partition {
     /// Whether the partition must be listed again, given its counters now.
     fn moved(&self, now: Option<&PackCounted>) -> bool {
+        if self.uncertain {
+            return true;
+        }
         let (entries, bytes) = match (&self.seen, now) {
             (None, None) => return false,
             (Some(seen), Some(now)) if seen.signature == now.signature => return false,
@@ -297,6 +307,16 @@ impl NsPacks {
         p.our_bytes.note(bytes);
     }
 
+    /// Counts a write of ours to `partition` that was acknowledged, or,
+    /// when it failed, marks the partition to be listed again (its effect
+    /// on the counters is unknown).
+    fn note_write<T, E>(&self, partition: usize, entries: i64, bytes: i64, result: &Result<T, E>) {
+        match result {
+            Ok(_) => self.note_counted(partition, entries, bytes),
+            Err(_) => self.parts.lock().unwrap()[partition].uncertain = true,
+        }
+    }
+
     pub(super) fn note(&self, partition: Option<usize>, change: Change) {
         let mut map = self.map.write().unwrap();
         let mut parts = self.parts.lock().unwrap();
@@ -333,6 +353,7 @@ impl NsPacks {
             // Ours from now on are in the listing or in `pending`.
             part.our_entries = OwnWrites::default();
             part.our_bytes = OwnWrites::default();
+            part.uncertain = false;
         }
         let listed = match ns.list_manifests(p).await {
             Ok(l) => l,
@@ -450,7 +471,7 @@ impl NsPacks {
         (0..PACK_PARTITIONS)
             .filter_map(|p| {
                 let part = &parts[p];
-                if part.pending.is_some() {
+                if part.pending.is_some() || part.uncertain {
                     return None;
                 }
                 let seen = if part.our_entries.is_empty() && part.our_bytes.is_empty() {
@@ -1258,14 +1279,15 @@ impl Namespace {
             )
             .await;
         self.packs
-            .note_counted(hash.as_slice()[0] as usize, 0, change);
+            .note_write(hash.as_slice()[0] as usize, 0, change, &result);
         result?;
         Ok(())
     }
 
     /// Writes a new item of pack `hash`'s partition `p` (its row or its
     /// manifest) blindly: the pack's nonce makes the key new. Counts the
-    /// change as ours, even if the write failed: it may have reached a node.
+    /// change as ours; a failed write, which may or may not have reached a
+    /// node, has the partition listed again instead.
     pub(super) async fn insert_new(
         &self,
         p: usize,
@@ -1283,7 +1305,7 @@ impl Namespace {
                 DvvsValue::Value(value),
             )
             .await;
-        self.packs.note_counted(p, 1, len);
+        self.packs.note_write(p, 1, len, &result);
         result?;
         Ok(())
     }
@@ -1336,8 +1358,9 @@ impl Namespace {
                 DvvsValue::Deleted,
             )
             .await;
-        // Counted even if the write failed: it may have reached a node.
-        self.packs.note_counted(p, -1, -value_bytes(item));
+        // A failed write may have reached a node: then the partition is
+        // listed again rather than counted.
+        self.packs.note_write(p, -1, -value_bytes(item), &result);
         result?;
         Ok(())
     }
@@ -1446,6 +1469,37 @@ mod tests {
 
     fn mh_of(partition: u8, i: u32) -> Multihash<64> {
         Multihash::wrap(0x12, &[&i.to_le_bytes()[..], &[partition; 28]].concat()).unwrap()
+    }
+
+    /// A write of ours that failed may or may not have reached a node:
+    /// it explains no counter move, the partition is listed again at the
+    /// next poll and not saved meanwhile.
+    #[tokio::test]
+    async fn a_failed_write_of_ours_explains_nothing() {
+        let packs = NsPacks::new(Weak::new(), "ns".into());
+        for p in [4, 5] {
+            packs.parts.lock().unwrap()[p].seen = Some(counted(p as u8, 2, 500));
+        }
+        packs.note_write(4, 2, 600, &Ok::<(), ()>(()));
+        packs.note_write(5, 2, 600, &Err::<(), ()>(()));
+        let parts = packs.parts.lock().unwrap();
+        // Another connector's pack of the same size moved both counters.
+        assert!(
+            !parts[4].moved(Some(&counted(40, 4, 1100))),
+            "ours explains it"
+        );
+        assert!(
+            parts[5].moved(Some(&counted(50, 4, 1100))),
+            "a failed write explains nothing"
+        );
+        assert!(
+            parts[5].moved(Some(&counted(5, 2, 500))),
+            "listed again even unmoved"
+        );
+        drop(parts);
+        packs.built.store(true, Ordering::Release);
+        let saved = packs.saved_partitions(&BTreeMap::new());
+        assert!(saved.iter().all(|s| s.partition != 5));
     }
 
     /// A partition is saved with the counters its packs are known to

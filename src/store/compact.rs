@@ -693,12 +693,20 @@ impl Namespace {
         Ok(())
     }
 
-    /// Every run's lease item, from a quorum (tombstones included).
+    /// Every run's lease item, from a quorum (tombstones included, page
+    /// by page: the tombstones of a day of runs on a timer can outnumber
+    /// one page, and a live lease behind them must not be missed).
     async fn read_leases(&self) -> Result<Vec<K2VItem>, Error> {
-        Ok(self
-            .conn()
-            .rpc_k2v_range(&lease_partition(self.name()), None, 1000)
-            .await?)
+        let partition = lease_partition(self.name());
+        let (mut items, mut start) = (Vec::new(), None);
+        loop {
+            let (page, next) = self.k2v_page(&partition, start, 1000).await?;
+            items.extend(page);
+            match next {
+                Some(n) => start = Some(n),
+                None => return Ok(items),
+            }
+        }
     }
 
     /// Writes `holder`'s lease item, over `read` if given.

@@ -149,8 +149,11 @@ pub(crate) struct NsFilter {
     snapshots: AtomicU64,
     build_time: std::sync::Mutex<Option<Duration>>,
     /// When the last poll that completed without an error began (the
-    /// counters it read are reflected in the filter and the map).
-    synced: std::sync::Mutex<Option<Instant>>,
+    /// counters it read are reflected in the filter and the map), in
+    /// nanoseconds since `origin` plus one (0: never). An atomic, not a
+    /// lock: every lookup reads it.
+    synced: AtomicU64,
+    origin: Instant,
     /// Lookups turned to the cluster because the last complete poll was
     /// older than [`FRESHNESS`].
     stale: AtomicU64,
@@ -202,7 +205,12 @@ impl NsFilter {
             restored: AtomicU64::new(0),
             snapshots: AtomicU64::new(0),
             build_time: Default::default(),
-            synced: Default::default(),
+            synced: AtomicU64::new(0),
+            // An hour back, so that a poll's start is never before it
+            // (one that were would read as stale: safe).
+            origin: Instant::now()
+                .checked_sub(Duration::from_secs(3600))
+                .unwrap_or_else(Instant::now),
             stale: AtomicU64::new(0),
             ns_id,
             snapshot_path,
@@ -222,11 +230,10 @@ impl NsFilter {
         if !self.is_ready() {
             return false;
         }
-        let fresh = self
-            .synced
-            .lock()
-            .unwrap()
-            .is_some_and(|t| t.elapsed() < FRESHNESS);
+        let synced = self.synced.load(Ordering::Acquire);
+        let fresh = synced != 0
+            && (self.origin.elapsed().as_nanos() as u64).saturating_sub(synced - 1)
+                < FRESHNESS.as_nanos() as u64;
         if !fresh {
             self.stale.fetch_add(1, Ordering::Relaxed);
         }
@@ -236,10 +243,8 @@ impl NsFilter {
     /// A poll that began at `at` completed: what the counters showed then
     /// is in the filter and the map.
     fn mark_synced(&self, at: Instant) {
-        let mut synced = self.synced.lock().unwrap();
-        if synced.is_none_or(|t| t < at) {
-            *synced = Some(at);
-        }
+        let since = at.saturating_duration_since(self.origin).as_nanos() as u64;
+        self.synced.fetch_max(since + 1, Ordering::AcqRel);
     }
 
     /// `None` while the filter does not answer (not built, or not followed

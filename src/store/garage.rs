@@ -605,14 +605,22 @@ impl Namespace {
         Ok(Some(bytes))
     }
 
-    async fn delete_entry(&self, cid: &Cid) -> Result<bool, Error> {
+    /// Deletes a block; `confirm_absent`: before answering that it was not
+    /// there, bring the pack map up to the counters and look again (a
+    /// caller that does not use the answer, gc removing what it listed,
+    /// skips that work).
+    pub(super) async fn delete_entry(
+        &self,
+        cid: &Cid,
+        confirm_absent: bool,
+    ) -> Result<bool, Error> {
         // Removed from the cache before and again after the tombstone: the
         // second remove drops an entry that a concurrent lookup cached from
         // the index between the two.
         self.store.cache.remove(self.id, cid.hash());
         let mut packed = self.delete_packed(cid.hash()).await?;
         let (entry, context) = self.entry(cid.hash()).await?;
-        if !packed && entry.is_none() {
+        if confirm_absent && !packed && entry.is_none() {
             // "Not here" is not answered from the map alone: another
             // connector may have packed the block a moment ago. The map is
             // brought up to the counters (whatever our own writes explain)
@@ -885,7 +893,7 @@ impl BlockStore for Namespace {
             return Ok(false);
         }
         Op::Delete
-            .scope(retry_transient(|| self.delete_entry(cid)))
+            .scope(retry_transient(|| self.delete_entry(cid, true)))
             .await
     }
 

@@ -37,14 +37,20 @@ impl Namespace {
             dry_run,
             ..Default::default()
         };
+        let mut unseen = Vec::new();
         for root in roots {
-            // Not refused on the map's word alone: a root packed by
-            // another connector a moment ago is found once every manifest
-            // partition is listed again.
             if !self.has(root).await? {
-                self.relist_packs().await?;
-                if !self.has(root).await? {
-                    return Err(Error::GcRootMissing(*root));
+                unseen.push(*root);
+            }
+        }
+        // Not refused on the map's word alone: a root packed by another
+        // connector a moment ago is found once every manifest partition is
+        // listed again.
+        if !unseen.is_empty() {
+            self.relist_packs().await?;
+            for root in unseen {
+                if !self.has(&root).await? {
+                    return Err(Error::GcRootMissing(root));
                 }
             }
         }
@@ -54,6 +60,8 @@ impl Namespace {
         let mut reachable: HashSet<Vec<u8>> = HashSet::new();
         let mut stack: Vec<Cid> = roots.to_vec();
         let mut missing: Vec<Cid> = Vec::new();
+        // The blocks last walked again after a relisting.
+        let mut retried: Option<Vec<Cid>> = None;
         loop {
             while let Some(cid) = stack.pop() {
                 if !reachable.insert(cid.hash().to_bytes()) {
@@ -69,26 +77,21 @@ impl Namespace {
                     None => missing.push(cid),
                 }
             }
-            if missing.is_empty() {
-                break;
-            }
             // An absence costs the block's descendants, so it is not taken
             // from the map alone: another connector may have packed the
-            // block a moment ago. Every manifest partition is listed
-            // again, and the blocks found since are walked.
-            self.relist_packs().await?;
-            let before = missing.len();
-            for cid in std::mem::take(&mut missing) {
-                if self.get(&cid).await?.is_some() {
-                    reachable.remove(&cid.hash().to_bytes());
-                    stack.push(cid);
-                } else {
-                    missing.push(cid);
-                }
-            }
-            if missing.len() == before {
+            // block a moment ago. Every manifest partition is listed again
+            // and the missing blocks are walked once more, until a round
+            // finds none of them.
+            missing.sort_by_key(|c| c.hash().to_bytes());
+            if missing.is_empty() || retried.as_ref() == Some(&missing) {
                 break;
             }
+            self.relist_packs().await?;
+            for cid in &missing {
+                reachable.remove(&cid.hash().to_bytes());
+            }
+            stack.extend(missing.iter().copied());
+            retried = Some(std::mem::take(&mut missing));
         }
         summary.missing = missing.iter().map(Cid::to_string).collect();
         summary.stored = all.len() as u64;
@@ -102,7 +105,14 @@ impl Namespace {
             }
             let cid = cidutil::raw_cid(mh);
             if !dry_run {
-                self.delete(&cid).await?;
+                // Whether it was still there does not matter here (another
+                // gc may have removed it first): no confirmation of an
+                // absence, which would cost a counter read per block.
+                crate::garage::Op::Delete
+                    .scope(super::garage::retry_transient(|| {
+                        self.delete_entry(&cid, false)
+                    }))
+                    .await?;
             }
             summary.removed.push(cid.to_string());
         }

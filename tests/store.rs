@@ -913,6 +913,96 @@ fn store_packs_in_garage_blocks_work_beside_packs_in_rows() {
 
 /// The presence filter and the block cache of a long-running store follow
 /// what other connectors do, and our own writes cost them no listing.
+/// A block packed twice (a connector packed it again before its map knew
+/// the first pack, as within the counters' lag) is deleted everywhere by
+/// one delete that reaches only one copy: the delete's marker has the
+/// other copy's holder delete it. A put after the delete lives.
+#[test]
+fn store_a_delete_reaches_packed_copies_the_deleter_does_not_know() {
+    run(async {
+        let name = unique_ns("twice");
+        let b_store = GarageStore::with_filters(new_connector("twice-b").await);
+        let b = b_store.namespace(&name).unwrap();
+        eventually(Duration::from_secs(60), "filter ready", || {
+            b.filter_stats().unwrap().ready
+        })
+        .await;
+        let a = GarageStore::new(new_connector("twice-a").await)
+            .namespace(&name)
+            .unwrap();
+        // A's map is built now, before B's pack exists.
+        let (probe, _) = random_block(codec::RAW, SHA2_256, 10);
+        assert!(!a.has(&probe).await.unwrap());
+        let blocks: Vec<_> = (0..40)
+            .map(|i| random_block(codec::RAW, SHA2_256, 200 + i))
+            .collect();
+        for ns in [&b, &a] {
+            futures::future::try_join_all(blocks.iter().map(|(c, d)| ns.put(c, d.clone())))
+                .await
+                .unwrap();
+        }
+        assert!(
+            a.pack_stats().packs_written >= 1,
+            "A packed the blocks again: {:?}",
+            a.pack_stats()
+        );
+        // A block packed by both: in a pack of A's, and in no index entry
+        // (so in a pack of B's).
+        let mut twice = None;
+        for (cid, data) in &blocks {
+            let in_a = a
+                .stored_entry(cid.hash())
+                .await
+                .unwrap()
+                .is_some_and(|e| e.packed.is_some());
+            if in_a && b.entry(cid.hash()).await.unwrap().0.is_none() {
+                twice = Some((*cid, data.clone()));
+                break;
+            }
+        }
+        let (x, data) = twice.expect("a block packed by both connectors");
+        a.delete_unsynced(&x).await.unwrap();
+        eventually(
+            Duration::from_secs(15),
+            "B deletes its copy, older than the marker",
+            || b.pack_stats().copies_killed >= 1,
+        )
+        .await;
+        let fresh = || async {
+            GarageStore::new(new_connector("twice-fresh").await)
+                .namespace(&name)
+                .unwrap()
+        };
+        let reader = fresh().await;
+        assert_eq!(
+            reader.get(&x).await.unwrap(),
+            None,
+            "a copy outlived the delete"
+        );
+        assert!(!b.has(&x).await.unwrap());
+        for (cid, d) in blocks.iter().filter(|(c, _)| *c != x) {
+            assert_eq!(reader.get(cid).await.unwrap().as_ref(), Some(d), "{cid}");
+        }
+        // Put again with others (so in a new pack, younger than the
+        // marker): it stays, through the pollers' next steps.
+        let more: Vec<_> = (0..8)
+            .map(|i| random_block(codec::RAW, SHA2_256, 300 + i))
+            .chain(std::iter::once((x, data.clone())))
+            .collect();
+        futures::future::try_join_all(more.iter().map(|(c, d)| b.put(c, d.clone())))
+            .await
+            .unwrap();
+        let killed = b.pack_stats().copies_killed;
+        tokio::time::sleep(garage_ipfs::store::COUNTER_LAG + Duration::from_secs(2)).await;
+        assert_eq!(
+            b.pack_stats().copies_killed,
+            killed,
+            "a later put was killed"
+        );
+        assert_eq!(fresh().await.get(&x).await.unwrap(), Some(data));
+    });
+}
+
 #[test]
 fn store_filter_and_cache_follow_other_connectors() {
     run(async {

@@ -16,7 +16,7 @@
 //! points at `P` reads it. One run at a time per namespace: a run holds a
 //! lease in the cluster.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use cid::Cid;
@@ -25,8 +25,10 @@ use garage_model::k2v::item_table::{DvvsValue, K2VItem, K2VItemPartition};
 use garage_util::data::{blake2sum, Hash};
 use serde::{Deserialize, Serialize};
 
-use super::pack::{self, Manifest, PackBuilder, Retired, Source, PACK_MAX_BYTES, PACK_MAX_SLOTS};
-use super::packed::{is_spent, pack_name, Change, PACK_PARTITIONS};
+use super::pack::{
+    self, Manifest, PackBuilder, PackStorage, Retired, Source, PACK_MAX_BYTES, PACK_MAX_SLOTS,
+};
+use super::packed::{is_spent, pack_name, Change, ManifestRead, PACK_PARTITIONS};
 use super::{Error, Namespace};
 use crate::cid as cidutil;
 
@@ -136,6 +138,11 @@ pub struct CompactSummary {
     /// Pack rows no manifest names (a crash between a pack's row and its
     /// manifest), older than the grace period, removed.
     pub orphans_removed: u64,
+    /// Delete markers older than the grace floor whose older copies are
+    /// all gone, removed (`gone.rs`).
+    pub markers_removed: u64,
+    /// Packed copies older than their block's delete marker, deleted.
+    pub copies_killed: u64,
     /// Packs left as they are because a live block in them could not be
     /// read or did not match its CID (`verify` reports them).
     pub skipped: Vec<String>,
@@ -278,6 +285,12 @@ impl Namespace {
         let min_age = opts.min_age_ms();
         let expired = |written: u64| written.saturating_add(min_age) <= now;
         let counters = super::filter::pack_counters(self).await?;
+        // Delete markers old enough that every pack written before them is
+        // in the listing below: where those packs hold their block live.
+        let old_markers = self
+            .old_markers(now.saturating_sub(MIN_AGE.as_millis() as u64))
+            .await?;
+        let mut marked_live: HashMap<u64, Vec<Hash>> = HashMap::new();
         let (mut pending, mut retired_out, mut spent) = (Vec::new(), Vec::new(), Vec::new());
         let mut candidates = Vec::new();
         let mut in_pending = HashSet::new();
@@ -295,6 +308,12 @@ impl Namespace {
                 .sum();
             let named: HashSet<Hash> = manifests.iter().map(|(h, _, _)| *h).collect();
             for (hash, m, written) in manifests {
+                for (_, slot) in m.live() {
+                    let key = pack::map_key(&slot.mh);
+                    if old_markers.contains(&key) {
+                        marked_live.entry(key).or_default().push(hash);
+                    }
+                }
                 match m.retired {
                     // The manifest's last write is its retirement or later.
                     Some(_) if expired(written) => retired_out.push(hash),
@@ -392,7 +411,35 @@ impl Namespace {
             self.compact_group(group, opts, lease, &mut summary).await?;
             progress(&summary);
         }
+        if opts.dry_run {
+            summary.markers_removed = old_markers.len() as u64;
+        } else if !old_markers.is_empty() {
+            self.keep_lease(lease).await?;
+            let before = now.saturating_sub(MIN_AGE.as_millis() as u64);
+            let (removed, killed) = self.prune_markers(before, &marked_live).await?;
+            summary.markers_removed = removed;
+            summary.copies_killed = killed;
+            progress(&summary);
+        }
         Ok(summary)
+    }
+
+    /// The map keys of the delete markers written before cluster time
+    /// `before`.
+    async fn old_markers(&self, before: u64) -> Result<HashSet<u64>, Error> {
+        let mut out = HashSet::new();
+        for p in 0..super::gone::MARKER_PARTITIONS {
+            for (mh, item) in self.list_markers(p).await? {
+                let live = item
+                    .values()
+                    .iter()
+                    .any(|v| matches!(v, DvvsValue::Value(_)));
+                if live && item_time(&item) < before {
+                    out.insert(pack::map_key(&mh));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Writes one new pack with the live blocks of `group`, then retires
@@ -570,10 +617,12 @@ impl Namespace {
             }
             Some(read) => read,
         };
+        let written = self.written_at(&m.hash, &read).await?;
         match read.manifest.retired {
             Some(r) if r.by == *new => {
                 self.delete_new_slots(new, deleted_in(&read.manifest))
                     .await?;
+                self.drop_marked(m, new, &read.manifest, written).await?;
                 return Ok(Retirement::Already);
             }
             // Into another pack: ours are duplicates.
@@ -594,7 +643,8 @@ impl Namespace {
         });
         self.rewrite_manifest(&m.hash, read, &retired).await?;
         let p = m.hash.as_slice()[0] as usize;
-        self.packs.note(Some(p), Change::Insert(m.hash, retired));
+        self.packs
+            .note(Some(p), Change::Insert(m.hash, retired.clone()));
         if let Some(again) = self.read_manifest(&m.hash).await? {
             // Another run retired it at the same time (its lease lapsed):
             // the merge keeps one successor, the same for every reader,
@@ -606,7 +656,41 @@ impl Namespace {
             self.delete_new_slots(new, deleted_in(&again.manifest))
                 .await?;
         }
+        self.drop_marked(m, new, &retired, written).await?;
         Ok(Retirement::Done)
+    }
+
+    /// When a member was written, on the cluster's clock: its row's write
+    /// (a pack in a row), else its manifest's last write before now (later
+    /// than the pack: fewer copies are found marked after it).
+    async fn written_at(&self, hash: &Hash, read: &ManifestRead) -> Result<u64, Error> {
+        let manifest = item_time(&read.item);
+        Ok(match read.manifest.storage {
+            PackStorage::Rows => self.row_time(hash).await?.unwrap_or(manifest),
+            PackStorage::Blocks => manifest,
+        })
+    }
+
+    /// Deletes from `new` the copies of a member's blocks whose delete
+    /// marker is younger than the member (`gone.rs`): a delete that did
+    /// not know the member left them, and `new`, younger than the marker,
+    /// would keep them for ever. Run once the member is retired, so that a
+    /// marker written later is younger than `new` too, and the pollers'
+    /// rule kills the copy.
+    async fn drop_marked(
+        &self,
+        m: &Member,
+        new: &Hash,
+        source: &Manifest,
+        written: u64,
+    ) -> Result<(), Error> {
+        let copied = m
+            .moved
+            .iter()
+            .filter_map(|(i, j)| Some((*j, source.slots.get(*i)?.mh)))
+            .collect();
+        let dead = self.marked_since(copied, written).await?;
+        self.delete_new_slots(new, dead).await
     }
 
     /// Takes the namespace's compaction lease for `holder`, or fails if

@@ -127,8 +127,13 @@ struct Shard {
     overflow: bool,
     /// The shard's entry count when it was listed.
     seen_entries: Option<i64>,
-    /// Our writes since it was listed.
+    /// The bytes of its values then.
+    seen_bytes: Option<i64>,
+    /// Our writes since it was listed: to its entries, and to its bytes.
+    /// A change of the counters must be explained in both (entries alone
+    /// let another connector's put and delete in the shard cancel out).
     ours: OwnWrites,
+    ours_bytes: OwnWrites,
     /// Bumped by each rebuild (the cache's validity mark).
     epoch: u32,
     /// When it was last listed.
@@ -189,7 +194,9 @@ impl NsFilter {
                         pending: None,
                         overflow: false,
                         seen_entries: None,
+                        seen_bytes: None,
                         ours: OwnWrites::default(),
+                        ours_bytes: OwnWrites::default(),
                         epoch: 0,
                         listed_at: Instant::now(),
                     })
@@ -268,8 +275,11 @@ impl NsFilter {
 
     /// A delete of ours was acknowledged (the block stays "maybe present"
     /// until its shard is listed again).
-    pub(crate) fn note_delete(&self, mh: &Multihash<64>) {
-        self.shards.write().unwrap()[shard_of(mh)].ours.note(-1);
+    pub(crate) fn note_delete(&self, mh: &Multihash<64>, bytes: usize) {
+        let mut shards = self.shards.write().unwrap();
+        let shard = &mut shards[shard_of(mh)];
+        shard.ours.note(-1);
+        shard.ours_bytes.note(-(bytes as i64));
     }
 
     /// [`peek`](Self::peek), counted: a sure "absent" is a hit.
@@ -288,22 +298,23 @@ impl NsFilter {
         self.false_positives.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A put of ours was acknowledged: a new index entry.
-    pub(crate) fn note_put(&self, mh: &Multihash<64>) {
-        self.insert(mh, true);
+    /// A put of ours was acknowledged: a new index entry of `bytes`.
+    pub(crate) fn note_put(&self, mh: &Multihash<64>, bytes: usize) {
+        self.insert(mh, Some(bytes));
     }
 
     /// A put of ours found the block indexed already.
     pub(crate) fn note_present(&self, mh: &Multihash<64>) {
-        self.insert(mh, false);
+        self.insert(mh, None);
     }
 
-    fn insert(&self, mh: &Multihash<64>, new_entry: bool) {
+    fn insert(&self, mh: &Multihash<64>, new_entry: Option<usize>) {
         let key = mh.to_bytes();
         let mut shards = self.shards.write().unwrap();
         let shard = &mut shards[shard_of(mh)];
-        if new_entry {
+        if let Some(bytes) = new_entry {
             shard.ours.note(1);
+            shard.ours_bytes.note(bytes as i64);
         }
         if let Some(p) = &mut shard.pending {
             p.push(key.clone());
@@ -377,6 +388,7 @@ impl NsFilter {
             s.filter = saved.filter;
             s.seen = saved.seen;
             s.seen_entries = saved.seen_entries;
+            s.seen_bytes = saved.seen_bytes;
             s.overflow = false;
             s.listed_at = Instant::now();
             restored[i] = true;
@@ -409,18 +421,27 @@ impl NsFilter {
                 if s.overflow || s.pending.is_some() {
                     return None;
                 }
-                let (seen, seen_entries) = if s.ours.is_empty() {
-                    (s.seen.clone(), s.seen_entries)
-                } else if s.ours.all_counted() && !needs_rebuild(s, now.get(&i)) {
-                    let c = now.get(&i);
-                    (c.map(|c| c.signature.clone()), c.map(|c| c.entries))
-                } else {
-                    return None;
-                };
+                let (seen, seen_entries, seen_bytes) =
+                    if s.ours.is_empty() && s.ours_bytes.is_empty() {
+                        (s.seen.clone(), s.seen_entries, s.seen_bytes)
+                    } else if s.ours.all_counted()
+                        && s.ours_bytes.all_counted()
+                        && !needs_rebuild(s, now.get(&i))
+                    {
+                        let c = now.get(&i);
+                        (
+                            c.map(|c| c.signature.clone()),
+                            c.map(|c| c.entries),
+                            c.map(|c| c.bytes),
+                        )
+                    } else {
+                        return None;
+                    };
                 Some(SavedShard {
                     shard: i as u16,
                     seen,
                     seen_entries,
+                    seen_bytes,
                     filter: s.filter.clone(),
                 })
             })
@@ -476,6 +497,7 @@ impl NsFilter {
             s.pending = Some(Vec::new());
             // Ours from now on are either in the listing or in `pending`.
             s.ours = OwnWrites::default();
+            s.ours_bytes = OwnWrites::default();
         }
         // A shard that cannot be listed (an entry we cannot decode, the
         // cluster unreachable) answers "maybe" until it can: its old
@@ -498,6 +520,7 @@ impl NsFilter {
         s.filter = filter;
         s.seen = seen.map(|c| c.signature.clone());
         s.seen_entries = seen.map(|c| c.entries);
+        s.seen_bytes = seen.map(|c| c.bytes);
         s.overflow = false;
         s.epoch = s.epoch.wrapping_add(1);
         s.listed_at = Instant::now();
@@ -512,6 +535,8 @@ struct Counted {
     signature: Vec<u8>,
     /// Live entries.
     entries: i64,
+    /// Bytes of their values.
+    bytes: i64,
 }
 
 /// What one counter read says: the index shards' counters, and the
@@ -519,6 +544,8 @@ struct Counted {
 struct Counters {
     shards: BTreeMap<usize, Counted>,
     packs: BTreeMap<usize, PackCounted>,
+    /// The delete markers' partitions, as signatures.
+    markers: BTreeMap<usize, Vec<u8>>,
 }
 
 /// The counters of the manifest partitions (one counter read).
@@ -546,6 +573,13 @@ async fn read_counters(ns: &Namespace) -> Result<Counters, Error> {
             ))
         })
         .collect();
+    let markers = entries
+        .iter()
+        .filter_map(|e| {
+            let p = super::gone::parse_partition(&e.sk)?;
+            Some((p, rmp_serde::to_vec(&e.values).ok()?))
+        })
+        .collect();
     let shards = entries
         .into_iter()
         .filter_map(|e| {
@@ -553,22 +587,23 @@ async fn read_counters(ns: &Namespace) -> Result<Counters, Error> {
                 return None;
             }
             let shard = usize::from_str_radix(&e.sk, 16).ok()?;
-            let live = e
-                .filtered_values(&layout)
-                .get(garage_model::k2v::item_table::ENTRIES)
-                .copied()
-                .unwrap_or(0);
-            let signature = rmp_serde::to_vec(&e.values).ok()?;
+            let values = e.filtered_values(&layout);
+            let get = |name| values.get(name).copied().unwrap_or(0);
             Some((
                 shard,
                 Counted {
-                    signature,
-                    entries: live,
+                    signature: rmp_serde::to_vec(&e.values).ok()?,
+                    entries: get(garage_model::k2v::item_table::ENTRIES),
+                    bytes: get(garage_model::k2v::item_table::BYTES),
                 },
             ))
         })
         .collect();
-    Ok(Counters { shards, packs })
+    Ok(Counters {
+        shards,
+        packs,
+        markers,
+    })
 }
 
 /// Whether a shard must be listed again, given what the counters say now.
@@ -579,12 +614,18 @@ fn needs_rebuild(shard: &Shard, now: Option<&Counted>) -> bool {
     let (seen, now) = match (shard.seen.as_ref(), now) {
         (None, None) => return false,
         (Some(seen), Some(now)) if *seen == now.signature => return false,
-        (Some(_), Some(now)) => (shard.seen_entries, now),
-        (None, Some(now)) => (Some(0), now),
+        (Some(_), Some(now)) => (shard.seen_entries.zip(shard.seen_bytes), now),
+        (None, Some(now)) => (Some((0, 0)), now),
         (Some(_), None) => return true,
     };
-    let Some(seen) = seen else { return true };
-    !shard.ours.explain(now.entries - seen)
+    let Some((entries, bytes)) = seen else {
+        return true;
+    };
+    // The counters moved and nothing of ours can have moved them.
+    if shard.ours.is_empty() && shard.ours_bytes.is_empty() {
+        return true;
+    }
+    !(shard.ours.explain(now.entries - entries) && shard.ours_bytes.explain(now.bytes - bytes))
 }
 
 /// How long Garage may take to count an acknowledged index write: within
@@ -734,8 +775,8 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
         };
         let poll_began = Instant::now();
         let mut complete = true;
-        let (now, packs) = match read_counters(&ns).await {
-            Ok(n) => (n.shards, n.packs),
+        let (now, packs, markers) = match read_counters(&ns).await {
+            Ok(n) => (n.shards, n.packs, n.markers),
             Err(e) => {
                 tracing::warn!(cause = %e, "cannot poll index counters; retrying");
                 continue;
@@ -792,6 +833,11 @@ async fn run(store: &Weak<GarageStore>, name: &str, filter: &Weak<NsFilter>) -> 
             tracing::warn!(cause = %e, "pack map refresh failed; retrying");
         }
         pack_cursor = (pack_cursor + per_poll) % PACK_PARTITIONS;
+        // Markers decide no answer of ours: a failure here leaves the
+        // poll complete, and the suspects are checked at the next one.
+        if let Err(e) = ns.follow_markers(&markers).await {
+            tracing::warn!(cause = %e, "delete markers not followed; retrying");
+        }
         if complete {
             f.mark_synced(poll_began);
         }
@@ -840,6 +886,7 @@ pub(crate) fn snapshot_cost(
                 shard: shard as u16,
                 seen: Some(vec![0; 64]),
                 seen_entries: Some(per as i64),
+                seen_bytes: Some(per as i64 * 48),
                 filter,
             }
         })
@@ -984,7 +1031,7 @@ mod tests {
         // first capacity): every put is remembered, and absent blocks are
         // answered absent at about the target rate (1 % false positives).
         for i in 0..5000 {
-            f.note_put(&mh(i));
+            f.note_put(&mh(i), B);
         }
         for i in 0..5000 {
             assert_eq!(f.check(&mh(i)).map(|a| a.0), Some(true), "{i} forgotten");
@@ -1000,7 +1047,7 @@ mod tests {
         // One shard past its capacity: it says "maybe" to everything until
         // the poller rebuilds it at its new size; the others still answer.
         for i in 0..1000 {
-            f.note_put(&mh_in(7, i));
+            f.note_put(&mh_in(7, i), B);
         }
         for i in 0..1000 {
             assert_eq!(
@@ -1059,10 +1106,68 @@ mod tests {
         assert!(fp < 40, "{fp} false positives in 100000");
     }
 
+    /// Bytes of each test entry.
+    const B: usize = 40;
+
+    /// Makes our writes to a shard old enough to be counted.
+    fn age_own_writes(f: &NsFilter, shard: usize) {
+        let mut shards = f.shards.write().unwrap();
+        let s = &mut shards[shard];
+        for r in s
+            .ours
+            .recent
+            .iter_mut()
+            .chain(s.ours_bytes.recent.iter_mut())
+        {
+            r.0 -= COUNTER_LAG + Duration::from_secs(1);
+        }
+    }
+
+    #[test]
+    fn a_shard_is_listed_again_unless_our_writes_explain_entries_and_bytes() {
+        let f = NsFilter::new([0; 32], None);
+        let listed = |f: &NsFilter, i: usize| {
+            let mut shards = f.shards.write().unwrap();
+            let s = &mut shards[i];
+            s.seen = Some(vec![0xA]);
+            s.seen_entries = Some(1);
+            s.seen_bytes = Some(B as i64);
+            s.ours = OwnWrites::default();
+            s.ours_bytes = OwnWrites::default();
+        };
+        let moved = |f: &NsFilter, i: usize, now: Counted| {
+            needs_rebuild(&f.shards.read().unwrap()[i], Some(&now))
+        };
+        let changed = |entries: i64, bytes: i64| Counted {
+            signature: vec![0xB],
+            entries,
+            bytes,
+        };
+        // Another connector's put and delete cancel in the entries (and
+        // here in the bytes too): nothing of ours moved the counters.
+        listed(&f, 1);
+        assert!(moved(&f, 1, changed(1, B as i64)));
+        // Our put, counted; and another connector's put and delete of
+        // blocks of other sizes: the entries say only ours, the bytes not.
+        listed(&f, 2);
+        f.note_put(&mh_in(2, 1), B);
+        age_own_writes(&f, 2);
+        assert!(moved(&f, 2, changed(2, 2 * B as i64 + 7)));
+        // Exactly our put: no listing.
+        assert!(!moved(&f, 2, changed(2, 2 * B as i64)));
+        // Our delete, counted, explains a drop of one entry of its size.
+        listed(&f, 3);
+        f.note_delete(&mh_in(3, 0), B);
+        age_own_writes(&f, 3);
+        assert!(!moved(&f, 3, changed(0, 0)));
+        assert!(moved(&f, 3, changed(0, 5)));
+    }
+
     fn counted(sig: u8, entries: i64) -> Counted {
         Counted {
             signature: vec![sig],
             entries,
+            bytes: entries * B as i64,
         }
     }
 
@@ -1077,6 +1182,7 @@ mod tests {
             for i in [1, 2] {
                 shards[i].seen = Some(vec![0xA]);
                 shards[i].seen_entries = Some(1);
+                shards[i].seen_bytes = Some(B as i64);
                 shards[i]
                     .filter
                     .insert_duplicated(mh_in(i as u8, 0).to_bytes())
@@ -1085,11 +1191,9 @@ mod tests {
         }
         // Our puts: shard 3 just now (maybe not counted yet), shard 4 long
         // ago (counted: its counters moved by exactly that).
-        f.note_put(&mh_in(3, 0));
-        f.note_put(&mh_in(4, 0));
-        for r in f.shards.write().unwrap()[4].ours.recent.iter_mut() {
-            r.0 -= COUNTER_LAG + Duration::from_secs(1);
-        }
+        f.note_put(&mh_in(3, 0), B);
+        f.note_put(&mh_in(4, 0), B);
+        age_own_writes(&f, 4);
         let now: BTreeMap<usize, Counted> = [
             (1, counted(0xA, 1)),
             (2, counted(0xA, 1)),
@@ -1154,7 +1258,7 @@ mod tests {
             !f.save(&now, Vec::new()).await.unwrap(),
             "unchanged, written again"
         );
-        f.note_put(&mh_in(5, 1));
+        f.note_put(&mh_in(5, 1), B);
         // A shard with an uncounted write of ours is left out: the file
         // changes.
         assert!(f.save(&now, Vec::new()).await.unwrap());

@@ -125,7 +125,8 @@ impl Namespace {
 
 impl GarageStore {
     /// Deletes a namespace: its refs and index entries, its packs (and any
-    /// pack row no manifest names), then its registry record. Blocks other namespaces also hold stay. Returns how many
+    /// pack row no manifest names), its delete markers, then its registry
+    /// record. Blocks other namespaces also hold stay. Returns how many
     /// blocks it removed.
     pub async fn delete_namespace(
         self: &Arc<Self>,
@@ -143,6 +144,7 @@ impl GarageStore {
         }
         ns.reclaim_packs(|_| ()).await?;
         ns.purge_pack_partitions().await?;
+        ns.purge_markers().await?;
         self.unregister(name).await?;
         Ok(removed)
     }

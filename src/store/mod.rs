@@ -12,6 +12,7 @@ mod error;
 pub(crate) mod filter;
 mod garage;
 mod gc;
+mod gone;
 pub(crate) mod index;
 mod memory;
 mod pack;

@@ -799,9 +799,26 @@ impl PackMap {
     }
 
     /// Marks a block deleted in every pack the map has it in.
+    #[cfg(test)]
     pub(crate) fn delete(&mut self, mh: &Multihash<64>) -> Vec<(Hash, usize)> {
+        self.delete_in(mh, None)
+    }
+
+    /// Marks a block deleted in the packs `only` names (all: `None`).
+    pub(crate) fn delete_in(
+        &mut self,
+        mh: &Multihash<64>,
+        only: Option<&[Hash]>,
+    ) -> Vec<(Hash, usize)> {
         let key = map_key(mh);
-        let locs = self.locs(key);
+        let mut locs = self.locs(key);
+        if let Some(only) = only {
+            locs.retain(|l| {
+                self.packs[l.pack as usize]
+                    .as_ref()
+                    .is_some_and(|info| only.contains(&info.hash))
+            });
+        }
         for loc in &locs {
             if let Some(info) = self.packs[loc.pack as usize].as_mut() {
                 let i = loc.slot as usize;
@@ -1049,6 +1066,12 @@ mod tests {
         // Block 60 is in both packs.
         assert_eq!(map.lookup(&mh(60)).len(), 2);
         assert!(map.lookup(&mh(1000)).is_empty());
+        // A delete made in one pack marks that copy only (a copy in
+        // another pack may be a later put).
+        let marked = map.delete_in(&mh(70), Some(&[h1]));
+        assert_eq!(marked, vec![(h1, 70)]);
+        let left = map.lookup(&mh(70));
+        assert_eq!((left.len(), left[0].pack), (1, h2));
         // A delete marks every copy.
         let marked = map.delete(&mh(60));
         assert_eq!(marked.len(), 2);

@@ -204,6 +204,9 @@ impl GarageStore {
         let ns = self.namespace_unfiltered(name)?;
         let mut blocks = 0;
         for (key, n) in counts {
+            if super::gone::parse_partition(&key).is_some() {
+                continue; // delete markers
+            }
             if let Some(p) = super::pack::parse_partition(&key) {
                 if n > 0 {
                     blocks += ns.count_packed(p).await?;

@@ -30,6 +30,10 @@ pub(super) struct SavedShard {
     pub seen: Option<Vec<u8>>,
     /// The live entries those counters said.
     pub seen_entries: Option<i64>,
+    /// The bytes of values they said (absent from older snapshots: such
+    /// a shard is listed again).
+    #[serde(default)]
+    pub seen_bytes: Option<i64>,
     /// Its filter.
     pub filter: qfilter::Filter,
 }
@@ -161,6 +165,7 @@ mod tests {
                 shard: 7,
                 seen: Some(vec![1, 2, 3]),
                 seen_entries: Some(1),
+                seen_bytes: Some(40),
                 filter,
             }],
             partitions: vec![SavedPartition {

@@ -310,7 +310,12 @@ func (d *Datastore) Put(ctx context.Context, key ds.Key, value []byte) error {
 	})
 }
 
-// Delete removes a block from the namespace (not an error if absent).
+// Delete removes a block from the namespace (not an error if absent, as
+// go-datastore asks). The daemon's answer says whether it found a copy; it
+// is not passed on as an error because it carries no safety meaning here:
+// every delete also writes the block's delete marker, so a copy the
+// daemon did not know (packed through another daemon a moment before)
+// dies too (docs/DESIGN.md, "A delete reaches copies it does not know").
 func (d *Datastore) Delete(ctx context.Context, key ds.Key) error {
 	c, err := cidOf(key)
 	if err != nil {

@@ -701,7 +701,19 @@ impl Namespace {
                 while let Some(r) = futures::StreamExt::next(&mut packed).await {
                     match r {
                         Ok(manifests) => {
-                            for e in super::packed::packed_entries(manifests, &mut seen) {
+                            // A compaction's unfinished pack names only what
+                            // its sources agree is live.
+                            let mut listable = Vec::with_capacity(manifests.len());
+                            for (hash, m) in manifests {
+                                match ns.listable_slots(&hash, &m).await {
+                                    Ok(only) => listable.push((hash, m, only)),
+                                    Err(e) => {
+                                        let _ = tx.send(Err(e)).await;
+                                        return;
+                                    }
+                                }
+                            }
+                            for e in super::packed::packed_entries(listable, &mut seen) {
                                 if tx.send(Ok(e)).await.is_err() {
                                     return;
                                 }

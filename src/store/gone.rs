@@ -41,6 +41,7 @@
 //! live (every such pack is listed by then).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 
 use futures::{StreamExt, TryStreamExt};
 use garage_model::k2v::item_table::{DvvsValue, K2VItem, K2VItemPartition};
@@ -281,6 +282,21 @@ impl Namespace {
         Ok(true)
     }
 
+    /// Starts a step of [`Self::follow_markers`] in the background, unless
+    /// one is running (the next poll's counters are then for the next).
+    pub(super) fn follow_markers_beside(&self, counters: BTreeMap<usize, Vec<u8>>) {
+        if self.packs.following_markers.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ns = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ns.follow_markers(&counters).await {
+                tracing::warn!(cause = %e, "delete markers not followed; retrying");
+            }
+            ns.packs.following_markers.store(false, Ordering::Release);
+        });
+    }
+
     /// One step of the poller: lists the marker partitions whose counters
     /// changed, takes each new marker's suspects from the map, then checks
     /// every suspect (those the map's listings found too). A suspect that
@@ -296,8 +312,11 @@ impl Namespace {
                 .collect()
         };
         let mut first_error = None;
-        for p in changed {
-            let listed = match self.list_markers(p).await {
+        let mut listings = futures::stream::iter(changed)
+            .map(|p| async move { (p, self.list_markers(p).await) })
+            .buffer_unordered(CONCURRENCY);
+        while let Some((p, listed)) = listings.next().await {
+            let listed = match listed {
                 Ok(l) => l,
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -189,10 +189,6 @@ impl Partition {
             (None, Some(now)) => (now.entries, now.bytes),
             (Some(_), None) => return true,
         };
-        // The counters moved and nothing of ours can have moved them.
-        if self.our_entries.is_empty() && self.our_bytes.is_empty() {
-            return true;
-        }
         !(self.our_entries.explain(entries) && self.our_bytes.explain(bytes))
     }
 }
@@ -242,6 +238,8 @@ pub(crate) struct NsPacks {
     /// The delete markers known, and the copies they may have killed
     /// (`gone.rs`). Locked before the map when both are.
     pub(super) markers: Mutex<Markers>,
+    /// A step of [`Namespace::follow_markers`] runs.
+    pub(super) following_markers: AtomicBool,
 }
 
 impl NsPacks {
@@ -283,6 +281,7 @@ impl NsPacks {
             restored: AtomicU64::new(0),
             snapshot: Default::default(),
             markers: Default::default(),
+            following_markers: AtomicBool::new(false),
         })
     }
 
@@ -821,24 +820,38 @@ impl Namespace {
         m: &Manifest,
         mh: &Multihash<64>,
     ) -> Result<bool, Error> {
-        for (source, pairs) in m.source_slots() {
-            for (i, j) in pairs {
-                if m.is_deleted(j) || m.slots[j].mh != *mh {
-                    continue;
-                }
-                let Some(read) = self.read_manifest(&source).await? else {
-                    continue; // removed: every block of it was deleted
-                };
-                // A retired source keeps the deletes it had; those after go
-                // to its successor.
-                let live = !read.manifest.is_deleted(i)
-                    && read.manifest.retired.is_none_or(|r| r.by == *pack);
-                if live {
-                    return Ok(true);
-                }
-            }
+        let agreed = self.listable_slots(pack, m).await?.unwrap_or_default();
+        Ok(m.live().any(|(j, s)| s.mh == *mh && agreed.contains(&j)))
+    }
+
+    /// The slots of a compaction's unfinished new pack that a listing may
+    /// name: those whose source agrees (the rule of [`Self::live_in_sources`]:
+    /// a delete may have reached only the source). `None` for a pack that
+    /// is not pending.
+    pub(super) async fn listable_slots(
+        &self,
+        pack: &Hash,
+        m: &Manifest,
+    ) -> Result<Option<HashSet<usize>>, Error> {
+        if m.sources.is_empty() {
+            return Ok(None);
         }
-        Ok(false)
+        let mut live = HashSet::new();
+        for (source, pairs) in m.source_slots() {
+            let Some(read) = self.read_manifest(&source).await? else {
+                continue; // removed: every block of it was deleted
+            };
+            if read.manifest.retired.is_some_and(|r| r.by != *pack) {
+                continue;
+            }
+            live.extend(
+                pairs
+                    .into_iter()
+                    .filter(|(i, _)| !read.manifest.is_deleted(*i))
+                    .map(|(_, j)| j),
+            );
+        }
+        Ok(Some(live))
     }
 
     /// A pack's manifest, read from a quorum (`None`: there is none, or
@@ -1245,13 +1258,16 @@ pub(super) fn is_spent(m: &Manifest) -> bool {
 /// pack's), each block once: `seen` holds the map keys of those listed
 /// already, so that a listing of the index can skip them too.
 pub(super) fn packed_entries(
-    manifests: Vec<(Hash, Manifest)>,
+    manifests: Vec<(Hash, Manifest, Option<HashSet<usize>>)>,
     seen: &mut HashSet<u64>,
 ) -> Vec<(Multihash<64>, Entry)> {
     {
         let mut out = Vec::new();
-        for (hash, m) in manifests {
-            for (_, s) in m.live() {
+        for (hash, m, only) in manifests {
+            for (i, s) in m.live() {
+                if only.as_ref().is_some_and(|o| !o.contains(&i)) {
+                    continue;
+                }
                 if seen.insert(pack::map_key(&s.mh)) {
                     out.push((
                         s.mh,

@@ -865,7 +865,7 @@ fn ensure_faketime() {
 /// report names them and this test prints them, but does not fail on them
 /// until they are fixed.
 #[test]
-fn cli_nemesis_two_seeds_lose_no_acknowledged_write() {
+fn cli_nemesis_two_seeds_lose_no_write_and_resurrect_no_delete() {
     ensure_faketime();
     for seed in ["1", "2"] {
         let (r, stderr) = run_on_own_cluster(&[
@@ -878,8 +878,10 @@ fn cli_nemesis_two_seeds_lose_no_acknowledged_write() {
             // the run waits for every job it started.
             "--max-job-pause",
             "125",
+            // Every kind but the two of freshness across daemons, whose
+            // settle time is not yet met (RELIABILITY.md, "Nemesis").
             "--fail-on",
-            "lost-write,corrupt-read,gc-removed-reachable,final-unchecked",
+            "lost-write,resurrection,corrupt-read,listing-missed,gc-removed-reachable,final-unchecked",
         ]);
         eprintln!(
             "{}",
@@ -913,7 +915,9 @@ fn cli_nemesis_two_seeds_lose_no_acknowledged_write() {
         assert!(r["final_checked"].as_u64().unwrap() > 1000, "{r}");
         for kind in [
             "lost-write",
+            "resurrection",
             "corrupt-read",
+            "listing-missed",
             "gc-removed-reachable",
             "final-unchecked",
         ] {

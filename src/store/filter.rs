@@ -134,6 +134,12 @@ struct Shard {
     /// let another connector's put and delete in the shard cancel out).
     ours: OwnWrites,
     ours_bytes: OwnWrites,
+    /// Its last listing found fewer entries than the counters it was
+    /// listed under count: Garage counts a write as soon as one node has
+    /// it (the largest of the nodes' counts), and a quorum read may not
+    /// see it yet. Listed again at the next change of the counters, which
+    /// the other nodes' catching up makes.
+    short: bool,
     /// Bumped by each rebuild (the cache's validity mark).
     epoch: u32,
     /// When it was last listed.
@@ -197,6 +203,7 @@ impl NsFilter {
                         seen_bytes: None,
                         ours: OwnWrites::default(),
                         ours_bytes: OwnWrites::default(),
+                        short: false,
                         epoch: 0,
                         listed_at: Instant::now(),
                     })
@@ -521,6 +528,7 @@ impl NsFilter {
         s.seen = seen.map(|c| c.signature.clone());
         s.seen_entries = seen.map(|c| c.entries);
         s.seen_bytes = seen.map(|c| c.bytes);
+        s.short = seen.is_some_and(|c| c.entries > listed.len() as i64);
         s.overflow = false;
         s.epoch = s.epoch.wrapping_add(1);
         s.listed_at = Instant::now();
@@ -621,6 +629,9 @@ fn needs_rebuild(shard: &Shard, now: Option<&Counted>) -> bool {
     let Some((entries, bytes)) = seen else {
         return true;
     };
+    if shard.short {
+        return true;
+    }
     // A change that leaves both sums as they were is not seen here (a
     // put and a delete of the same size by others): the nodes' counters
     // change their timestamps several times per write, so a signature
@@ -1146,8 +1157,16 @@ mod tests {
         listed(&f, 1);
         assert!(moved(&f, 1, changed(1, B as i64 + 9)));
         // A signature change alone (the nodes' counters catching up with
-        // one another) is not a reason to list.
+        // one another) is not a reason to list...
         assert!(!moved(&f, 1, changed(1, B as i64)));
+        // ...unless the listing found fewer entries than were counted (a
+        // write counted on one node, not yet on the quorum read).
+        f.shards.write().unwrap()[1].short = true;
+        assert!(moved(&f, 1, changed(1, B as i64)));
+        assert!(!needs_rebuild(
+            &f.shards.read().unwrap()[1],
+            Some(&counted(0xA, 1))
+        ));
         // Our put, counted; and another connector's put and delete of
         // blocks of other sizes: the entries say only ours, the bytes not.
         listed(&f, 2);

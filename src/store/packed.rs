@@ -174,6 +174,10 @@ struct Partition {
     /// connector's pack of the same size: the nemesis checker saw a daemon
     /// miss such a pack for tens of seconds.)
     uncertain: bool,
+    /// Its last listing found fewer items than the counters it was listed
+    /// under count (a pack counted on one node, not yet on a quorum: the
+    /// filter's `short`); listed again at the next change of its counters.
+    short: bool,
 }
 
 impl Partition {
@@ -185,6 +189,7 @@ impl Partition {
         let (entries, bytes) = match (&self.seen, now) {
             (None, None) => return false,
             (Some(seen), Some(now)) if seen.signature == now.signature => return false,
+            _ if self.short => return true,
             (Some(seen), Some(now)) => (now.entries - seen.entries, now.bytes - seen.bytes),
             (None, Some(now)) => (now.entries, now.bytes),
             (Some(_), None) => return true,
@@ -399,6 +404,16 @@ impl NsPacks {
             change.apply(&mut map);
         }
         parts[p].seen = seen.cloned();
+        // Items the counters count: a pack in a row is its row and its
+        // manifest; one in a Garage block, its manifest.
+        let items: i64 = listed
+            .iter()
+            .map(|(_, m)| match m.storage {
+                PackStorage::Rows => 2,
+                PackStorage::Blocks => 1,
+            })
+            .sum();
+        parts[p].short = seen.is_some_and(|c| c.entries > items);
         drop((map, parts));
         // A pack may be learned after a marker of one of its blocks.
         let mut markers = self.markers.lock().unwrap();

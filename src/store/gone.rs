@@ -107,11 +107,14 @@ pub(super) struct Suspect {
     pub(super) at: u64,
 }
 
+/// One marker partition as last listed: the counter signature it was
+/// listed under, and the newest marker time of each block, by map key.
+type Listed = (Option<Vec<u8>>, HashMap<u64, u64>);
+
 /// What a connector knows of the markers.
 pub(crate) struct Markers {
-    /// Per partition: the counter signature it was listed under, and the
-    /// newest marker time of each block, by map key.
-    parts: Vec<(Option<Vec<u8>>, HashMap<u64, u64>)>,
+    /// Per partition.
+    parts: Vec<Listed>,
     /// Copies to check.
     suspects: Vec<Suspect>,
     /// Copies checked (killed or found younger than the marker).
